@@ -1,0 +1,270 @@
+"""Asset checks: every hop validated, and blocking where bad data must not reach the next hop.
+
+Each check's name is a constant below; each failure carries metadata that explains it (the two
+counts that differ, a sample of duplicate keys, the missing objects, the schema diff).
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from google.cloud import bigquery as bq
+
+from bq_assets.exports.spec import ExportSpec
+from bq_assets.resources.databricks import DatabricksSQLResource
+from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
+from bq_assets.schema import schema_from_json
+from bq_assets.stages import bigquery_key, databricks_key, gcs_key, latest_metadata, query_key
+from bq_assets.stages.databricks import table_name
+from bq_assets.stages.gcs_csv import read_manifest
+
+QUERY_HAS_ROWS = "has_rows"
+QUERY_PRIMARY_KEY_UNIQUE = "primary_key_unique_and_not_null"
+QUERY_REQUIRED_NOT_NULL = "required_columns_not_null"
+GCS_OBJECTS_MATCH_MANIFEST = "objects_match_manifest"
+GCS_ROWS_MATCH_SNAPSHOT = "rows_match_snapshot"
+BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
+BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
+DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
+DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
+
+SAMPLE = 5
+
+
+def _snapshot(context: dg.AssetCheckExecutionContext, spec: ExportSpec) -> Path:
+    return Path(str(latest_metadata(context, query_key(spec.name))["snapshot_path"]))
+
+
+def _scan(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(sql.replace("{snapshot}", f"read_parquet('{path}')")).fetchall()
+
+
+def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    key = query_key(spec.name)
+
+    @dg.asset_check(
+        asset=key,
+        name=QUERY_HAS_ROWS,
+        blocking=True,
+        description="The query returned at least one row (unless the spec allows empty).",
+    )
+    def has_rows(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        rows = int(latest_metadata(context, key)["dagster/row_count"])
+        return dg.AssetCheckResult(
+            passed=rows > 0 or spec.allow_empty,
+            metadata={"rows": rows, "allow_empty": spec.allow_empty},
+        )
+
+    columns = ", ".join(f'"{c}"' for c in spec.primary_key)
+
+    @dg.asset_check(
+        asset=key,
+        name=QUERY_PRIMARY_KEY_UNIQUE,
+        blocking=True,
+        description=f"Primary key ({', '.join(spec.primary_key)}) is unique and never NULL.",
+    )
+    def primary_key_unique(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        path = _snapshot(context, spec)
+        null_keys = " OR ".join(f'"{c}" IS NULL' for c in spec.primary_key)
+        nulls = _scan(path, f"SELECT count(*) FROM {{snapshot}} WHERE {null_keys}")[0][0]
+        duplicates = _scan(
+            path,
+            f"SELECT {columns}, count(*) AS n FROM {{snapshot}} GROUP BY ALL HAVING n > 1 "
+            f"ORDER BY n DESC LIMIT {SAMPLE}",
+        )
+        duplicate_count = _scan(
+            path,
+            f"SELECT count(*) FROM (SELECT 1 FROM {{snapshot}} GROUP BY {columns} HAVING count(*) > 1)",
+        )[0][0]
+        return dg.AssetCheckResult(
+            passed=nulls == 0 and duplicate_count == 0,
+            metadata={
+                "null_keys": nulls,
+                "duplicated_keys": duplicate_count,
+                "duplicate_sample": dg.MetadataValue.json(
+                    [[str(v) for v in row] for row in duplicates]
+                ),
+            },
+        )
+
+    checks = [has_rows, primary_key_unique]
+    if spec.required:
+
+        @dg.asset_check(
+            asset=key,
+            name=QUERY_REQUIRED_NOT_NULL,
+            blocking=True,
+            description=f"Required columns ({', '.join(spec.required)}) are never NULL.",
+        )
+        def required_not_null(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+            counts = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in spec.required)
+            row = _scan(_snapshot(context, spec), f"SELECT {counts} FROM {{snapshot}}")[0]
+            nulls = dict(zip(spec.required, row, strict=True))
+            return dg.AssetCheckResult(
+                passed=not any(nulls.values()),
+                metadata={"null_counts": dg.MetadataValue.json(nulls)},
+            )
+
+        checks.append(required_not_null)
+    return checks
+
+
+def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    key = gcs_key(spec.name)
+
+    @dg.asset_check(
+        asset=key,
+        name=GCS_OBJECTS_MATCH_MANIFEST,
+        blocking=True,
+        description="Every object in the manifest exists with the size and crc32c written.",
+    )
+    def objects_match(
+        context: dg.AssetCheckExecutionContext, gcs: StackAwareGCSResource
+    ) -> dg.AssetCheckResult:
+        client = gcs.get_client()
+        manifest = read_manifest(client, str(latest_metadata(context, key)["manifest_uri"]))
+        problems = []
+        for shard in manifest.shards:
+            bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
+            blob = client.bucket(bucket).get_blob(name)
+            if blob is None:
+                problems.append(f"{shard.uri}: missing")
+            elif blob.size != shard.bytes or blob.crc32c != shard.crc32c:
+                problems.append(
+                    f"{shard.uri}: size {blob.size} crc32c {blob.crc32c}, "
+                    f"manifest says {shard.bytes} / {shard.crc32c}"
+                )
+        return dg.AssetCheckResult(
+            passed=not problems,
+            metadata={"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
+        )
+
+    @dg.asset_check(
+        asset=key,
+        name=GCS_ROWS_MATCH_SNAPSHOT,
+        blocking=True,
+        description="Rows in the manifest equal the snapshot's rows.",
+    )
+    def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        written = int(latest_metadata(context, key)["dagster/row_count"])
+        snapshot = int(latest_metadata(context, query_key(spec.name))["dagster/row_count"])
+        return dg.AssetCheckResult(
+            passed=written == snapshot,
+            metadata={"manifest_rows": written, "snapshot_rows": snapshot},
+        )
+
+    return [objects_match, rows_match]
+
+
+def _schema_diff(actual: list[bq.SchemaField], expected: list[bq.SchemaField]) -> list[str]:
+    have = {f.name: f.field_type for f in actual}
+    want = {f.name: f.field_type for f in expected}
+    diff = [f"missing column {n} ({t})" for n, t in want.items() if n not in have]
+    diff += [f"unexpected column {n} ({t})" for n, t in have.items() if n not in want]
+    diff += [f"{n}: {have[n]}, expected {t}" for n, t in want.items() if n in have and have[n] != t]
+    return diff
+
+
+def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    key = bigquery_key(spec.name)
+
+    @dg.asset_check(
+        asset=key,
+        name=BIGQUERY_ROWS_MATCH_MANIFEST,
+        blocking=True,
+        description="The table's row count equals the rows in the loaded manifest.",
+    )
+    def rows_match(
+        context: dg.AssetCheckExecutionContext, bigquery: StackAwareBigQueryResource
+    ) -> dg.AssetCheckResult:
+        table_id = str(latest_metadata(context, key)["dagster/table_name"])
+        expected = int(latest_metadata(context, gcs_key(spec.name))["dagster/row_count"])
+        with bigquery.get_client() as client:
+            (actual,) = next(iter(client.query(f"SELECT COUNT(*) FROM `{table_id}`").result()))
+        return dg.AssetCheckResult(
+            passed=actual == expected, metadata={"table_rows": actual, "manifest_rows": expected}
+        )
+
+    @dg.asset_check(
+        asset=key,
+        name=BIGQUERY_SCHEMA_MATCHES,
+        blocking=True,
+        description="The table's columns and types equal the snapshot's schema.",
+    )
+    def schema_matches(
+        context: dg.AssetCheckExecutionContext,
+        bigquery: StackAwareBigQueryResource,
+        gcs: StackAwareGCSResource,
+    ) -> dg.AssetCheckResult:
+        table_id = str(latest_metadata(context, key)["dagster/table_name"])
+        manifest = read_manifest(
+            gcs.get_client(), str(latest_metadata(context, key)["source_manifest"])
+        )
+        with bigquery.get_client() as client:
+            actual = client.get_table(table_id).schema
+        diff = _schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))
+        return dg.AssetCheckResult(
+            passed=not diff, metadata={"differences": dg.MetadataValue.json(diff)}
+        )
+
+    return [rows_match, schema_matches]
+
+
+def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    key = databricks_key(spec.name)
+    name = table_name(spec)
+
+    def _bigquery_table(
+        context: dg.AssetCheckExecutionContext, bigquery: StackAwareBigQueryResource
+    ) -> bq.Table:
+        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+        with bigquery.get_client() as client:
+            return client.get_table(table_id)
+
+    @dg.asset_check(
+        asset=key,
+        name=DATABRICKS_ROWS_MATCH_BIGQUERY,
+        description="Rows visible in Databricks equal the BigQuery table's rows.",
+    )
+    def rows_match(
+        context: dg.AssetCheckExecutionContext,
+        databricks: DatabricksSQLResource,
+        bigquery: StackAwareBigQueryResource,
+    ) -> dg.AssetCheckResult:
+        expected = int(_bigquery_table(context, bigquery).num_rows or 0)
+        actual = databricks.row_count(name)
+        return dg.AssetCheckResult(
+            passed=actual == expected,
+            metadata={"databricks_rows": actual, "bigquery_rows": expected},
+        )
+
+    @dg.asset_check(
+        asset=key,
+        name=DATABRICKS_COLUMNS_MATCH_BIGQUERY,
+        description="Databricks shows the same columns, in order, as the BigQuery table.",
+    )
+    def columns_match(
+        context: dg.AssetCheckExecutionContext,
+        databricks: DatabricksSQLResource,
+        bigquery: StackAwareBigQueryResource,
+    ) -> dg.AssetCheckResult:
+        expected = [f.name for f in _bigquery_table(context, bigquery).schema]
+        actual = databricks.column_names(name)
+        return dg.AssetCheckResult(
+            passed=actual == expected,
+            metadata={"databricks_columns": actual, "bigquery_columns": expected},
+        )
+
+    return [rows_match, columns_match]
+
+
+def build_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    """Every check of one export's four assets."""
+    return [
+        *_query_checks(spec),
+        *_gcs_checks(spec),
+        *_bigquery_checks(spec),
+        *_databricks_checks(spec),
+    ]

@@ -1,0 +1,81 @@
+"""``python -m bq_assets.demo``: materialize every export on the local stack and summarize.
+
+Runs all assets and all checks in one run (the same job ``dagster dev`` shows as
+``__ASSET_JOB``) against the instance in ``DAGSTER_HOME``, so the run appears in the UI
+afterwards. Prints rows per hop, the objects, tables and every check's result.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import dagster as dg
+
+from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == key:
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    return {}
+
+
+def summarize(result: dg.ExecuteInProcessResult, exports: list[str]) -> str:
+    lines = [f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}"]
+    checks = result.get_asset_check_evaluations()
+    for export in exports:
+        query = _metadata(result, query_key(export))
+        gcs = _metadata(result, gcs_key(export))
+        bigquery = _metadata(result, bigquery_key(export))
+        databricks = _metadata(result, databricks_key(export))
+        lines += [
+            f"\n{export}",
+            f"  query result     {query.get('dagster/row_count', '-'):>8} rows  {query.get('dagster/uri', '')}",
+            f"  GCS CSV          {gcs.get('dagster/row_count', '-'):>8} rows  {gcs.get('dagster/uri', '')}",
+        ]
+        lines += [
+            f"                   {'':>8}       {obj['uri']}" for obj in gcs.get("objects", [])
+        ]
+        lines += [
+            f"  BigQuery table   {bigquery.get('dagster/row_count', '-'):>8} rows  "
+            f"{bigquery.get('dagster/table_name', '')}",
+            f"  Databricks table {databricks.get('dagster/row_count', '-'):>8} rows  "
+            f"{databricks.get('dagster/table_name', '')} ({databricks.get('engine', '')})",
+            "  checks:",
+        ]
+        lines += [
+            f"    {'PASS' if c.passed else 'FAIL'}  {c.asset_key.to_user_string()}: {c.check_name}"
+            for c in checks
+            if c.asset_key.path[-1] == export
+        ]
+    passed = sum(c.passed for c in checks)
+    lines.append(f"\nchecks: {passed} passed, {len(checks) - passed} failed")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from bq_assets.definitions import defs
+    from bq_assets.exports import exports_dir, load_specs
+
+    exports = [spec.name for spec in load_specs(exports_dir())]
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+    print(summarize(result, exports))
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            print(
+                f"\nstep {event.step_key} failed: {event.step_failure_data.error.message}",
+                file=sys.stderr,
+            )
+    checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
+    return 0 if result.success and checks_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The export spec: what one export is, validated when the code location loads.
+
+An export is ``<name>.sql`` plus ``<name>.yaml`` in the exports folder. Everything but the
+primary key and cadence has a default, so a minimal spec is three lines::
+
+    description: Unified customer profiles
+    primary_key: [amperity_id]
+    cadence: daily
+
+Every rule here runs before any asset exists, and a broken spec fails the load with a message
+that names the file, the field and what is allowed (``ExportSpecError``), never mid-run.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlglot
+import sqlglot.errors
+import yaml
+from dagster._utils.schedules import is_valid_cron_string
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlglot import exp
+
+EXPORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+# BigQuery allows more in table names when quoted; the safe subset keeps every generated statement
+# free of quoting questions and of anything that could smuggle SQL through a name.
+BIGQUERY_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+DATABRICKS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+LOCATION = re.compile(r"^[A-Za-z0-9-]{2,40}$")
+LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+OWNER = re.compile(r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+CADENCE_CRON = {"daily": "0 6 * * *", "weekly": "0 6 * * 1"}
+
+
+class ExportSpecError(ValueError):
+    """An export spec is invalid; the message names the file, the field and what is allowed."""
+
+
+def _matching(pattern: re.Pattern[str], what: str, value: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid {what} (allowed: {pattern.pattern})")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CsvOptions(_Strict):
+    """How the CSV objects are written. BigQuery reads exactly these settings back."""
+
+    delimiter: Literal[",", "\t", "|"] = Field(",", description="field delimiter")
+    quote: Literal["needed", "all"] = Field(
+        "needed", description="quote only values that need it (RFC 4180), or every non-NULL value"
+    )
+    header: bool = Field(True, description="write a header row (BigQuery skips it)")
+    compression: Literal["gzip", "none"] = Field("gzip", description="object compression")
+    gzip_level: int = Field(6, ge=1, le=9, description="gzip level, 1 (fast) to 9 (small)")
+    shard_rows: int = Field(
+        1_000_000, ge=1, description="rows per CSV object; a larger result is split"
+    )
+    null_marker: str = Field(
+        "",
+        description="text written for NULL; empty (the default) means an unquoted empty field",
+    )
+
+    @field_validator("null_marker")
+    @classmethod
+    def _no_quotes_in_marker(cls, value: str) -> str:
+        if any(ch in value for ch in '"\r\n,\t|'):
+            raise ValueError("must not contain quotes, line breaks or a delimiter")
+        return value
+
+
+class BigQueryTarget(_Strict):
+    """Where and how the export lands in BigQuery."""
+
+    dataset: str = Field("amperity_exports", description="dataset id")
+    table: str | None = Field(None, description="table id (default: the export name)")
+    location: str = Field("US", description="dataset location; the bucket must be in it too")
+    partition_field: str | None = Field(None, description="DATE/TIMESTAMP column to partition by")
+    clustering_fields: list[str] = Field(default_factory=list, max_length=4)
+    labels: dict[str, str] = Field(default_factory=dict)
+    write_disposition: Literal["WRITE_TRUNCATE", "WRITE_APPEND"] = "WRITE_TRUNCATE"
+
+    @field_validator("dataset", "table")
+    @classmethod
+    def _bigquery_name(cls, value: str | None) -> str | None:
+        return None if value is None else _matching(BIGQUERY_NAME, "BigQuery id", value)
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        return _matching(LOCATION, "BigQuery location", value)
+
+    @field_validator("partition_field")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        return None if value is None else _matching(COLUMN, "column name", value)
+
+    @field_validator("clustering_fields")
+    @classmethod
+    def _clustering(cls, value: list[str]) -> list[str]:
+        return [_matching(COLUMN, "column name", v) for v in value]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            _matching(LABEL_KEY, "BigQuery label key", key)
+            _matching(LABEL_VALUE, "BigQuery label value", str(label))
+        return value
+
+
+class DatabricksTarget(_Strict):
+    """How the BigQuery table is exposed in Databricks (Unity Catalog names)."""
+
+    catalog: str = Field("main", description="Unity Catalog catalog of the table or view")
+    schema_: str = Field("amperity", alias="schema", description="schema of the table or view")
+    table: str | None = Field(None, description="table or view name (default: the export name)")
+    mode: Literal["federation", "external"] = Field(
+        "federation",
+        description="Lakehouse Federation view over a foreign catalog, or a legacy "
+        "`USING bigquery` external table",
+    )
+    connection: str = Field("bigquery_connection", description="federation: connection name")
+    foreign_catalog: str = Field("bigquery", description="federation: foreign catalog name")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("catalog", "schema_", "table", "connection", "foreign_catalog")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        return None if value is None else _matching(DATABRICKS_NAME, "Databricks identifier", value)
+
+
+class ExportSpec(_Strict):
+    """One export: a SQL query and where its result goes. Loaded from ``<name>.yaml``."""
+
+    name: str = Field(description="export name: asset keys, group and object prefix use it")
+    sql: str = Field(description="the query's text (from the SQL file)")
+    sql_file: Path = Field(description="where the query came from")
+    spec_file: Path = Field(description="the YAML file this spec was read from")
+    description: str = ""
+    primary_key: list[str] = Field(min_length=1, description="column(s) that identify a row")
+    required: list[str] = Field(default_factory=list, description="columns that must not be NULL")
+    allow_empty: bool = Field(False, description="an empty result passes the checks")
+    cadence: str = Field(description="`daily`, `weekly` or a cron string")
+    timezone: str = Field("UTC", description="IANA timezone of the schedule")
+    owners: list[str] = Field(default_factory=list)
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+    bigquery: BigQueryTarget = Field(default_factory=BigQueryTarget)
+    databricks: DatabricksTarget = Field(default_factory=DatabricksTarget)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _matching(EXPORT_NAME, "export name", value)
+
+    @field_validator("primary_key", "required")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        return [_matching(COLUMN, "column name", v) for v in value]
+
+    @field_validator("cadence")
+    @classmethod
+    def _cadence(cls, value: str) -> str:
+        if value in CADENCE_CRON or is_valid_cron_string(value):
+            return value
+        raise ValueError(f"{value!r} is not `daily`, `weekly` or a valid cron string")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA timezone (e.g. America/New_York)") from None
+        return value
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        return [_matching(OWNER, "owner (an email or team:<name>)", v) for v in value]
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> ExportSpec:
+        columns = query_columns(self.sql)
+        for field, names in [
+            ("primary_key", self.primary_key),
+            ("required", self.required),
+            (
+                "bigquery.partition_field",
+                [self.bigquery.partition_field] if self.bigquery.partition_field else [],
+            ),
+            ("bigquery.clustering_fields", self.bigquery.clustering_fields),
+        ]:
+            missing = [n for n in names if n not in columns]
+            if missing:
+                raise ValueError(
+                    f"{field}: {', '.join(missing)} not among the query's columns ({', '.join(columns)})"
+                )
+        return self
+
+    @property
+    def cron_schedule(self) -> str:
+        """The cron string the cadence means (``daily`` = 06:00, ``weekly`` = Monday 06:00)."""
+        return CADENCE_CRON.get(self.cadence, self.cadence)
+
+    @property
+    def bigquery_table(self) -> str:
+        return self.bigquery.table or self.name
+
+    @property
+    def databricks_table(self) -> str:
+        return self.databricks.table or self.name
+
+
+def query_columns(sql: str) -> list[str]:
+    """The output column names of a SELECT, read statically (no database needed)."""
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except sqlglot.errors.ParseError as exc:
+        raise ValueError(
+            f"the SQL does not parse: {exc.errors[0]['description'] if exc.errors else exc}"
+        ) from None
+    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+        raise ValueError("the SQL file must hold exactly one SELECT query")
+    query = statements[0]
+    if any(isinstance(e, exp.Star) for e in query.selects):
+        raise ValueError(
+            "the query must name its columns (no SELECT *), so the schema is reviewable"
+        )
+    columns = query.named_selects
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise ValueError(f"the query returns duplicate column names: {', '.join(duplicates)}")
+    return columns
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join("schema" if p == "schema_" else str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "literal_error":
+        message = f"{error['input']!r} is not allowed; {message.lower()}"
+    return f"{where}: {message}"
+
+
+def load_spec(path: Path) -> ExportSpec:
+    """Read and validate one ``<name>.yaml`` (and its SQL file)."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ExportSpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ExportSpecError(f"{path}: must be a mapping of settings, got {type(raw).__name__}")
+    name = raw.pop("name", path.stem)
+    sql_file = path.parent / str(raw.pop("sql_file", f"{path.stem}.sql"))
+    if not sql_file.is_file():
+        raise ExportSpecError(f"{path}: sql_file: {sql_file} does not exist")
+    try:
+        return ExportSpec(
+            name=name, sql=sql_file.read_text(), sql_file=sql_file, spec_file=path, **raw
+        )
+    except ValidationError as exc:
+        details = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ExportSpecError(f"{path}: invalid export spec:\n  {details}") from None
+    except TypeError as exc:
+        raise ExportSpecError(f"{path}: {exc}") from None
+
+
+def load_specs(folder: Path) -> list[ExportSpec]:
+    """Every export in ``folder``, validated; all broken specs are reported in one error."""
+    if not folder.is_dir():
+        raise ExportSpecError(f"{folder}: the exports folder does not exist")
+    specs: list[ExportSpec] = []
+    errors: list[str] = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            specs.append(load_spec(path))
+        except ExportSpecError as exc:
+            errors.append(str(exc))
+    seen: dict[str, ExportSpec] = {}
+    for spec in specs:
+        if spec.name in seen:
+            errors.append(
+                f"{spec.spec_file}: name: duplicate export name {spec.name!r} "
+                f"(also in {seen[spec.name].spec_file})"
+            )
+        seen[spec.name] = spec
+    if errors:
+        raise ExportSpecError("\n".join(errors))
+    if not specs:
+        raise ExportSpecError(f"{folder}: no export specs (*.yaml) found")
+    return specs

@@ -1,0 +1,130 @@
+"""Deterministic Amperity-style sample source: a DuckDB database with ``customer_360`` and
+``unified_transactions``.
+
+Every value is a pure function of the row number, so the same size always gives the same
+database, byte for byte in content. The data deliberately contains what breaks naive CSV:
+commas, quotes and apostrophes in names and addresses, non-ASCII names, NULL emails and
+phones, and empty strings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+DEFAULT_SAMPLE_ROWS = 1_000
+
+_GIVEN = [
+    "Ana",
+    "José",
+    "Zoë",
+    "Liam",
+    "Mei",
+    "Noah",
+    "Olivia",
+    "Søren",
+    "Aisha",
+    "Chloé",
+    "Dmitri",
+    "李",
+]
+_SURNAMES = [
+    "Smith",
+    "O'Brien",
+    "García",
+    "Nguyen",
+    "Müller",
+    "Smith, Jr.",
+    "Kowalski",
+    "Chen",
+    "Dubois",
+    "Patel",
+]
+_STREETS = ["Main St", "Oak Ave", "Pine Rd, Apt 4", 'Elm "Old" Way', "Market St", "Rue de l'Église"]
+_CITIES = [
+    ("Seattle", "WA"),
+    ("Portland", "OR"),
+    ("Austin", "TX"),
+    ("Boston", "MA"),
+    ("Denver", "CO"),
+]
+_CATEGORIES = ["apparel", "footwear", "accessories", "home", "beauty"]
+_STORES = ["online", "SEA-01", "PDX-02", "AUS-03", "BOS-04"]
+
+
+def _sql_list(values: list[str]) -> str:
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+def _customer_sql(rows: int) -> str:
+    cities = _sql_list([c for c, _ in _CITIES])
+    states = _sql_list([s for _, s in _CITIES])
+    return f"""
+    CREATE OR REPLACE TABLE customer_360 AS
+    WITH n AS (SELECT range AS i FROM range({rows}))
+    SELECT
+        format('{{}}-{{}}-{{}}-{{}}-{{}}', m[1:8], m[9:12], m[13:16], m[17:20], m[21:32]) AS amperity_id,
+        {_sql_list(_GIVEN)}[1 + (i * 7) % {len(_GIVEN)}] AS given_name,
+        {_sql_list(_SURNAMES)}[1 + (i * 11) % {len(_SURNAMES)}] AS surname,
+        CASE WHEN i % 17 = 0 THEN NULL
+             WHEN i % 53 = 0 THEN ''
+             ELSE 'customer' || i || '@example.com' END AS email,
+        CASE WHEN i % 13 = 0 THEN NULL
+             ELSE '+1-206-555-' || lpad(((i * 37) % 10000)::VARCHAR, 4, '0') END AS phone,
+        ((i * 31) % 9000 + 100)::VARCHAR || ' ' || {_sql_list(_STREETS)}[1 + (i * 3) % {len(_STREETS)}]
+            AS address,
+        {cities}[1 + (i * 5) % {len(_CITIES)}] AS city,
+        {states}[1 + (i * 5) % {len(_CITIES)}] AS state,
+        lpad(((i * 97) % 99999)::VARCHAR, 5, '0') AS postal_code,
+        CASE WHEN i % 29 = 0 THEN NULL
+             ELSE DATE '1940-01-01' + ((i * 7919) % 25000)::INTEGER END AS birthdate,
+        (((i * 104729) % 5000000) / 100.0)::DECIMAL(18, 2) AS lifetime_value,
+        ((i * 13) % 60)::INTEGER AS order_count,
+        (i % 3 = 0) AS is_subscribed,
+        TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds((i * 7901) % 31536000) AS updated_at
+    FROM (SELECT i, md5('amperity-' || i::VARCHAR) AS m FROM n)
+    """
+
+
+def _transactions_sql(customers: int) -> str:
+    return f"""
+    CREATE OR REPLACE TABLE unified_transactions AS
+    WITH t AS (SELECT range AS j FROM range({customers * 3}))
+    SELECT
+        'ORD-' || lpad(j::VARCHAR, 10, '0') AS order_id,
+        c.amperity_id,
+        TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds((j * 6007) % 31536000) AS order_datetime,
+        {_sql_list(_STORES)}[1 + (j * 3) % {len(_STORES)}] AS store_id,
+        {_sql_list(_CATEGORIES)}[1 + (j * 7) % {len(_CATEGORIES)}] AS product_category,
+        (1 + (j * 11) % 5)::INTEGER AS quantity,
+        (((j * 7877) % 50000) / 100.0 + 1)::DECIMAL(12, 2) AS order_amount,
+        'USD' AS currency
+    FROM t
+    JOIN (SELECT amperity_id, row_number() OVER (ORDER BY amperity_id) - 1 AS k FROM customer_360) c
+      ON c.k = (t.j * 7) % {customers}
+    """
+
+
+def generate(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
+    """Write the sample database to ``path`` (replacing it) with ``rows`` customers and 3x transactions."""
+    if rows < 1:
+        raise ValueError(f"sample size must be at least 1 customer, got {rows}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    with duckdb.connect(str(tmp)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(_customer_sql(rows))
+        con.execute(_transactions_sql(rows))
+        con.execute("CHECKPOINT")
+    os.replace(tmp, path)
+    return path
+
+
+def ensure(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
+    """Generate the sample database on first use; an existing one is left as it is."""
+    if not path.exists():
+        generate(path, rows)
+    return path

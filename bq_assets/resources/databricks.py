@@ -1,0 +1,227 @@
+"""Databricks: run the SQL that exposes a BigQuery table, on a SQL warehouse or locally.
+
+This is the one place where local and production differ in more than endpoints:
+
+* **workspace** (production): statements run through dagster-databricks'
+  ``DatabricksClientResource`` → ``WorkspaceClient.statement_execution`` on the SQL warehouse
+  ``warehouse_id``, polled until they finish, every failure state mapped to ``StatementError``.
+* **local** (no Databricks emulator exists): a DuckDB stand-in "warehouse" reads the BigQuery
+  table through the BigQuery Storage Read API (the API Databricks' own BigQuery reader uses)
+  into a local catalog table ``<catalog>.<schema>.<table>``. Each Unity Catalog catalog is one
+  DuckDB file under ``local_warehouse_dir``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+from dagster_databricks import DatabricksClientResource
+from databricks.sdk.service.sql import StatementResponse, StatementState
+from google.cloud import bigquery_storage
+from pydantic import Field
+
+from bq_assets.resources.google import StackAwareBigQueryResource
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StatementError(RuntimeError):
+    """A Databricks SQL statement failed, was canceled, or did not finish in time."""
+
+
+@dataclass(frozen=True)
+class TableName:
+    """A Unity Catalog three-part name. Parts are validated identifiers (see the export spec)."""
+
+    catalog: str
+    schema: str
+    table: str
+
+    def __post_init__(self) -> None:
+        for part in (self.catalog, self.schema, self.table):
+            if not _IDENTIFIER.fullmatch(part):
+                raise ValueError(f"{part!r} is not a valid Databricks identifier")
+
+    @property
+    def quoted(self) -> str:
+        return f"`{self.catalog}`.`{self.schema}`.`{self.table}`"
+
+    def __str__(self) -> str:
+        return f"{self.catalog}.{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class BigQueryTable:
+    project: str
+    dataset: str
+    table: str
+
+    def __str__(self) -> str:
+        return f"{self.project}.{self.dataset}.{self.table}"
+
+
+class DatabricksSQLResource(dg.ConfigurableResource):
+    """Where the Databricks hop runs: a SQL warehouse (``workspace`` set) or the local stand-in."""
+
+    workspace: DatabricksClientResource | None = Field(
+        default=None, description="Databricks workspace client (production)."
+    )
+    warehouse_id: str | None = Field(default=None, description="SQL warehouse for statements.")
+    statement_timeout_s: int = Field(default=600, description="Give up on a statement after this.")
+    local_warehouse_dir: str | None = Field(
+        default=None, description="Local stand-in: directory of the DuckDB catalog files."
+    )
+    bigquery: StackAwareBigQueryResource | None = Field(
+        default=None, description="Local stand-in: where it reads BigQuery tables from."
+    )
+    bigquery_key_secret_scope: str = Field(
+        default="bq_assets",
+        description="federation: Databricks secret scope holding the BigQuery service-account key.",
+    )
+    bigquery_key_secret_name: str = Field(
+        default="bigquery_service_account_key",
+        description="federation: name of that secret (the key JSON never appears in SQL).",
+    )
+
+    @property
+    def is_local(self) -> bool:
+        return self.workspace is None
+
+    # -- production: statement execution on a SQL warehouse --------------------------------
+
+    def execute(self, statement: str) -> list[list[str | None]]:
+        """Run one statement on the SQL warehouse and return its rows (as strings)."""
+        if self.workspace is None or not self.warehouse_id:
+            raise StatementError("No Databricks workspace and SQL warehouse are configured.")
+        api = self.workspace.get_client().workspace_client.statement_execution
+        response = api.execute_statement(
+            statement=statement, warehouse_id=self.warehouse_id, wait_timeout="30s"
+        )
+        deadline = time.monotonic() + self.statement_timeout_s
+        while _state(response) in (StatementState.PENDING, StatementState.RUNNING):
+            if time.monotonic() > deadline:
+                api.cancel_execution(response.statement_id)
+                raise StatementError(
+                    f"Statement {response.statement_id} did not finish within "
+                    f"{self.statement_timeout_s}s on warehouse {self.warehouse_id} and was canceled."
+                )
+            time.sleep(2)
+            response = api.get_statement(response.statement_id)
+        state = _state(response)
+        if state != StatementState.SUCCEEDED:
+            error = response.status.error if response.status else None
+            detail = f"{error.error_code}: {error.message}" if error else "no error detail"
+            raise StatementError(
+                f"Databricks statement {response.statement_id} ended {state.value if state else '?'} "
+                f"on warehouse {self.warehouse_id}: {detail}"
+            )
+        return [list(row) for row in (response.result.data_array or [])] if response.result else []
+
+    # -- local stand-in ---------------------------------------------------------------------
+
+    def _local_connection(self, catalog: str) -> duckdb.DuckDBPyConnection:
+        if not self.local_warehouse_dir:
+            raise StatementError("No local Databricks stand-in directory is configured.")
+        folder = Path(self.local_warehouse_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect()
+        # "main" is reserved in DuckDB, so catalogs attach under an alias.
+        con.execute(f"ATTACH '{folder / catalog}.duckdb' AS {_alias(catalog)}")
+        return con
+
+    def _local_name(self, name: TableName) -> str:
+        return f"{_alias(name.catalog)}.{name.schema}.{name.table}"
+
+    def copy_from_bigquery(self, project: str, dataset: str, table: str, name: TableName) -> int:
+        """Local stand-in: stream a BigQuery table through the Storage Read API into ``name``.
+
+        The table is replaced in one statement, so a failure leaves the previous copy in place.
+        """
+        if self.bigquery is None:
+            raise StatementError("The local Databricks stand-in needs a BigQuery resource.")
+        client = self.bigquery.read_client()
+        session = client.create_read_session(
+            parent=f"projects/{project}",
+            read_session=bigquery_storage.types.ReadSession(
+                table=f"projects/{project}/datasets/{dataset}/tables/{table}",
+                data_format=bigquery_storage.types.DataFormat.ARROW,
+            ),
+            max_stream_count=1,
+        )
+        batches = _read_batches(client, session)
+        with self._local_connection(name.catalog) as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_alias(name.catalog)}.{name.schema}")
+            con.register("bigquery_rows", batches)
+            con.execute(f"CREATE OR REPLACE TABLE {self._local_name(name)} AS FROM bigquery_rows")
+            return con.execute(f"SELECT count(*) FROM {self._local_name(name)}").fetchone()[0]
+
+    def read_table(self, name: TableName) -> pa.Table:
+        """Local stand-in: the whole table (for tests and small checks)."""
+        with self._local_connection(name.catalog) as con:
+            return con.execute(f"FROM {self._local_name(name)}").fetch_arrow_table()
+
+    # -- both -------------------------------------------------------------------------------
+
+    def publish(self, statements: list[str], source: BigQueryTable, name: TableName) -> None:
+        """Make ``source`` queryable as ``name``.
+
+        On a workspace this runs ``statements`` (the generated Databricks DDL) in order; the
+        local stand-in copies the BigQuery table instead, since no local engine runs that DDL.
+        Idempotent either way.
+        """
+        if self.is_local:
+            self.copy_from_bigquery(source.project, source.dataset, source.table, name)
+            return
+        for statement in statements:
+            self.execute(statement)
+
+    def query(self, sql_for_name: str, name: TableName) -> list[tuple]:
+        """Run a query that both engines understand; ``{table}`` in it stands for ``name``."""
+        if self.is_local:
+            with self._local_connection(name.catalog) as con:
+                return con.execute(sql_for_name.format(table=self._local_name(name))).fetchall()
+        return [tuple(row) for row in self.execute(sql_for_name.format(table=name.quoted))]
+
+    def row_count(self, name: TableName) -> int:
+        return int(self.query("SELECT count(*) FROM {table}", name)[0][0])
+
+    def column_names(self, name: TableName) -> list[str]:
+        if self.is_local:
+            with self._local_connection(name.catalog) as con:
+                return [
+                    d[0] for d in con.execute(f"FROM {self._local_name(name)} LIMIT 0").description
+                ]
+        rows = self.execute(
+            f"SELECT column_name FROM `{name.catalog}`.information_schema.columns "
+            f"WHERE table_schema = '{name.schema}' AND table_name = '{name.table}' "
+            "ORDER BY ordinal_position"
+        )
+        return [str(row[0]) for row in rows]
+
+
+def _alias(catalog: str) -> str:
+    return f"uc_{catalog}"
+
+
+def _state(response: StatementResponse) -> StatementState | None:
+    return response.status.state if response.status else None
+
+
+def _read_batches(
+    client: bigquery_storage.BigQueryReadClient, session: bigquery_storage.types.ReadSession
+) -> pa.RecordBatchReader:
+    """All streams of a read session as one Arrow reader (schema from the session)."""
+    schema = pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
+
+    def batches():
+        for stream in session.streams:
+            for page in client.read_rows(stream.name).rows(session).pages:
+                yield page.to_arrow()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())

@@ -1,0 +1,149 @@
+"""GCS and BigQuery resources: dagster-gcp's, extended to reach the local emulators.
+
+In production they behave like dagster-gcp's own (Application Default Credentials, or a
+base64 service-account key). With ``local_stack_dir`` set they talk to the emulators of that
+local stack with anonymous credentials; the endpoints are read when a client is made, so the
+code location loads whether or not the stack is running.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from dagster_gcp import BigQueryResource, GCSResource
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import bigquery, bigquery_storage, storage
+from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+    BigQueryReadGrpcTransport,
+)
+from google.oauth2 import service_account
+from pydantic import Field
+
+from bq_assets.local.stack import StackState, read_state
+
+LOCAL_STACK_FIELD = Field(
+    default=None,
+    description="Directory of a running local stack (`python -m bq_assets.local up`). "
+    "When set, clients go to its emulators with anonymous credentials.",
+)
+CREDENTIALS_FIELD = Field(
+    default=None,
+    description="Base64-encoded service-account key JSON. Unset: Application Default Credentials.",
+)
+
+
+class CredentialsError(ValueError):
+    """The configured service-account key cannot be used."""
+
+
+def service_account_credentials(encoded_key: str) -> Credentials:
+    """Credentials from a base64 service-account key; the error never echoes the key."""
+    try:
+        info = json.loads(base64.b64decode(encoded_key, validate=True))
+        return service_account.Credentials.from_service_account_info(
+            info, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise CredentialsError(
+            "GCP_CREDENTIALS_B64 is not a base64-encoded service-account key JSON "
+            f"({type(exc).__name__}); re-encode it with `base64 -w0 key.json`."
+        ) from None
+
+
+class StackAwareGCSResource(GCSResource):
+    """dagster-gcp's ``GCSResource`` plus the bucket exports go to, and emulator support."""
+
+    bucket: str | None = Field(
+        default=None, description="Bucket for the CSV objects (local: the stack's bucket)."
+    )
+    gcp_credentials: str | None = CREDENTIALS_FIELD
+    local_stack_dir: str | None = LOCAL_STACK_FIELD
+
+    def local_stack(self) -> StackState | None:
+        return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+
+    def get_client(self) -> storage.Client:
+        stack = self.local_stack()
+        if stack is not None:
+            return storage.Client(
+                project=stack.project,
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": stack.gcs_endpoint},
+            )
+        if self.gcp_credentials:
+            return storage.Client(
+                project=self.project, credentials=service_account_credentials(self.gcp_credentials)
+            )
+        return storage.Client(project=self.project)
+
+    def get_bucket_name(self) -> str:
+        stack = self.local_stack()
+        if stack is not None:
+            return self.bucket or stack.bucket
+        if not self.bucket:
+            raise ValueError("No GCS bucket configured: set BQ_ASSETS_GCS_BUCKET.")
+        return self.bucket
+
+
+class StackAwareBigQueryResource(BigQueryResource):
+    """dagster-gcp's ``BigQueryResource`` that can also reach the bqemulator of a local stack."""
+
+    local_stack_dir: str | None = LOCAL_STACK_FIELD
+
+    def local_stack(self) -> StackState | None:
+        return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+
+    def project_id(self) -> str:
+        stack = self.local_stack()
+        if stack is not None:
+            return stack.project
+        if not self.project:
+            raise ValueError("No GCP project configured: set GCP_PROJECT.")
+        return self.project
+
+    @contextmanager
+    def get_client(self) -> Iterator[bigquery.Client]:
+        stack = self.local_stack()
+        if stack is None and not self.gcp_credentials:
+            with super().get_client() as client:
+                yield client
+            return
+        if stack is not None:
+            client = bigquery.Client(
+                project=stack.project,
+                location=self.location,
+                credentials=AnonymousCredentials(),
+                client_options=ClientOptions(api_endpoint=stack.bigquery_endpoint),
+            )
+        else:
+            assert self.gcp_credentials is not None
+            client = bigquery.Client(
+                project=self.project,
+                location=self.location,
+                credentials=service_account_credentials(self.gcp_credentials),
+            )
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def read_client(self) -> bigquery_storage.BigQueryReadClient:
+        """A BigQuery Storage Read API client (insecure gRPC to the emulator when local)."""
+        stack = self.local_stack()
+        if stack is not None:
+            channel = grpc.insecure_channel(stack.bigquery_grpc_target)
+            return bigquery_storage.BigQueryReadClient(
+                transport=BigQueryReadGrpcTransport(channel=channel)
+            )
+        if self.gcp_credentials:
+            return bigquery_storage.BigQueryReadClient(
+                credentials=service_account_credentials(self.gcp_credentials)
+            )
+        return bigquery_storage.BigQueryReadClient()

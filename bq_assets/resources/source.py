@@ -1,0 +1,74 @@
+"""The source warehouse: a DuckDB database the export queries run on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from bq_assets.local import sample_data
+
+# Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
+# result over both cores, large enough to keep Parquet overhead negligible.
+ROW_GROUP_ROWS = 122_880
+
+
+class SourceQueryError(RuntimeError):
+    """The source database rejected an export's query."""
+
+
+class DuckDBSourceResource(dg.ConfigurableResource):
+    """Runs export queries on a DuckDB database and stores each result as a Parquet snapshot.
+
+    Locally the database is the generated Amperity-style sample (created on first use with
+    ``sample_rows`` customers). Connections are read-only, so concurrent runs never lock it.
+    """
+
+    database: str = Field(description="Path of the DuckDB database file the queries run on.")
+    staging_dir: str = Field(description="Directory for run-scoped Parquet snapshots.")
+    sample_rows: int | None = Field(
+        default=None,
+        description="Generate the sample source with this many customers when the database "
+        "does not exist (local only; unset in production).",
+    )
+
+    def _database_path(self) -> Path:
+        path = Path(self.database)
+        if self.sample_rows is not None:
+            sample_data.ensure(path, self.sample_rows)
+        if not path.exists():
+            raise SourceQueryError(f"The source database {path} does not exist.")
+        return path
+
+    def snapshot(self, sql: str, sql_file: Path, destination: Path) -> pq.FileMetaData:
+        """Run ``sql`` and write its result to ``destination`` as Parquet, all or nothing.
+
+        The snapshot is written beside its final name and renamed into place, so a failed query
+        leaves no partial file. Returns the Parquet footer (rows, schema, row groups).
+        """
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".partial")
+        query = sql.strip().rstrip(";")
+        try:
+            with duckdb.connect(str(self._database_path()), read_only=True) as con:
+                con.execute("SET TimeZone = 'UTC'")
+                con.execute(
+                    f"COPY ({query}) TO '{partial}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+                )
+        except duckdb.Error as exc:
+            partial.unlink(missing_ok=True)
+            message = str(exc).strip().splitlines()[0]
+            raise SourceQueryError(
+                f"{sql_file}: the source database {self.database} rejected the query: {message}"
+            ) from None
+        os.replace(partial, destination)
+        return pq.read_metadata(destination)
+
+    def staging_path(self, export: str, run_id: str) -> Path:
+        """Where the snapshot of ``export`` for ``run_id`` lives (one folder per run)."""
+        return Path(self.staging_dir) / export / run_id / "snapshot.parquet"

@@ -1,0 +1,73 @@
+"""Refresh automation: one job and one schedule per cadence and timezone, plus failure alerts.
+
+Exports with the same cron and timezone share a job (``<cadence>_<timezone>_refresh``) that
+selects their groups, checks included. Schedules run in the exports' IANA timezone; they are
+stopped by default locally and running in production (``BQ_ASSETS_SCHEDULES`` overrides).
+"""
+
+import re
+from collections import defaultdict
+from datetime import timedelta
+
+import dagster as dg
+
+from bq_assets.exports.spec import ExportSpec
+
+FRESHNESS = {"daily": timedelta(hours=26), "weekly": timedelta(days=8)}
+
+
+def freshness_policy(spec: ExportSpec) -> dg.FreshnessPolicy:
+    """Daily ≈ 26 h, weekly ≈ 8 days; a custom cron must have materialized by its next tick."""
+    if spec.cadence in FRESHNESS:
+        return dg.FreshnessPolicy.time_window(fail_window=FRESHNESS[spec.cadence])
+    return dg.FreshnessPolicy.cron(
+        deadline_cron=spec.cron_schedule,
+        lower_bound_delta=timedelta(hours=1),
+        timezone=spec.timezone,
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def cadence_label(spec: ExportSpec) -> str:
+    return spec.cadence if spec.cadence in FRESHNESS else "cron_" + _slug(spec.cadence)
+
+
+def build_schedules(
+    specs: list[ExportSpec], default_status: dg.DefaultScheduleStatus
+) -> list[dg.ScheduleDefinition]:
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for spec in specs:
+        groups[(cadence_label(spec), spec.cron_schedule, spec.timezone)].append(spec.name)
+    schedules = []
+    for (label, cron, timezone), exports in sorted(groups.items()):
+        job = dg.define_asset_job(
+            name=f"{label}_{_slug(timezone)}_refresh",
+            selection=dg.AssetSelection.groups(*exports),
+            description=f"Refresh {', '.join(exports)} ({label}, {timezone}).",
+            tags={"cadence": label},
+        )
+        schedules.append(
+            dg.ScheduleDefinition(
+                job=job,
+                cron_schedule=cron,
+                execution_timezone=timezone,
+                default_status=default_status,
+                description=f"{label} refresh of {', '.join(exports)} at `{cron}` {timezone}",
+            )
+        )
+    return schedules
+
+
+@dg.run_failure_sensor(
+    name="report_failed_runs",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Reports every failed run to the log (replace the body to page or post).",
+)
+def report_failed_runs(context: dg.RunFailureSensorContext) -> None:
+    run = context.dagster_run
+    context.log.error(
+        f"run {run.run_id} of {run.job_name} failed: {context.failure_event.message or 'no message'}"
+    )

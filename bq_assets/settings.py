@@ -1,0 +1,140 @@
+"""Environments: which endpoints, names and credentials the resources use.
+
+``BQ_ASSETS_ENV=local`` (the default) wires every resource to the local cloud stack and the
+generated sample source. ``prod`` wires them to Google Cloud and Databricks from environment
+variables; secrets are passed as ``dg.EnvVar`` and only read when a run needs them. Which
+variables are *present* is checked when the code location loads, and every missing one is
+reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_databricks import DatabricksClientResource
+from dagster_databricks.resources import OauthCredentials
+
+from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
+from bq_assets.local.stack import local_dir
+from bq_assets.resources import (
+    DatabricksSQLResource,
+    DuckDBSourceResource,
+    StackAwareBigQueryResource,
+    StackAwareGCSResource,
+)
+
+ENVIRONMENTS = ("local", "prod")
+
+#: name → what it is; all must be set in ``prod``.
+PROD_REQUIRED = {
+    "GCP_PROJECT": "Google Cloud project that runs the BigQuery jobs (and is billed)",
+    "BQ_ASSETS_GCS_BUCKET": "GCS bucket the CSV objects are written to",
+    "BQ_ASSETS_SOURCE_DATABASE": "path of the DuckDB database the export queries run on",
+    "BQ_ASSETS_STAGING_DIR": "directory for run-scoped Parquet snapshots",
+    "DATABRICKS_HOST": "Databricks workspace URL, e.g. https://adb-123.azuredatabricks.net",
+    "DATABRICKS_WAREHOUSE_ID": "SQL warehouse that runs the Databricks statements",
+}
+#: name → what it is; optional in ``prod``.
+PROD_OPTIONAL = {
+    "GCP_CREDENTIALS_B64": "base64 service-account key for GCS and BigQuery (default: ADC)",
+    "DATABRICKS_TOKEN": "Databricks personal access token (or use OAuth below / SDK auth)",
+    "DATABRICKS_CLIENT_ID": "Databricks OAuth M2M client id (service principal)",
+    "DATABRICKS_CLIENT_SECRET": "Databricks OAuth M2M client secret",
+    "DATABRICKS_BIGQUERY_SECRET_SCOPE": "secret scope holding the BigQuery key (federation)",
+    "DATABRICKS_BIGQUERY_SECRET_NAME": "secret holding the BigQuery key JSON (federation)",
+}
+
+
+class ConfigurationError(ValueError):
+    """The environment is misconfigured; the message names every variable at fault."""
+
+
+def environment() -> str:
+    env = os.environ.get("BQ_ASSETS_ENV", "local")
+    if env not in ENVIRONMENTS:
+        raise ConfigurationError(f"BQ_ASSETS_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}")
+    return env
+
+
+def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Resources wired to the local stack under ``root`` (default ``BQ_ASSETS_LOCAL_DIR``)."""
+    root = root or local_dir()
+    rows = os.environ.get("BQ_ASSETS_SAMPLE_ROWS", str(DEFAULT_SAMPLE_ROWS))
+    if not rows.isdigit() or int(rows) < 1:
+        raise ConfigurationError(f"BQ_ASSETS_SAMPLE_ROWS={rows!r} must be a positive integer")
+    bigquery = StackAwareBigQueryResource(local_stack_dir=str(root))
+    return {
+        "source": DuckDBSourceResource(
+            database=str(root / "source.duckdb"),
+            staging_dir=str(root / "staging"),
+            sample_rows=int(rows),
+        ),
+        "gcs": StackAwareGCSResource(local_stack_dir=str(root)),
+        "bigquery": bigquery,
+        "databricks": DatabricksSQLResource(
+            local_warehouse_dir=str(root / "databricks"), bigquery=bigquery
+        ),
+    }
+
+
+def _databricks_client() -> DatabricksClientResource:
+    if os.environ.get("DATABRICKS_TOKEN"):
+        return DatabricksClientResource(
+            host=dg.EnvVar("DATABRICKS_HOST"), token=dg.EnvVar("DATABRICKS_TOKEN")
+        )
+    if os.environ.get("DATABRICKS_CLIENT_ID"):
+        return DatabricksClientResource(
+            host=dg.EnvVar("DATABRICKS_HOST"),
+            oauth_credentials=OauthCredentials(
+                client_id=dg.EnvVar("DATABRICKS_CLIENT_ID"),
+                client_secret=dg.EnvVar("DATABRICKS_CLIENT_SECRET"),
+            ),
+        )
+    return DatabricksClientResource(host=dg.EnvVar("DATABRICKS_HOST"))
+
+
+def prod_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources wired to Google Cloud and Databricks; fails listing every missing variable."""
+    missing = [name for name in PROD_REQUIRED if not os.environ.get(name)]
+    if os.environ.get("DATABRICKS_CLIENT_ID") and not os.environ.get("DATABRICKS_CLIENT_SECRET"):
+        missing.append("DATABRICKS_CLIENT_SECRET")
+    if missing:
+        raise ConfigurationError(
+            "BQ_ASSETS_ENV=prod but these environment variables are not set: "
+            + ", ".join(missing)
+            + " (see .env.example)"
+        )
+    credentials = (
+        dg.EnvVar("GCP_CREDENTIALS_B64") if os.environ.get("GCP_CREDENTIALS_B64") else None
+    )
+    bigquery = StackAwareBigQueryResource(
+        project=dg.EnvVar("GCP_PROJECT"), gcp_credentials=credentials
+    )
+    return {
+        "source": DuckDBSourceResource(
+            database=dg.EnvVar("BQ_ASSETS_SOURCE_DATABASE"),
+            staging_dir=dg.EnvVar("BQ_ASSETS_STAGING_DIR"),
+        ),
+        "gcs": StackAwareGCSResource(
+            project=dg.EnvVar("GCP_PROJECT"),
+            bucket=dg.EnvVar("BQ_ASSETS_GCS_BUCKET"),
+            gcp_credentials=credentials,
+        ),
+        "bigquery": bigquery,
+        "databricks": DatabricksSQLResource(
+            workspace=_databricks_client(),
+            warehouse_id=dg.EnvVar("DATABRICKS_WAREHOUSE_ID"),
+            bigquery_key_secret_scope=os.environ.get(
+                "DATABRICKS_BIGQUERY_SECRET_SCOPE", "bq_assets"
+            ),
+            bigquery_key_secret_name=os.environ.get(
+                "DATABRICKS_BIGQUERY_SECRET_NAME", "bigquery_service_account_key"
+            ),
+        ),
+    }
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    return prod_resources() if environment() == "prod" else local_resources()
