@@ -14,6 +14,7 @@ This is the one place where local and production differ in more than endpoints:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,7 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     def read_table(self, name: TableName) -> pa.Table:
         """Local stand-in: the whole table (for tests and small checks)."""
         with self._local_connection(name.catalog) as con:
-            return con.execute(f"FROM {self._local_name(name)}").fetch_arrow_table()
+            return con.execute(f"FROM {self._local_name(name)}").to_arrow_table()
 
     # -- both -------------------------------------------------------------------------------
 
@@ -219,9 +220,10 @@ def _read_batches(
     """All streams of a read session as one Arrow reader (schema from the session)."""
     schema = pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
 
-    def batches():
+    def batches() -> Iterator[pa.RecordBatch]:
         for stream in session.streams:
-            for page in client.read_rows(stream.name).rows(session).pages:
-                yield page.to_arrow()
+            for response in client.read_rows(stream.name):
+                payload = response.arrow_record_batch.serialized_record_batch
+                yield pa.ipc.read_record_batch(pa.py_buffer(payload), schema)
 
     return pa.RecordBatchReader.from_batches(schema, batches())

@@ -237,9 +237,9 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         snapshot = Path(str(latest_metadata(context, query_key(spec.name))["snapshot_path"]))
         bucket = gcs.get_client().bucket(gcs.get_bucket_name())
         manifest = export_snapshot(
-            snapshot, bucket, spec.name, context.run_id, spec.csv, context.log
+            snapshot, bucket, spec.name, context.run.run_id, spec.csv, context.log
         )
-        deleted = delete_old_runs(bucket, spec.name, KEEP_RUNS, context.run_id)
+        deleted = delete_old_runs(bucket, spec.name, KEEP_RUNS, context.run.run_id)
         if deleted:
             context.log.info(f"deleted {len(deleted)} older run prefix(es): {', '.join(deleted)}")
         return dg.MaterializeResult(

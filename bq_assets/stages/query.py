@@ -46,7 +46,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     def _query(
         context: dg.AssetExecutionContext, source: DuckDBSourceResource
     ) -> dg.MaterializeResult:
-        path = source.staging_path(spec.name, context.run_id)
+        path = source.staging_path(spec.name, context.run.run_id)
         parquet = source.snapshot(spec.sql, spec.sql_file, path)
         fields = bigquery_schema(parquet.schema.to_arrow_schema())
         context.log.info(f"{spec.name}: {parquet.num_rows} rows snapshotted to {path}")

@@ -1,0 +1,76 @@
+"""Shared fixtures: one local cloud stack for the whole session, in a directory of its own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpec, load_specs
+from bq_assets.factory import build_definitions
+from bq_assets.local import stack
+from bq_assets.settings import local_resources
+
+SAMPLE_ROWS = 500
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("local-stack")
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_dir: Path) -> Iterator[stack.StackState]:
+    """The real emulators, started once per session and stopped at the end."""
+    os.environ["BQ_ASSETS_SAMPLE_ROWS"] = str(SAMPLE_ROWS)
+    state = stack.up(stack_dir)
+    yield state
+    stack.down(stack_dir)
+
+
+@pytest.fixture(scope="session")
+def resources(local_stack: stack.StackState, stack_dir: Path) -> dict[str, dg.ConfigurableResource]:
+    return local_resources(stack_dir)
+
+
+@pytest.fixture(scope="session")
+def shipped_specs() -> list[ExportSpec]:
+    return load_specs(SHIPPED_EXPORTS_DIR)
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def run_exports(
+    specs: list[ExportSpec],
+    resources: dict[str, dg.ConfigurableResource],
+    instance: dg.DagsterInstance,
+    selection: str | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize the exports' assets and run their checks in one in-process run."""
+    defs = build_definitions(specs, resources, dg.DefaultScheduleStatus.STOPPED)
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        asset_selection=dg.AssetSelection.from_coercible(selection).resolve(
+            defs.resolve_asset_graph()
+        )
+        if selection
+        else None,
+    )
+
+
+def step_errors(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """Step key → failure message, for failed steps."""
+    return {
+        event.step_key: event.step_failure_data.error.message
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data.error
+    }
