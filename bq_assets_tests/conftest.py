@@ -53,17 +53,14 @@ def run_exports(
     instance: dg.DagsterInstance,
     selection: str | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the exports' assets and run their checks in one in-process run."""
+    """Materialize the exports' assets (or the one asset ``selection``, e.g. ``query/x``) and
+    run their checks in one in-process run."""
     defs = build_definitions(specs, resources, dg.DefaultScheduleStatus.STOPPED)
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         instance=instance,
         raise_on_error=False,
-        asset_selection=dg.AssetSelection.from_coercible(selection).resolve(
-            defs.resolve_asset_graph()
-        )
-        if selection
-        else None,
+        asset_selection=[dg.AssetKey.from_user_string(selection)] if selection else None,
     )
 
 

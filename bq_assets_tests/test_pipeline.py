@@ -32,7 +32,9 @@ def normalized(value: object) -> object:
 
 
 def sorted_rows(rows: list[tuple], key_index: int = 0) -> list[tuple]:
-    return sorted((tuple(normalized(v) for v in row) for row in rows), key=lambda r: str(r[key_index]))
+    return sorted(
+        (tuple(normalized(v) for v in row) for row in rows), key=lambda r: str(r[key_index])
+    )
 
 
 def source_rows(spec: ExportSpec, database: str) -> tuple[list[str], list[tuple]]:
@@ -125,7 +127,10 @@ def test_a_second_run_gives_the_same_result(customer_360_run, resources) -> None
         rows = [tuple(r.values()) for r in client.list_rows(table_id)]
     _, expected = source_rows(spec, resources["source"].database)
     assert sorted_rows(rows) == sorted_rows(expected)
-    assert metadata(second, gcs_key(spec.name))["dagster/uri"] != metadata(first, gcs_key(spec.name))["dagster/uri"]
+    assert (
+        metadata(second, gcs_key(spec.name))["dagster/uri"]
+        != metadata(first, gcs_key(spec.name))["dagster/uri"]
+    )
 
 
 def test_all_shipped_exports_materialize(local_stack, resources, shipped_specs, instance) -> None:

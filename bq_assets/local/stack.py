@@ -89,11 +89,17 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child still answers kill(0); /proc tells the truth.
+    # A zombie child still answers kill(0); reap it if it is ours, and ask /proc otherwise.
     try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().split("\n")[2]
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return True
+        return False
+    return not any(line.startswith("State:") and "Z" in line for line in status.splitlines())
 
 
 def _cmdline(pid: int) -> str:
@@ -309,6 +315,8 @@ def _stop(pid: int, expected: str) -> None:
         time.sleep(0.1)
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
 
 
 def down(root: Path | None = None) -> bool:

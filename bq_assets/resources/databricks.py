@@ -14,8 +14,8 @@ This is the one place where local and production differ in more than endpoints:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 

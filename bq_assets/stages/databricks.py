@@ -49,8 +49,8 @@ def publish_statements(
     return [
         f"CREATE SCHEMA IF NOT EXISTS {schema}",
         f"CREATE TABLE IF NOT EXISTS {name.quoted} USING bigquery OPTIONS ("
-        f"table {_literal(f'{source.dataset}.{source.table}')}, "
-        f"project {_literal(source.project)}, parentProject {_literal(source.project)})",
+        f"table = {_literal(f'{source.dataset}.{source.table}')}, "
+        f"project = {_literal(source.project)}, parentProject = {_literal(source.project)})",
     ]
 
 
