@@ -144,3 +144,31 @@ def test_every_broken_spec_is_reported_at_once(tmp_path: Path) -> None:
 def test_yaml_that_is_not_a_mapping_is_reported(tmp_path: Path) -> None:
     write_export(tmp_path, "orders", "- just\n- a list\n")
     assert "must be a mapping of settings" in load_error(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ("exports/{export}/part-{shard:05d}", "must contain {run} as (part of) a folder"),
+        ("exports/{export}/{run}/part.csv", "must contain {shard}"),
+        ("exports/{export}/{run}/{when}-{shard}", "unknown placeholder(s) when"),
+        ("{date:%Y}/{export}/{run}/p-{shard}", "must start with a folder named {export}"),
+        ("exports/{export}-{run}/p-{shard}", "must start with a folder named {export}"),
+        ("exports/{export}/../{run}/p-{shard}", "without empty or '..' segments"),
+    ],
+)
+def test_object_templates_keep_one_prefix_per_run(
+    tmp_path: Path, template: str, fragment: str
+) -> None:
+    write_export(tmp_path, "orders", MINIMAL + f"objects: {{template: '{template}'}}\n")
+    message = load_error(tmp_path)
+    assert "objects.template" in message and fragment in message
+
+
+def test_a_dated_object_template_is_accepted(tmp_path: Path) -> None:
+    template = "amperity/{export}/{date:%Y/%m/%d}/{run}/orders-{shard:05d}"
+    write_export(
+        tmp_path, "orders", MINIMAL + f"objects: {{template: '{template}', keep_runs: 5}}\n"
+    )
+    (spec,) = load_specs(tmp_path)
+    assert (spec.objects.template, spec.objects.keep_runs) == (template, 5)

@@ -13,7 +13,9 @@ that names the file, the field and what is allowed (``ExportSpecError``), never 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import string
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +80,54 @@ class CsvOptions(_Strict):
         return value
 
 
+TEMPLATE_FIELDS = {"export", "run", "date", "shard"}
+
+
+class ObjectNames(_Strict):
+    """Where a run's objects go in the bucket.
+
+    ``template`` names each shard (the extension is appended). Placeholders: ``{export}``,
+    ``{run}`` (the run id), ``{date:%Y/%m/%d}`` (the run's date in the export's timezone) and
+    ``{shard:05d}``. ``{run}`` must name a folder, so every run writes under a prefix of its own
+    and no stale object can ever be loaded; ``{shard}`` must be in the file name.
+    """
+
+    template: str = Field(
+        "exports/{export}/{run}/part-{shard:05d}", description="object name template"
+    )
+    keep_runs: int = Field(3, ge=1, description="run prefixes to keep; older ones are deleted")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        unknown = names - TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join(sorted(unknown))}; allowed: "
+                + ", ".join(f"{{{n}}}" for n in sorted(TEMPLATE_FIELDS))
+            )
+        if not re.match(r"^([^{}]*/)?\{export\}/", value):
+            raise ValueError(
+                "must start with a folder named {export} (e.g. exports/{export}/...), so each "
+                "export's runs live apart and retention never touches another export"
+            )
+        folder, _, filename = value.rpartition("/")
+        if "{run}" not in folder:
+            raise ValueError(
+                "must contain {run} as (part of) a folder, so each run has its own prefix"
+            )
+        if "{shard" not in filename:
+            raise ValueError("the file name (after the last /) must contain {shard}")
+        try:
+            value.format(export="e", run="r", date=dt.date(2026, 1, 31), shard=1)
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"cannot be rendered: {exc}") from None
+        if value.startswith("/") or "//" in value or ".." in value:
+            raise ValueError("must be a relative object path without empty or '..' segments")
+        return value
+
+
 class BigQueryTarget(_Strict):
     """Where and how the export lands in BigQuery."""
 
@@ -88,6 +138,10 @@ class BigQueryTarget(_Strict):
     clustering_fields: list[str] = Field(default_factory=list, max_length=4)
     labels: dict[str, str] = Field(default_factory=dict)
     write_disposition: Literal["WRITE_TRUNCATE", "WRITE_APPEND"] = "WRITE_TRUNCATE"
+    schema_update_options: list[Literal["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"]] = Field(
+        default_factory=list,
+        description="schema changes a load may make to an existing table; any other drift fails",
+    )
 
     @field_validator("dataset", "table")
     @classmethod
@@ -155,6 +209,7 @@ class ExportSpec(_Strict):
     timezone: str = Field("UTC", description="IANA timezone of the schedule")
     owners: list[str] = Field(default_factory=list)
     csv: CsvOptions = Field(default_factory=CsvOptions)
+    objects: ObjectNames = Field(default_factory=ObjectNames)
     bigquery: BigQueryTarget = Field(default_factory=BigQueryTarget)
     databricks: DatabricksTarget = Field(default_factory=DatabricksTarget)
 

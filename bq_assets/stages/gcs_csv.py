@@ -1,16 +1,18 @@
 """Stage 2: the snapshot as BigQuery-ready CSV objects in GCS, plus a manifest.
 
-Each run writes under a prefix of its own (``exports/<export>/<run id>/``): shards
-``part-00000.csv[.gz]``, then ``manifest.json`` (exact URIs, rows, bytes, crc32c, the BigQuery
-schema and CSV options), then ``_SUCCESS``. The BigQuery stage loads exactly the manifest's
-URIs, so objects of other runs can never be loaded. Re-running for the same run id rewrites
-the same objects (idempotent); older runs' prefixes beyond ``keep_runs`` are deleted.
+Each run writes under a prefix of its own (by default ``exports/<export>/<run id>/``; the
+spec's ``objects.template`` may add the run date): shards ``part-00000.csv[.gz]``, then
+``manifest.json`` (exact URIs, rows, bytes, crc32c, the BigQuery schema and CSV options), then
+``_SUCCESS``. The BigQuery stage loads exactly the manifest's URIs, so objects of other runs
+can never be loaded. Re-running for the same run id rewrites the same objects (idempotent);
+the prefixes of older runs beyond ``objects.keep_runs`` are deleted.
 
 Shards are formatted, compressed and uploaded in parallel threads (pyarrow's CSV writer and
 zlib release the GIL); each reads only its own rows from the snapshot, so memory stays flat.
 """
 
 import base64
+import datetime as dt
 import gzip
 import json
 import os
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import google_crc32c
@@ -34,7 +37,6 @@ from bq_assets.schema import bigquery_schema, column_schema, schema_from_json, s
 from bq_assets.stages import gcs_key, latest_metadata, query_key
 
 UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # resumable uploads in 8 MiB chunks
-KEEP_RUNS = 3
 MANIFEST = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"
 
@@ -145,11 +147,50 @@ def upload(bucket: storage.Bucket, path: Path, name: str, content_type: str) -> 
     return expected
 
 
+@dataclass(frozen=True)
+class ObjectLayout:
+    """The object names of one run, rendered from the spec's template."""
+
+    template: str
+    export: str
+    run_id: str
+    run_date: dt.date
+    suffix: str
+
+    def shard(self, index: int) -> str:
+        return self._render(shard=index) + self.suffix
+
+    @property
+    def run_prefix(self) -> str:
+        """The folder that holds this run and nothing else: up to the segment with ``{run}``."""
+        segments = self.template.split("/")
+        last = max(i for i, segment in enumerate(segments) if "{run}" in segment)
+        return "/".join(segments[: last + 1]).format(**self._values()) + "/"
+
+    @property
+    def export_prefix(self) -> str:
+        """The folder under which every run of this export lives (for retention)."""
+        static = self.template.format(**{**self._values(), "run": "\0", "date": _Cut(), "shard": 0})
+        return static.split("\0")[0].rpartition("/")[0] + "/"
+
+    def _values(self, **extra: object) -> dict[str, object]:
+        return {"export": self.export, "run": self.run_id, "date": self.run_date, **extra}
+
+    def _render(self, **extra: object) -> str:
+        return self.template.format(**self._values(**extra))
+
+
+class _Cut:
+    """Formats as a marker, so a date placeholder ends the static part of a template."""
+
+    def __format__(self, spec: str) -> str:
+        return "\0"
+
+
 def export_snapshot(
     snapshot: Path,
     bucket: storage.Bucket,
-    export: str,
-    run_id: str,
+    layout: ObjectLayout,
     options: CsvOptions,
     log: dg.DagsterLogManager | None = None,
     workers: int | None = None,
@@ -157,23 +198,22 @@ def export_snapshot(
     """Write the snapshot as CSV shards under the run's prefix, then manifest and ``_SUCCESS``."""
     metadata = pq.read_metadata(snapshot)
     fields = bigquery_schema(metadata.schema.to_arrow_schema())
-    prefix = f"exports/{export}/{run_id}/"
-    suffix = ".csv.gz" if options.compression == "gzip" else ".csv"
     ranges = shard_ranges(metadata.num_rows, options.shard_rows)
 
-    with tempfile.TemporaryDirectory(prefix=f"bq_assets_{export}_") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"bq_assets_{layout.export}_") as scratch:
 
         def one_shard(index: int) -> Shard:
             start, end = ranges[index]
-            name = f"{prefix}part-{index:05d}{suffix}"
-            local = Path(scratch) / f"part-{index:05d}{suffix}"
+            name = layout.shard(index)
+            local = Path(scratch) / f"part-{index:05d}{layout.suffix}"
             rows = write_csv(snapshot, start, end, local, options)
             crc = upload(bucket, local, name, "text/csv")
             size = local.stat().st_size
             local.unlink()
             if log:
                 log.info(
-                    f"shard {index + 1}/{len(ranges)}: gs://{bucket.name}/{name} ({rows} rows, {size} bytes)"
+                    f"shard {index + 1}/{len(ranges)}: gs://{bucket.name}/{name} "
+                    f"({rows} rows, {size} bytes)"
                 )
             return Shard(uri=f"gs://{bucket.name}/{name}", rows=rows, bytes=size, crc32c=crc)
 
@@ -183,18 +223,20 @@ def export_snapshot(
             shards = list(pool.map(one_shard, range(len(ranges))))
 
     manifest = Manifest(
-        export=export,
-        run_id=run_id,
-        prefix=f"gs://{bucket.name}/{prefix}",
+        export=layout.export,
+        run_id=layout.run_id,
+        prefix=f"gs://{bucket.name}/{layout.run_prefix}",
         rows=sum(s.rows for s in shards),
         shards=shards,
         bigquery_schema=schema_to_json(fields),
         csv=options.model_dump(),
     )
-    bucket.blob(prefix + MANIFEST).upload_from_string(
+    bucket.blob(layout.run_prefix + MANIFEST).upload_from_string(
         manifest.to_json(), content_type="application/json"
     )
-    bucket.blob(prefix + SUCCESS_MARKER).upload_from_string(b"", content_type="text/plain")
+    bucket.blob(layout.run_prefix + SUCCESS_MARKER).upload_from_string(
+        b"", content_type="text/plain"
+    )
     return manifest
 
 
@@ -203,21 +245,31 @@ def read_manifest(client: storage.Client, uri: str) -> Manifest:
     return Manifest.from_json(client.bucket(bucket).blob(name).download_as_text())
 
 
-def delete_old_runs(bucket: storage.Bucket, export: str, keep: int, current_run: str) -> list[str]:
-    """Delete the prefixes of all but the ``keep`` newest runs of ``export``; never the current one."""
-    runs: dict[str, list[storage.Blob]] = {}
-    for blob in bucket.list_blobs(prefix=f"exports/{export}/"):
-        run = blob.name.split("/")[2]
-        runs.setdefault(run, []).append(blob)
-    newest = sorted(runs, key=lambda r: max(b.time_created for b in runs[r]), reverse=True)
+def delete_old_runs(bucket: storage.Bucket, layout: ObjectLayout, keep: int) -> list[str]:
+    """Delete every object of all but the ``keep`` newest runs (by their manifests); never the
+    current run's. Runs are found through their manifests, whatever the template made of them."""
+    manifests = [
+        blob
+        for blob in bucket.list_blobs(prefix=layout.export_prefix)
+        if blob.name.endswith("/" + MANIFEST)
+    ]
+    manifests.sort(key=lambda blob: blob.time_created, reverse=True)
     deleted = []
-    for run in newest[keep:]:
-        if run == current_run:
+    for manifest in manifests[keep:]:
+        prefix = manifest.name.removesuffix(MANIFEST)
+        if prefix == layout.run_prefix:
             continue
-        for blob in runs[run]:
+        for blob in bucket.list_blobs(prefix=prefix):
             blob.delete()
-        deleted.append(f"gs://{bucket.name}/exports/{export}/{run}/")
+        deleted.append(f"gs://{bucket.name}/{prefix}")
     return deleted
+
+
+def run_date(context: dg.AssetExecutionContext, timezone: str) -> dt.date:
+    """The run's date in the export's timezone: the scheduled tick's, else today's."""
+    tick = context.run.tags.get("dagster/scheduled_execution_time")
+    when = dt.datetime.fromisoformat(tick) if tick else dt.datetime.now(dt.UTC)
+    return when.astimezone(ZoneInfo(timezone)).date()
 
 
 def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
@@ -236,10 +288,15 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         snapshot = Path(str(latest_metadata(context, query_key(spec.name))["snapshot_path"]))
         bucket = gcs.get_client().bucket(gcs.get_bucket_name())
-        manifest = export_snapshot(
-            snapshot, bucket, spec.name, context.run.run_id, spec.csv, context.log
+        layout = ObjectLayout(
+            template=spec.objects.template,
+            export=spec.name,
+            run_id=context.run.run_id,
+            run_date=run_date(context, spec.timezone),
+            suffix=".csv.gz" if spec.csv.compression == "gzip" else ".csv",
         )
-        deleted = delete_old_runs(bucket, spec.name, KEEP_RUNS, context.run.run_id)
+        manifest = export_snapshot(snapshot, bucket, layout, spec.csv, context.log)
+        deleted = delete_old_runs(bucket, layout, spec.objects.keep_runs)
         if deleted:
             context.log.info(f"deleted {len(deleted)} older run prefix(es): {', '.join(deleted)}")
         return dg.MaterializeResult(
