@@ -13,7 +13,7 @@ from google.cloud import bigquery as bq
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
-from bq_assets.schema import schema_from_json
+from bq_assets.schema import schema_diff, schema_from_json
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, latest_metadata, query_key
 from bq_assets.stages.databricks import table_name
 from bq_assets.stages.gcs_csv import read_manifest
@@ -158,15 +158,6 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     return [objects_match, rows_match]
 
 
-def _schema_diff(actual: list[bq.SchemaField], expected: list[bq.SchemaField]) -> list[str]:
-    have = {f.name: f.field_type for f in actual}
-    want = {f.name: f.field_type for f in expected}
-    diff = [f"missing column {n} ({t})" for n, t in want.items() if n not in have]
-    diff += [f"unexpected column {n} ({t})" for n, t in have.items() if n not in want]
-    diff += [f"{n}: {have[n]}, expected {t}" for n, t in want.items() if n in have and have[n] != t]
-    return diff
-
-
 def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     key = bigquery_key(spec.name)
 
@@ -204,7 +195,7 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         )
         with bigquery.get_client() as client:
             actual = client.get_table(table_id).schema
-        diff = _schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))
+        diff = schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))
         return dg.AssetCheckResult(
             passed=not diff, metadata={"differences": dg.MetadataValue.json(diff)}
         )

@@ -61,3 +61,21 @@ def schema_to_json(fields: list[bigquery.SchemaField]) -> list[dict]:
 
 def schema_from_json(fields: list[dict]) -> list[bigquery.SchemaField]:
     return [bigquery.SchemaField.from_api_repr(f) for f in fields]
+
+
+def schema_diff(
+    actual: list[bigquery.SchemaField], expected: list[bigquery.SchemaField]
+) -> list[str]:
+    """Column-by-column differences of ``actual`` from ``expected``, readable one per line."""
+    have = {f.name: f for f in actual}
+    want = {f.name: f for f in expected}
+    diff = [f"+ {n} {f.field_type} (new column)" for n, f in want.items() if n not in have]
+    diff += [
+        f"- {n} {f.field_type} (column would be dropped)" for n, f in have.items() if n not in want
+    ]
+    for name, field in want.items():
+        if name in have and have[name].field_type != field.field_type:
+            diff.append(f"~ {name}: {have[name].field_type} -> {field.field_type} (type change)")
+        elif name in have and have[name].mode != field.mode:
+            diff.append(f"~ {name}: mode {have[name].mode} -> {field.mode}")
+    return diff

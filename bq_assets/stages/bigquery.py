@@ -9,6 +9,7 @@ of loading twice, and a job id that already failed gets a new generation.
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -18,7 +19,7 @@ from google.cloud import bigquery
 
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
-from bq_assets.schema import column_schema, schema_from_json
+from bq_assets.schema import column_schema, schema_diff, schema_from_json
 from bq_assets.stages import bigquery_key, gcs_key, latest_metadata
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
 
@@ -33,8 +34,63 @@ TRANSIENT = Retry(
 )  # fmt: skip
 
 
-class LoadError(RuntimeError):
-    """A BigQuery load job failed; the message lists every error the job reported."""
+class LocationError(RuntimeError):
+    """The bucket, the dataset and the spec disagree on where the data lives."""
+
+
+def locations_compatible(bucket_location: str, dataset_location: str) -> bool:
+    """Can a dataset in ``dataset_location`` load from a bucket in ``bucket_location``?
+
+    Same location always; a US or EU multi-region dataset also loads from buckets in the
+    regions of that multi-region (BigQuery's documented rule for Cloud Storage loads).
+    """
+    bucket, dataset = bucket_location.upper(), dataset_location.upper()
+    if bucket == dataset:
+        return True
+    if dataset == "US":
+        return bucket.startswith("US-") or bucket == "NAM4"
+    if dataset == "EU":
+        return bucket.startswith("EUROPE-") or bucket == "EUR4"
+    return False
+
+
+def check_bucket_location(bucket: str, bucket_location: str, spec: ExportSpec) -> None:
+    if not locations_compatible(bucket_location, spec.bigquery.location):
+        raise LocationError(
+            f"{spec.spec_file}: bigquery.location is {spec.bigquery.location}, but bucket "
+            f"gs://{bucket} is in {bucket_location}; BigQuery cannot load across locations. "
+            "Use a bucket in the dataset's location or change bigquery.location."
+        )
+
+
+class SchemaDriftError(RuntimeError):
+    """The existing table's schema differs from the snapshot's in a way the spec does not allow."""
+
+
+def check_schema_drift(
+    existing: list[bigquery.SchemaField],
+    incoming: list[bigquery.SchemaField],
+    spec: ExportSpec,
+    table_id: str,
+) -> list[str]:
+    """Fail on drift the spec does not allow; return the (allowed) differences."""
+    allowed = set(spec.bigquery.schema_update_options)
+    diff = schema_diff(existing, incoming)
+    disallowed = [
+        line
+        for line in diff
+        if not (line.startswith("+") and "ALLOW_FIELD_ADDITION" in allowed)
+        and not ("mode REQUIRED -> NULLABLE" in line and "ALLOW_FIELD_RELAXATION" in allowed)
+    ]
+    if disallowed:
+        raise SchemaDriftError(
+            f"{table_id}: the snapshot's schema differs from the existing table's "
+            f"(export {spec.name}, {spec.spec_file}):\n  "
+            + "\n  ".join(disallowed)
+            + "\nAllow additions/relaxations with bigquery.schema_update_options, or drop the "
+            "table deliberately if the change is intended."
+        )
+    return diff
 
 
 @dataclass(frozen=True)
@@ -62,6 +118,8 @@ def load_job_config(spec: ExportSpec, manifest: Manifest) -> bigquery.LoadJobCon
     )
     if csv.get("null_marker"):
         config.null_marker = csv["null_marker"]
+    if spec.bigquery.schema_update_options and spec.bigquery.write_disposition == "WRITE_APPEND":
+        config.schema_update_options = list(spec.bigquery.schema_update_options)
     if spec.bigquery.partition_field:
         config.time_partitioning = bigquery.TimePartitioning(field=spec.bigquery.partition_field)
     if spec.bigquery.clustering_fields:
@@ -81,12 +139,11 @@ def job_id_base(spec: ExportSpec, manifest: Manifest, config: bigquery.LoadJobCo
 
 def _describe_errors(job: bigquery.LoadJob) -> str:
     errors = job.errors or ([job.error_result] if job.error_result else [])
-    return "\n".join(
-        f"  - [{e.get('reason', '?')}] {e.get('location', '')}: {e.get('message', '')}".replace(
-            ": :", ":"
-        )
-        for e in errors
-    )
+    lines = []
+    for error in errors:
+        where = f" {error['location']}" if error.get("location") else ""
+        lines.append(f"  - [{error.get('reason', '?')}]{where}: {error.get('message', '')}")
+    return "\n".join(lines)
 
 
 def ensure_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> bigquery.Dataset:
@@ -94,7 +151,58 @@ def ensure_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> b
     dataset.location = spec.bigquery.location
     dataset.labels = dict(spec.bigquery.labels)
     dataset.description = "Exports written by bq_assets."
-    return client.create_dataset(dataset, exists_ok=True, retry=TRANSIENT)
+    dataset = client.create_dataset(dataset, exists_ok=True, retry=TRANSIENT)
+    if (dataset.location or "").upper() != spec.bigquery.location.upper():
+        raise LocationError(
+            f"{spec.spec_file}: dataset {dataset.full_dataset_id} already exists in "
+            f"{dataset.location}, not in bigquery.location {spec.bigquery.location}."
+        )
+    return dataset
+
+
+def _start_or_reattach(
+    client: bigquery.Client,
+    base: str,
+    project: str,
+    location: str,
+    start: Callable[[str], bigquery.job.LoadJob | bigquery.job.CopyJob],
+    log: dg.DagsterLogManager,
+) -> bigquery.job.LoadJob | bigquery.job.CopyJob:
+    """The job ``<base>_<generation>``: reattach to a running or finished one, start a new
+    generation after a failed one. A retried step therefore never runs the same work twice."""
+    for generation in range(1, MAX_GENERATIONS + 1):
+        job_id = f"{base}_{generation}"
+        try:
+            job = client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
+        except gexc.NotFound:
+            log.info(f"starting job {job_id}")
+            return start(job_id)
+        if job.state == "DONE" and job.error_result:
+            log.info(f"job {job_id} already failed; starting generation {generation + 1}")
+            continue
+        log.info(f"reattaching to job {job_id} (state {job.state})")
+        return job
+    raise dg.Failure(f"{MAX_GENERATIONS} generations of job {base} failed for one run.")
+
+
+def _wait(job: bigquery.job.LoadJob | bigquery.job.CopyJob, table_id: str, location: str) -> None:
+    with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors are reported below
+        job.result(retry=TRANSIENT)
+    if job.error_result:
+        kind = "load" if isinstance(job, bigquery.LoadJob) else "copy"
+        raise dg.Failure(
+            description=(
+                f"BigQuery {kind} job {job.job_id} (location {job.location or location}) for "
+                f"{table_id} failed; the table keeps its previous data. Errors:\n"
+                f"{_describe_errors(job)}"
+            ),
+            metadata={
+                "job_id": job.job_id,
+                "location": job.location or location,
+                "table": table_id,
+                "errors": dg.MetadataValue.json(job.errors or [job.error_result]),
+            },
+        )
 
 
 def run_load(
@@ -104,41 +212,53 @@ def run_load(
     manifest: Manifest,
     log: dg.DagsterLogManager,
 ) -> LoadResult:
-    """Start (or reattach to) the load job for this manifest and wait for it."""
+    """Load exactly the manifest's objects into the export's table, atomically.
+
+    ``WRITE_TRUNCATE`` loads go to a staging table first and are published with one copy job,
+    so a failed load never touches the table (BigQuery's own loads are atomic; the emulator's
+    are not, and a publish step costs nothing extra in the same location). ``WRITE_APPEND``
+    loads go straight to the table. Job ids are deterministic (see ``job_id_base``).
+    """
     ensure_dataset(client, project, spec)
     table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
     config = load_job_config(spec, manifest)
+    try:
+        existing = client.get_table(table_id, retry=TRANSIENT).schema
+    except gexc.NotFound:
+        existing = None
+    if existing is not None:
+        drift = check_schema_drift(list(existing), list(config.schema), spec, table_id)
+        if drift:
+            log.info(f"{table_id}: allowed schema changes: {'; '.join(drift)}")
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
-    for generation in range(1, MAX_GENERATIONS + 1):
-        job_id = f"{base}_{generation}"
-        try:
-            job = client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
-        except gexc.NotFound:
-            log.info(f"starting load job {job_id}: {len(manifest.uris)} object(s) → {table_id}")
-            job = client.load_table_from_uri(
-                manifest.uris,
-                table_id,
-                job_id=job_id,
-                location=location,
-                job_config=config,
-                retry=TRANSIENT,
-            )
-            break
-        if job.state == "DONE" and job.error_result:
-            log.info(f"load job {job_id} already failed; starting generation {generation + 1}")
-            continue
-        log.info(f"reattaching to load job {job_id} (state {job.state})")
-        break
-    else:
-        raise LoadError(f"{table_id}: {MAX_GENERATIONS} load job generations failed for one run.")
-    with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors are reported below
-        job.result(retry=TRANSIENT)
-    if job.error_result:
-        raise LoadError(
-            f"BigQuery load job {job.job_id} (location {job.location}) into {table_id} failed; "
-            f"the table keeps its previous data. Errors:\n{_describe_errors(job)}"
-        )
+    staged = spec.bigquery.write_disposition == "WRITE_TRUNCATE"
+    load_target = f"{table_id}__staging_{base[-16:]}" if staged else table_id
+    if staged:
+        config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
+
+    log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {load_target}")
+    job = _start_or_reattach(
+        client, base, project, location,
+        lambda job_id: client.load_table_from_uri(
+            manifest.uris, load_target, job_id=job_id, location=location, job_config=config,
+            retry=TRANSIENT,
+        ),
+        log,
+    )  # fmt: skip
+    _wait(job, table_id, location)
+    if staged:
+        copy = _start_or_reattach(
+            client, f"{job.job_id}_publish", project, location,
+            lambda job_id: client.copy_table(
+                load_target, table_id, job_id=job_id, location=location, retry=TRANSIENT,
+                job_config=bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE"),
+            ),
+            log,
+        )  # fmt: skip
+        _wait(copy, table_id, location)
+        client.delete_table(load_target, not_found_ok=True, retry=TRANSIENT)
+
     table = client.get_table(table_id, retry=TRANSIENT)
     if spec.bigquery.labels or spec.description:
         table.labels = dict(spec.bigquery.labels)
@@ -180,7 +300,10 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         gcs: StackAwareGCSResource,
     ) -> dg.MaterializeResult:
         manifest_uri = str(latest_metadata(context, gcs_key(spec.name))["manifest_uri"])
-        manifest = read_manifest(gcs.get_client(), manifest_uri)
+        storage_client = gcs.get_client()
+        manifest = read_manifest(storage_client, manifest_uri)
+        bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
+        check_bucket_location(bucket, storage_client.get_bucket(bucket).location, spec)
         with bigquery.get_client() as client:
             result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
         context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
