@@ -27,6 +27,7 @@ BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
 DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
+DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
 
 SAMPLE = 5
 
@@ -248,7 +249,51 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             metadata={"databricks_columns": actual, "bigquery_columns": expected},
         )
 
-    return [rows_match, columns_match]
+    @dg.asset_check(
+        asset=key,
+        name=DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY,
+        description="Row count and a checksum of the primary key are equal in Databricks and "
+        "BigQuery (both engines compute it).",
+    )
+    def key_checksum_matches(
+        context: dg.AssetCheckExecutionContext,
+        databricks: DatabricksSQLResource,
+        bigquery: StackAwareBigQueryResource,
+    ) -> dg.AssetCheckResult:
+        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+        with bigquery.get_client() as client:
+            sql = key_checksum_sql("bigquery", f"`{table_id}`", spec.primary_key)
+            expected = tuple(next(iter(client.query(sql).result())).values())
+        (actual,) = databricks.query(
+            key_checksum_sql(databricks.dialect, "{table}", spec.primary_key), name
+        )
+        actual = tuple(int(v) if v is not None else None for v in actual)
+        return dg.AssetCheckResult(
+            passed=actual == expected,
+            metadata={
+                "databricks_rows_and_checksum": str(actual),
+                "bigquery_rows_and_checksum": str(expected),
+            },
+        )
+
+    return [rows_match, columns_match, key_checksum_matches]
+
+
+# The key checksum: XOR of the first 60 bits of each key's MD5, computed with functions every
+# engine has (MD5, SUBSTR, BIT_XOR, COUNT); only the hex → integer step is spelled per engine.
+_HEX_TO_INT = {
+    "bigquery": "CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5({key})), 1, 15)) AS INT64)",
+    "databricks": "CAST(CONV(SUBSTR(MD5({key}), 1, 15), 16, 10) AS BIGINT)",
+    "duckdb": "CAST('0x' || SUBSTR(MD5({key}), 1, 15) AS BIGINT)",
+}
+
+
+def key_checksum_sql(dialect: str, table: str, key_columns: list[str]) -> str:
+    """``SELECT count, checksum`` of the key columns of ``table``, in ``dialect``."""
+    text = "STRING" if dialect != "duckdb" else "VARCHAR"
+    parts = [f"CAST({column} AS {text})" for column in key_columns]
+    key = parts[0] if len(parts) == 1 else "CONCAT(" + ", '|', ".join(parts) + ")"
+    return f"SELECT COUNT(*), BIT_XOR({_HEX_TO_INT[dialect].format(key=key)}) FROM {table}"
 
 
 def build_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:

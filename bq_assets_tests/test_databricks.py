@@ -11,6 +11,7 @@ import pytest
 import sqlglot
 from databricks.sdk.service.sql import StatementState
 
+from bq_assets.checks import key_checksum_sql
 from bq_assets.exports.spec import load_spec
 from bq_assets.resources.databricks import (
     BigQueryTable,
@@ -179,3 +180,21 @@ def test_a_statement_that_runs_too_long_is_canceled(monkeypatch) -> None:
     with pytest.raises(StatementError, match="did not finish within 60s"):
         resource_with(api, timeout_s=60).execute("SELECT 1")
     assert api.canceled == ["stmt-1"]
+
+
+def test_the_key_checksum_uses_functions_both_engines_have() -> None:
+    databricks = key_checksum_sql("databricks", "`main`.`amperity`.`c`", ["amperity_id"])
+    bigquery = key_checksum_sql("bigquery", "`p.d.c`", ["amperity_id"])
+    assert databricks == (
+        "SELECT COUNT(*), BIT_XOR(CAST(CONV(SUBSTR(MD5(CAST(amperity_id AS STRING)), 1, 15), "
+        "16, 10) AS BIGINT)) FROM `main`.`amperity`.`c`"
+    )
+    for sql, dialect in [(databricks, "databricks"), (bigquery, "bigquery")]:
+        parsed = sqlglot.parse_one(sql, read=dialect)
+        functions = {type(node).__name__ for node in parsed.find_all(sqlglot.exp.Func)}
+        assert {"Count", "BitwiseXorAgg", "MD5", "Substring"} <= functions
+
+
+def test_a_composite_key_is_joined_with_a_separator() -> None:
+    sql = key_checksum_sql("duckdb", "t", ["order_id", "line"])
+    assert "CONCAT(CAST(order_id AS VARCHAR), '|', CAST(line AS VARCHAR))" in sql

@@ -68,7 +68,7 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("query/customer_360", "primary_key_unique_and_not_null")].blocking
     assert checks[("gcs/customer_360", "objects_match_manifest")].blocking
     assert checks[("bigquery/customer_360", "rows_match_manifest")].blocking
-    assert len(checks) == 27
+    assert len(checks) == 30
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

@@ -94,6 +94,11 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     def is_local(self) -> bool:
         return self.workspace is None
 
+    @property
+    def dialect(self) -> str:
+        """The SQL dialect ``query`` speaks: ``databricks``, or ``duckdb`` for the stand-in."""
+        return "duckdb" if self.is_local else "databricks"
+
     # -- production: statement execution on a SQL warehouse --------------------------------
 
     def execute(self, statement: str) -> list[list[str | None]]:
