@@ -7,9 +7,11 @@ stopped by default locally and running in production (``BQ_ASSETS_SCHEDULES`` ov
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 
 import dagster as dg
+from dagster_shared.error import SerializableErrorInfo
 
 from bq_assets.exports.spec import ExportSpec
 
@@ -61,13 +63,41 @@ def build_schedules(
     return schedules
 
 
-@dg.run_failure_sensor(
-    name="report_failed_runs",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Reports every failed run to the log (replace the body to page or post).",
-)
-def report_failed_runs(context: dg.RunFailureSensorContext) -> None:
+def _root_message(error: SerializableErrorInfo) -> str:
+    """The user's error inside Dagster's wrappers, first line only."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
+
+
+def failure_message(context: dg.RunFailureSensorContext) -> str:
+    """One line per failed run: the run, the job, and each failed step's error."""
     run = context.dagster_run
-    context.log.error(
-        f"run {run.run_id} of {run.job_name} failed: {context.failure_event.message or 'no message'}"
+    steps = [
+        f"{event.step_key}: {_root_message(event.step_failure_data.error)}"
+        for event in context.get_step_failure_events()
+        if event.step_failure_data.error
+    ]
+    detail = "; ".join(steps) or context.failure_event.message or "no message"
+    return f"run {run.run_id} of {run.job_name} failed: {detail}"
+
+
+def build_failure_sensor(
+    notify: Callable[[dg.RunFailureSensorContext, str], None] | None = None,
+) -> dg.SensorDefinition:
+    """A sensor that reports every failed run: to the log by default, or to ``notify``
+    (e.g. a function that posts to a chat webhook or opens an incident)."""
+
+    @dg.run_failure_sensor(
+        name="report_failed_runs",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reports every failed run (to the log unless a notifier is plugged in).",
     )
+    def report_failed_runs(context: dg.RunFailureSensorContext) -> None:
+        message = failure_message(context)
+        if notify is None:
+            context.log.error(message)
+        else:
+            notify(context, message)
+
+    return report_failed_runs

@@ -10,7 +10,7 @@ import pytest
 from dagster._utils.schedules import cron_string_iterator
 
 from bq_assets.factory import build_definitions
-from bq_assets.schedules import FRESHNESS, freshness_policy
+from bq_assets.schedules import FRESHNESS, build_failure_sensor, failure_message, freshness_policy
 from bq_assets.settings import local_resources
 
 
@@ -67,3 +67,25 @@ def test_freshness_follows_the_cadence(shipped_specs) -> None:
     weekly = next(s for s in shipped_specs if s.cadence == "weekly")
     assert freshness_policy(daily).fail_window.to_timedelta() == FRESHNESS["daily"]
     assert freshness_policy(weekly).fail_window.to_timedelta() == FRESHNESS["weekly"]
+
+
+def test_a_failed_run_is_reported_to_the_plugged_in_notifier(instance) -> None:
+    @dg.asset
+    def broken() -> None:
+        raise RuntimeError("the source database is unreachable")
+
+    result = dg.materialize([broken], instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    received: list[str] = []
+    sensor = build_failure_sensor(lambda context, message: received.append(message))
+    context = dg.build_run_status_sensor_context(
+        sensor_name="report_failed_runs",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
+    sensor(context)
+    assert received == [failure_message(context)]
+    assert result.run_id in received[0]
+    assert "broken: RuntimeError: the source database is unreachable" in received[0]
