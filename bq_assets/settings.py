@@ -79,7 +79,7 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
     }
 
 
-def _databricks_client() -> DatabricksClientResource:
+def databricks_client() -> DatabricksClientResource:
     if os.environ.get("DATABRICKS_TOKEN"):
         return DatabricksClientResource(
             host=dg.EnvVar("DATABRICKS_HOST"), token=dg.EnvVar("DATABRICKS_TOKEN")
@@ -124,7 +124,7 @@ def prod_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "bigquery": bigquery,
         "databricks": DatabricksSQLResource(
-            workspace=_databricks_client(),
+            workspace=databricks_client(),
             warehouse_id=dg.EnvVar("DATABRICKS_WAREHOUSE_ID"),
             bigquery_key_secret_scope=os.environ.get(
                 "DATABRICKS_BIGQUERY_SECRET_SCOPE", "bq_assets"

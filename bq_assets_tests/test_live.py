@@ -1,0 +1,97 @@
+"""Opt-in live tests against real Google Cloud and a real Databricks workspace.
+
+They run only when their variables are set, and are skipped with the reason otherwise:
+
+* GCP: ``BQ_ASSETS_LIVE_GCP_PROJECT`` and ``BQ_ASSETS_LIVE_GCS_BUCKET`` (credentials from
+  Application Default Credentials or ``GCP_CREDENTIALS_B64``); writes to dataset
+  ``bq_assets_live_test``.
+* Databricks, in addition: ``DATABRICKS_HOST``, ``DATABRICKS_WAREHOUSE_ID`` and
+  ``DATABRICKS_TOKEN`` (the workspace must be able to reach BigQuery: see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bq_assets.exports import load_specs
+from bq_assets.resources import (
+    DatabricksSQLResource,
+    DuckDBSourceResource,
+    StackAwareBigQueryResource,
+    StackAwareGCSResource,
+)
+from bq_assets.settings import databricks_client
+from bq_assets_tests.conftest import run_exports, step_errors
+
+pytestmark = pytest.mark.live
+
+GCP_VARIABLES = ["BQ_ASSETS_LIVE_GCP_PROJECT", "BQ_ASSETS_LIVE_GCS_BUCKET"]
+DATABRICKS_VARIABLES = ["DATABRICKS_HOST", "DATABRICKS_WAREHOUSE_ID", "DATABRICKS_TOKEN"]
+
+
+def require(names: list[str]) -> None:
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        pytest.skip(f"live test: set {', '.join(missing)} to run it against the real service")
+
+
+def live_export(tmp_path: Path, mode: str = "federation"):
+    suffix = uuid.uuid4().hex[:8]
+    (tmp_path / "live_customers.sql").write_text(
+        "SELECT amperity_id, given_name, email, lifetime_value, updated_at FROM customer_360"
+    )
+    (tmp_path / "live_customers.yaml").write_text(
+        "primary_key: [amperity_id]\ncadence: daily\n"
+        f"bigquery: {{dataset: bq_assets_live_test, table: customers_{suffix}}}\n"
+        f"databricks: {{schema: bq_assets_live_test, table: customers_{suffix}, mode: {mode}}}\n"
+    )
+    return load_specs(tmp_path)
+
+
+def live_resources(tmp_path: Path, databricks: DatabricksSQLResource | None = None) -> dict:
+    credentials = os.environ.get("GCP_CREDENTIALS_B64") or None
+    bigquery = StackAwareBigQueryResource(
+        project=os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"], gcp_credentials=credentials
+    )
+    return {
+        "source": DuckDBSourceResource(
+            database=str(tmp_path / "source.duckdb"),
+            staging_dir=str(tmp_path / "staging"),
+            sample_rows=200,
+        ),
+        "gcs": StackAwareGCSResource(
+            project=os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"],
+            bucket=os.environ["BQ_ASSETS_LIVE_GCS_BUCKET"],
+            gcp_credentials=credentials,
+        ),
+        "bigquery": bigquery,
+        "databricks": databricks
+        or DatabricksSQLResource(local_warehouse_dir=str(tmp_path / "dbx"), bigquery=bigquery),
+    }
+
+
+def test_the_pipeline_runs_against_real_gcs_and_bigquery(tmp_path: Path) -> None:
+    require(GCP_VARIABLES)
+    with dg.instance_for_test() as instance:
+        result = run_exports(live_export(tmp_path), live_resources(tmp_path), instance)
+    assert result.success, step_errors(result)
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+
+
+@pytest.mark.parametrize("mode", ["federation", "external"])
+def test_the_generated_statements_run_on_a_real_sql_warehouse(tmp_path: Path, mode: str) -> None:
+    require(GCP_VARIABLES + DATABRICKS_VARIABLES)
+    databricks = DatabricksSQLResource(
+        workspace=databricks_client(), warehouse_id=os.environ["DATABRICKS_WAREHOUSE_ID"]
+    )
+    with dg.instance_for_test() as instance:
+        result = run_exports(
+            live_export(tmp_path, mode), live_resources(tmp_path, databricks), instance
+        )
+    assert result.success, step_errors(result)
+    assert all(check.passed for check in result.get_asset_check_evaluations())
