@@ -20,12 +20,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bq_assets.errors import BqAssetsError
+
 LOCAL_PROJECT = "bq-assets-local"
 LOCAL_BUCKET = "bq-assets-local"
 HEALTH_TIMEOUT_S = 60.0
 
 
-class StackError(RuntimeError):
+class StackError(BqAssetsError):
     """The local stack is not running, or a component failed to start."""
 
 

@@ -27,12 +27,13 @@ from databricks.sdk.service.sql import StatementResponse, StatementState
 from google.cloud import bigquery_storage
 from pydantic import Field
 
+from bq_assets.errors import BqAssetsError
 from bq_assets.resources.google import StackAwareBigQueryResource
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class StatementError(RuntimeError):
+class StatementError(BqAssetsError):
     """A Databricks SQL statement failed, was canceled, or did not finish in time."""
 
 
@@ -93,6 +94,14 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     @property
     def is_local(self) -> bool:
         return self.workspace is None
+
+    @property
+    def endpoint(self) -> str:
+        """The SQL warehouse's workspace, or where the local stand-in keeps its catalogs."""
+        if self.workspace is not None:
+            return f"{self.workspace.host} (SQL warehouse {self.warehouse_id})"
+        reads = self.bigquery.read_endpoint if self.bigquery else "(no BigQuery resource)"
+        return f"the local stand-in in {self.local_warehouse_dir} (reading BigQuery from {reads})"
 
     @property
     def dialect(self) -> str:

@@ -26,6 +26,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_read.transports import 
 from google.oauth2 import service_account
 from pydantic import Field
 
+from bq_assets.errors import BqAssetsError
 from bq_assets.local.stack import StackState, read_state
 
 LOCAL_STACK_FIELD = Field(
@@ -39,7 +40,7 @@ CREDENTIALS_FIELD = Field(
 )
 
 
-class CredentialsError(ValueError):
+class CredentialsError(BqAssetsError):
     """The configured service-account key cannot be used."""
 
 
@@ -83,6 +84,11 @@ class StackAwareGCSResource(GCSResource):
             )
         return storage.Client(project=self.project)
 
+    @property
+    def endpoint(self) -> str:
+        stack = self.local_stack()
+        return stack.gcs_endpoint if stack else "https://storage.googleapis.com"
+
     def get_bucket_name(self) -> str:
         stack = self.local_stack()
         if stack is not None:
@@ -99,6 +105,21 @@ class StackAwareBigQueryResource(BigQueryResource):
 
     def local_stack(self) -> StackState | None:
         return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+
+    @property
+    def endpoint(self) -> str:
+        stack = self.local_stack()
+        return stack.bigquery_endpoint if stack else "https://bigquery.googleapis.com"
+
+    @property
+    def read_endpoint(self) -> str:
+        """Where the Storage Read API client connects (gRPC)."""
+        stack = self.local_stack()
+        return (
+            f"http://{stack.bigquery_grpc_target}"
+            if stack
+            else "https://bigquerystorage.googleapis.com"
+        )
 
     def project_id(self) -> str:
         stack = self.local_stack()

@@ -10,6 +10,7 @@ import duckdb
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from bq_assets.errors import BqAssetsError
 from bq_assets.local import sample_data
 
 # Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
@@ -17,7 +18,7 @@ from bq_assets.local import sample_data
 ROW_GROUP_ROWS = 122_880
 
 
-class SourceQueryError(RuntimeError):
+class SourceQueryError(BqAssetsError):
     """The source database rejected an export's query."""
 
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
+import grpc
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+
+from bq_assets.errors import BqAssetsError
+from bq_assets.schema import UnsupportedTypeError
 
 
 def query_key(export: str) -> dg.AssetKey:
@@ -23,7 +33,7 @@ def databricks_key(export: str) -> dg.AssetKey:
     return dg.AssetKey(["databricks", export])
 
 
-class UpstreamMissingError(RuntimeError):
+class UpstreamMissingError(BqAssetsError):
     """A stage needs its upstream stage to have been materialized first."""
 
 
@@ -41,3 +51,68 @@ def latest_metadata(
             f"{key.to_user_string()} has never been materialized; materialize it first."
         )
     return {name: entry.value for name, entry in event.asset_materialization.metadata.items()}
+
+
+UNREACHABLE = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    api_exceptions.RetryError,
+    api_exceptions.ServiceUnavailable,
+    auth_exceptions.TransportError,
+    ConnectionError,
+)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def _unreachable_service(exc: BaseException, endpoints: Mapping[str, str]) -> str:
+    """The service whose address the error mentions, with its endpoint (else all of them)."""
+    text = f"{exc!r} {exc.__cause__!r} {exc.__context__!r}"
+    for service, endpoint in endpoints.items():
+        addresses = re.findall(r"[\w.-]+:\d+|[\w-]+(?:\.[\w-]+)+", endpoint.split("://")[-1])
+        ports = [f"port={a.rpartition(':')[2]}" for a in addresses if ":" in a]
+        if any(needle in text for needle in addresses + ports):
+            return f"{service} at {endpoint}"
+    return " or ".join(f"{service} at {endpoint}" for service, endpoint in endpoints.items())
+
+
+def _endpoints(services: Mapping[str, Any]) -> dict[str, str]:
+    found = {}
+    for name, resource in services.items():
+        try:
+            found[name] = str(resource.endpoint)
+        except Exception:  # the endpoint itself cannot be told (e.g. the stack is gone)
+            found[name] = "(endpoint unknown)"
+    return found
+
+
+@contextmanager
+def reported_as_failure(**services: Any) -> Iterator[None]:
+    """Turn the errors a user can act on into a ``dg.Failure`` whose message is the whole story.
+
+    Our own errors (bad SQL, schema drift, a location mismatch, a stopped local stack, …) fail
+    without a retry, since retrying cannot help. An unreachable service fails naming it and its
+    endpoint (``services`` maps a service name to the resource that knows its ``endpoint``), so
+    the step's retry policy can try again.
+    """
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except (BqAssetsError, UnsupportedTypeError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    except UNREACHABLE as exc:
+        where = _unreachable_service(exc, _endpoints(services))
+        raise dg.Failure(
+            description=f"{where} is unreachable: {_short(exc)}", allow_retries=True
+        ) from None
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        where = _unreachable_service(exc, _endpoints(services))
+        raise dg.Failure(
+            description=f"{where} is unreachable: {exc.details()}", allow_retries=True
+        ) from None

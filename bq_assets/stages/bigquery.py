@@ -17,10 +17,11 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import bigquery
 
+from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
 from bq_assets.schema import column_schema, schema_diff, schema_from_json
-from bq_assets.stages import bigquery_key, gcs_key, latest_metadata
+from bq_assets.stages import bigquery_key, gcs_key, latest_metadata, reported_as_failure
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
 
 MAX_GENERATIONS = 20
@@ -34,7 +35,7 @@ TRANSIENT = Retry(
 )  # fmt: skip
 
 
-class LocationError(RuntimeError):
+class LocationError(BqAssetsError):
     """The bucket, the dataset and the spec disagree on where the data lives."""
 
 
@@ -63,7 +64,7 @@ def check_bucket_location(bucket: str, bucket_location: str, spec: ExportSpec) -
         )
 
 
-class SchemaDriftError(RuntimeError):
+class SchemaDriftError(BqAssetsError):
     """The existing table's schema differs from the snapshot's in a way the spec does not allow."""
 
 
@@ -299,25 +300,26 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         bigquery: StackAwareBigQueryResource,
         gcs: StackAwareGCSResource,
     ) -> dg.MaterializeResult:
-        manifest_uri = str(latest_metadata(context, gcs_key(spec.name))["manifest_uri"])
-        storage_client = gcs.get_client()
-        manifest = read_manifest(storage_client, manifest_uri)
-        bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
-        check_bucket_location(bucket, storage_client.get_bucket(bucket).location, spec)
-        with bigquery.get_client() as client:
-            result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
-        context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/table_name": result.table_id,
-                "dagster/row_count": result.rows,
-                "dagster/column_schema": column_schema(result.schema),
-                "job_id": result.job_id,
-                "location": result.location,
-                "bytes": result.bytes,
-                "source_manifest": manifest_uri,
-                "console": dg.MetadataValue.url(console_url(result.table_id)),
-            }
-        )
+        with reported_as_failure(GCS=gcs, BigQuery=bigquery):
+            manifest_uri = str(latest_metadata(context, gcs_key(spec.name))["manifest_uri"])
+            storage_client = gcs.get_client()
+            manifest = read_manifest(storage_client, manifest_uri)
+            bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
+            check_bucket_location(bucket, storage_client.get_bucket(bucket).location, spec)
+            with bigquery.get_client() as client:
+                result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
+            context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/table_name": result.table_id,
+                    "dagster/row_count": result.rows,
+                    "dagster/column_schema": column_schema(result.schema),
+                    "job_id": result.job_id,
+                    "location": result.location,
+                    "bytes": result.bytes,
+                    "source_manifest": manifest_uri,
+                    "console": dg.MetadataValue.url(console_url(result.table_id)),
+                }
+            )
 
     return _bigquery

@@ -17,7 +17,7 @@ import dagster as dg
 
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.databricks import BigQueryTable, DatabricksSQLResource, TableName
-from bq_assets.stages import bigquery_key, databricks_key, latest_metadata
+from bq_assets.stages import bigquery_key, databricks_key, latest_metadata, reported_as_failure
 
 
 def _literal(value: str) -> str:
@@ -71,23 +71,29 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         databricks: DatabricksSQLResource,
     ) -> dg.MaterializeResult:
-        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
-        source = BigQueryTable(*table_id.split("."))
-        statements = publish_statements(
-            spec, source, databricks.bigquery_key_secret_scope, databricks.bigquery_key_secret_name
-        )
-        databricks.publish(statements, source, name)
-        rows = databricks.row_count(name)
-        context.log.info(f"{name}: {rows} rows visible in Databricks")
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/table_name": str(name),
-                "dagster/row_count": rows,
-                "mode": spec.databricks.mode,
-                "engine": "local DuckDB stand-in" if databricks.is_local else "SQL warehouse",
-                "source_table": table_id,
-                "statements": dg.MetadataValue.md("```sql\n" + ";\n".join(statements) + ";\n```"),
-            }
-        )
+        with reported_as_failure(Databricks=databricks):
+            table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+            source = BigQueryTable(*table_id.split("."))
+            statements = publish_statements(
+                spec,
+                source,
+                databricks.bigquery_key_secret_scope,
+                databricks.bigquery_key_secret_name,
+            )
+            databricks.publish(statements, source, name)
+            rows = databricks.row_count(name)
+            context.log.info(f"{name}: {rows} rows visible in Databricks")
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/table_name": str(name),
+                    "dagster/row_count": rows,
+                    "mode": spec.databricks.mode,
+                    "engine": "local DuckDB stand-in" if databricks.is_local else "SQL warehouse",
+                    "source_table": table_id,
+                    "statements": dg.MetadataValue.md(
+                        "```sql\n" + ";\n".join(statements) + ";\n```"
+                    ),
+                }
+            )
 
     return _databricks

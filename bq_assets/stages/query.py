@@ -14,7 +14,7 @@ import dagster as dg
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.source import DuckDBSourceResource
 from bq_assets.schema import bigquery_schema, column_schema
-from bq_assets.stages import query_key
+from bq_assets.stages import query_key, reported_as_failure
 
 KEEP_RUNS = 3
 
@@ -46,19 +46,20 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     def _query(
         context: dg.AssetExecutionContext, source: DuckDBSourceResource
     ) -> dg.MaterializeResult:
-        path = source.staging_path(spec.name, context.run.run_id)
-        parquet = source.snapshot(spec.sql, spec.sql_file, path)
-        fields = bigquery_schema(parquet.schema.to_arrow_schema())
-        context.log.info(f"{spec.name}: {parquet.num_rows} rows snapshotted to {path}")
-        delete_old_snapshots(path.parent.parent, KEEP_RUNS, path.parent)
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": parquet.num_rows,
-                "dagster/column_schema": column_schema(fields),
-                "dagster/uri": path.as_uri(),
-                "snapshot_path": dg.MetadataValue.path(str(path)),
-                "bytes": path.stat().st_size,
-            }
-        )
+        with reported_as_failure():
+            path = source.staging_path(spec.name, context.run.run_id)
+            parquet = source.snapshot(spec.sql, spec.sql_file, path)
+            fields = bigquery_schema(parquet.schema.to_arrow_schema())
+            context.log.info(f"{spec.name}: {parquet.num_rows} rows snapshotted to {path}")
+            delete_old_snapshots(path.parent.parent, KEEP_RUNS, path.parent)
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": parquet.num_rows,
+                    "dagster/column_schema": column_schema(fields),
+                    "dagster/uri": path.as_uri(),
+                    "snapshot_path": dg.MetadataValue.path(str(path)),
+                    "bytes": path.stat().st_size,
+                }
+            )
 
     return _query
