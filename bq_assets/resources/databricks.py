@@ -13,9 +13,11 @@ This is the one place where local and production differ in more than endpoints:
 
 from __future__ import annotations
 
+import fcntl
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,15 +142,23 @@ class DatabricksSQLResource(dg.ConfigurableResource):
 
     # -- local stand-in ---------------------------------------------------------------------
 
-    def _local_connection(self, catalog: str) -> duckdb.DuckDBPyConnection:
+    @contextmanager
+    def _local_connection(self, catalog: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the stand-in with ``catalog`` attached, held under a file lock.
+
+        DuckDB lets one process at a time open a database file for writing; the lock makes
+        concurrent runs (several exports, several processes) take turns instead of failing.
+        """
         if not self.local_warehouse_dir:
             raise StatementError("No local Databricks stand-in directory is configured.")
         folder = Path(self.local_warehouse_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect()
-        # "main" is reserved in DuckDB, so catalogs attach under an alias.
-        con.execute(f"ATTACH '{folder / catalog}.duckdb' AS {_alias(catalog)}")
-        return con
+        with (folder / f"{catalog}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with duckdb.connect() as con:
+                # "main" is reserved in DuckDB, so catalogs attach under an alias.
+                con.execute(f"ATTACH '{folder / catalog}.duckdb' AS {_alias(catalog)}")
+                yield con
 
     def _local_name(self, name: TableName) -> str:
         return f"{_alias(name.catalog)}.{name.schema}.{name.table}"
