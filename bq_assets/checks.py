@@ -15,6 +15,7 @@ from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, latest_metadata, query_key
+from bq_assets.stages.bigquery import count_rows
 from bq_assets.stages.databricks import table_name
 from bq_assets.stages.gcs_csv import read_manifest
 
@@ -174,7 +175,7 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         table_id = str(latest_metadata(context, key)["dagster/table_name"])
         expected = int(latest_metadata(context, gcs_key(spec.name))["dagster/row_count"])
         with bigquery.get_client() as client:
-            (actual,) = next(iter(client.query(f"SELECT COUNT(*) FROM `{table_id}`").result()))
+            actual = count_rows(client, table_id)
         return dg.AssetCheckResult(
             passed=actual == expected, metadata={"table_rows": actual, "manifest_rows": expected}
         )
@@ -225,7 +226,9 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         databricks: DatabricksSQLResource,
         bigquery: StackAwareBigQueryResource,
     ) -> dg.AssetCheckResult:
-        expected = int(_bigquery_table(context, bigquery).num_rows or 0)
+        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+        with bigquery.get_client() as client:
+            expected = count_rows(client, table_id)
         actual = databricks.row_count(name)
         return dg.AssetCheckResult(
             passed=actual == expected,

@@ -16,6 +16,8 @@ from bq_assets.settings import local_resources
 
 SAMPLE_ROWS = 500
 
+pytest_plugins = ["bq_assets_tests.fault_report"]
+
 
 @pytest.fixture(scope="session")
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -64,10 +66,19 @@ def run_exports(
     )
 
 
+def error_chain(error) -> str:
+    """An error recorded by Dagster and its causes, outermost first, joined by `` <- ``."""
+    messages = []
+    while error is not None:
+        messages.append(error.message.strip())
+        error = error.cause
+    return " <- ".join(messages)
+
+
 def step_errors(result: dg.ExecuteInProcessResult) -> dict[str, str]:
-    """Step key → failure message, for failed steps."""
+    """Step key → failure message (with causes), for failed steps."""
     return {
-        event.step_key: event.step_failure_data.error.message
+        event.step_key: error_chain(event.step_failure_data.error)
         for event in result.all_events
         if event.is_step_failure and event.step_failure_data.error
     }

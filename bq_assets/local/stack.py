@@ -332,3 +332,18 @@ def down(root: Path | None = None) -> bool:
     _stop(state.bigquery_pid, "bqemulator")
     path.unlink(missing_ok=True)
     return True
+
+
+def stop_component(name: str, root: Path | None = None) -> None:
+    """Stop one emulator (``gcs`` or ``bigquery``) and leave the state file: a fault drill.
+
+    The stack is then unhealthy; the next ``up`` restarts it (on new ports, which every
+    resource picks up, since they read the state file whenever they make a client).
+    """
+    state = read_state(root)
+    if name not in ("gcs", "bigquery"):
+        raise ValueError(f"unknown component {name!r}: gcs or bigquery")
+    if name == "gcs":
+        _stop(state.gcs_pid, "fake-gcs-server")
+    else:
+        _stop(state.bigquery_pid, "bqemulator")

@@ -70,6 +70,11 @@ class StackAwareGCSResource(GCSResource):
     def local_stack(self) -> StackState | None:
         return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
 
+    def get_object_to_set_on_execution_context(self) -> StackAwareGCSResource:
+        # dagster-gcp builds a client for every step up front; clients are made inside the
+        # steps instead, where a stopped stack or bad credentials become a clear failure.
+        return self
+
     def get_client(self) -> storage.Client:
         stack = self.local_stack()
         if stack is not None:
@@ -105,6 +110,9 @@ class StackAwareBigQueryResource(BigQueryResource):
 
     def local_stack(self) -> StackState | None:
         return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+
+    def get_object_to_set_on_execution_context(self) -> StackAwareBigQueryResource:
+        return self  # see StackAwareGCSResource: no client before the step runs
 
     @property
     def endpoint(self) -> str:

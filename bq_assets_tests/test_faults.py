@@ -1,0 +1,337 @@
+"""Faults and bad input on the real local stack: the pipeline keeps working or fails clearly,
+never loses or duplicates a row, and never leaks a secret. Run alone with ``make faults``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bq_assets.exports import ExportSpecError, load_specs
+from bq_assets.local import stack
+from bq_assets.resources import DatabricksSQLResource, DuckDBSourceResource, StackAwareGCSResource
+from bq_assets.settings import local_resources
+from bq_assets.stages import bigquery_key, gcs_key
+from bq_assets_tests.conftest import error_chain, run_exports, step_errors
+
+pytestmark = [pytest.mark.faults, pytest.mark.stack]
+
+ROOT = Path(__file__).resolve().parents[1]
+FAULT_ROWS = 4000
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+
+
+@pytest.fixture(scope="module")
+def fault_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fault-stack")
+
+
+@pytest.fixture(scope="module")
+def fault_stack(fault_dir: Path):
+    """A stack of the suite's own: its emulators get killed."""
+    state = stack.up(fault_dir)
+    yield state
+    stack.down(fault_dir)
+
+
+@pytest.fixture(scope="module")
+def fault_resources(fault_stack, fault_dir: Path) -> dict:
+    resources = local_resources(fault_dir)
+    resources["source"] = DuckDBSourceResource(
+        database=str(fault_dir / "source.duckdb"),
+        staging_dir=str(fault_dir / "staging"),
+        sample_rows=FAULT_ROWS,
+    )
+    return resources
+
+
+def export(folder: Path, name: str, sql: str, yaml_text: str = "") -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.sql").write_text(sql)
+    (folder / f"{name}.yaml").write_text("primary_key: [amperity_id]\ncadence: daily\n" + yaml_text)
+    return load_specs(folder)
+
+
+def source_keys(resources: dict, sql: str) -> list[str]:
+    with duckdb.connect(resources["source"].database, read_only=True) as con:
+        return [row[0] for row in con.execute(f"SELECT amperity_id FROM ({sql})").fetchall()]
+
+
+def bigquery_keys(resources: dict, table_id: str) -> list[str]:
+    with resources["bigquery"].get_client() as client:
+        return [row[0] for row in client.query(f"SELECT amperity_id FROM `{table_id}`").result()]
+
+
+def reconcile(fault, expected: list[str], actual: list[str]) -> None:
+    """Record rows lost and duplicated between the source and BigQuery."""
+    fault.rows_lost = len(set(expected) - set(actual))
+    fault.rows_duplicated = len(actual) - len(set(actual)) + len(set(actual) - set(expected))
+
+
+def materialization(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
+    """Each failed or retried step's error with its causes (retries wrap the user's failure)."""
+    return [
+        error_chain(event.event_specific_data.error)
+        for event in result.all_events
+        if event.event_type
+        in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        and event.event_specific_data.error
+    ]
+
+
+# 2 ─ BigQuery down when the load starts ─────────────────────────────────────────────────────
+def test_bigquery_down_when_the_load_starts(
+    fault, fault_stack, fault_resources, fault_dir, tmp_path
+) -> None:
+    fault.expected = "clear error naming the endpoint; retry succeeds once it is up"
+    sql = "SELECT amperity_id, email FROM customer_360"
+    specs = export(tmp_path / "x", "bq_down", sql)
+    with dg.instance_for_test() as instance:
+        staged = run_exports(specs, fault_resources, instance, selection="query/bq_down")
+        assert staged.success
+        run_exports(specs, fault_resources, instance, selection="gcs/bq_down")
+        endpoint = stack.read_state(fault_dir).bigquery_endpoint
+        stack.stop_component("bigquery", fault_dir)
+        try:
+            down = run_exports(specs, fault_resources, instance, selection="bigquery/bq_down")
+        finally:
+            stack.up(fault_dir)
+        messages = failure_messages(down)
+        assert not down.success
+        assert any(f"BigQuery at {endpoint} is unreachable" in m for m in messages), messages
+        back = run_exports(specs, fault_resources, instance, selection="bigquery/bq_down")
+    assert back.success, step_errors(back)
+    table_id = materialization(back, bigquery_key("bq_down"))["dagster/table_name"]
+    reconcile(fault, source_keys(fault_resources, sql), bigquery_keys(fault_resources, table_id))
+    failure = next(m for m in messages if "unreachable" in m)
+    failure = failure[failure.index("BigQuery at") :].split(":")[0:3]
+    rows = len(bigquery_keys(fault_resources, table_id))
+    fault.observed = f"'{':'.join(failure)} …' x{len(messages)}; after up: {rows} rows loaded"
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+# 4 ─ the source shrank ───────────────────────────────────────────────────────────────────────
+def test_a_rerun_after_the_source_shrank_loads_only_the_new_rows(
+    fault, fault_stack, fault_resources, tmp_path
+) -> None:
+    fault.expected = "BigQuery holds exactly the new rows; no object of the earlier run is loaded"
+    folder = tmp_path / "shrink"
+    big = "SELECT amperity_id, email FROM customer_360 ORDER BY amperity_id LIMIT 1000"
+    small = "SELECT amperity_id, email FROM customer_360 ORDER BY amperity_id DESC LIMIT 250"
+    with dg.instance_for_test() as instance:
+        first = run_exports(
+            export(folder, "shrinking", big, "csv: {shard_rows: 100}\n"), fault_resources, instance
+        )
+        second = run_exports(
+            export(folder, "shrinking", small, "csv: {shard_rows: 100}\n"),
+            fault_resources,
+            instance,
+        )
+    assert first.success and second.success, step_errors(second)
+    old_prefix = materialization(first, gcs_key("shrinking"))["dagster/uri"]
+    new = materialization(second, gcs_key("shrinking"))
+    bq = materialization(second, bigquery_key("shrinking"))
+    with fault_resources["bigquery"].get_client() as client:
+        loaded = client.get_job(bq["job_id"], location="US").source_uris
+    assert len(materialization(first, gcs_key("shrinking"))["objects"]) == 10
+    assert len(loaded) == 3 and all(uri.startswith(new["dagster/uri"]) for uri in loaded)
+    assert not any(uri.startswith(old_prefix) for uri in loaded)
+    reconcile(
+        fault,
+        source_keys(fault_resources, small),
+        bigquery_keys(fault_resources, bq["dagster/table_name"]),
+    )
+    fault.observed = f"10 → 3 shards; load used {len(loaded)} objects of the new run; {bq['dagster/row_count']} rows"
+    assert bq["dagster/row_count"] == 250
+    assert all(check.passed for check in second.get_asset_check_evaluations())
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+# 6 ─ invalid SQL ─────────────────────────────────────────────────────────────────────────────
+def test_invalid_sql_names_the_file_and_the_database_message(
+    fault, fault_stack, fault_resources, tmp_path
+) -> None:
+    fault.expected = "error names the SQL file and DuckDB's message; not retried"
+    specs = export(
+        tmp_path / "bad_sql", "bad_sql", "SELECT amperity_id, no_such_column AS x FROM customer_360"
+    )
+    with dg.instance_for_test() as instance:
+        result = run_exports(specs, fault_resources, instance)
+    messages = failure_messages(result)
+    assert not result.success and len(messages) == 1, messages
+    assert str(tmp_path / "bad_sql" / "bad_sql.sql") in messages[0]
+    assert 'Referenced column "no_such_column" not found' in messages[0]
+    assert "Traceback" not in messages[0]
+    fault.observed = messages[0].split("rejected the query: ")[-1][:80]
+
+
+# 7 ─ missing variables, wrong credentials, unreachable endpoints ──────────────────────────
+def test_missing_production_variables_fail_the_load_naming_each(fault, tmp_path) -> None:
+    fault.expected = "code location fails to load, naming every missing variable"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GCP_", "DATABRICKS_", "BQ_ASSETS_"))
+    }
+    env |= {"BQ_ASSETS_ENV": "prod", "GCP_PROJECT": "acme", "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [DAGSTER, "definitions", "validate", "-m", "bq_assets.definitions"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    missing = ["BQ_ASSETS_GCS_BUCKET", "BQ_ASSETS_SOURCE_DATABASE", "BQ_ASSETS_STAGING_DIR",
+               "DATABRICKS_HOST", "DATABRICKS_WAREHOUSE_ID"]  # fmt: skip
+    assert f"these environment variables are not set: {', '.join(missing)}" in output
+    fault.observed = "load failed: not set: " + ", ".join(missing)
+
+
+def test_a_stopped_local_stack_is_named_with_the_command_that_starts_it(
+    fault, fault_resources, tmp_path
+) -> None:
+    fault.expected = "run fails saying the stack is not running and how to start it"
+    resources = local_resources(tmp_path / "no-stack")
+    resources["source"] = fault_resources["source"]
+    specs = export(tmp_path / "nostack", "nostack", "SELECT amperity_id FROM customer_360")
+    with dg.instance_for_test() as instance:
+        result = run_exports(specs, resources, instance)
+    messages = failure_messages(result)
+    assert not result.success
+    assert any(
+        "The local cloud stack is not running" in m and "python -m bq_assets.local up" in m
+        for m in messages
+    )
+    fault.observed = messages[0][:80]
+
+
+def test_a_wrong_service_account_key_is_a_clear_error(fault) -> None:
+    fault.expected = "clear error naming the variable, key not echoed"
+    bad_key = base64.b64encode(b'{"type": "service_account"}').decode()
+    gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=bad_key)
+    with pytest.raises(Exception) as error:
+        gcs.get_client()
+    assert "GCP_CREDENTIALS_B64 is not a base64-encoded service-account key JSON" in str(
+        error.value
+    )
+    assert bad_key not in str(error.value)
+    fault.observed = str(error.value)[:80]
+
+
+# 8 ─ identifiers crafted to inject SQL ─────────────────────────────────────────────────────
+PAYLOADS = [
+    "x`; DROP TABLE t; --",
+    "x' OR '1'='1",
+    'x"; DELETE FROM t',
+    "x /* c */",
+    "x;y",
+    "x -- c",
+]
+NAME_FIELDS = {
+    "name": "name: {p}",
+    "primary_key": "primary_key: [{p}]",
+    "required": "required: [{p}]",
+    "bigquery.dataset": "bigquery: {{dataset: {p}}}",
+    "bigquery.table": "bigquery: {{table: {p}}}",
+    "bigquery.location": "bigquery: {{location: {p}}}",
+    "bigquery.partition_field": "bigquery: {{partition_field: {p}}}",
+    "bigquery.clustering_fields": "bigquery: {{clustering_fields: [{p}]}}",
+    "bigquery.labels": "bigquery: {{labels: {{{p}: v}}}}",
+    "databricks.catalog": "databricks: {{catalog: {p}}}",
+    "databricks.schema": "databricks: {{schema: {p}}}",
+    "databricks.table": "databricks: {{table: {p}}}",
+    "databricks.connection": "databricks: {{connection: {p}}}",
+    "databricks.foreign_catalog": "databricks: {{foreign_catalog: {p}}}",
+}
+
+
+def test_identifiers_crafted_to_inject_sql_are_rejected_at_load(fault, tmp_path) -> None:
+    fault.expected = "every crafted name in every configurable field rejected at load"
+    rejected = 0
+    for field, line in NAME_FIELDS.items():
+        for index, payload in enumerate(PAYLOADS):
+            folder = tmp_path / f"{field}-{index}"
+            folder.mkdir()
+            (folder / "e.sql").write_text("SELECT amperity_id, email FROM customer_360")
+            head = "" if field == "primary_key" else "primary_key: [amperity_id]\n"
+            (folder / "e.yaml").write_text(
+                head + "cadence: daily\n" + line.format(p=json.dumps(payload)) + "\n"
+            )
+            with pytest.raises(ExportSpecError) as error:
+                load_specs(folder)
+            assert field.split(".")[-1] in str(error.value), (field, payload, str(error.value))
+            rejected += 1
+    assert rejected == len(NAME_FIELDS) * len(PAYLOADS)
+    fault.observed = f"{rejected}/{rejected} crafted names rejected with the field named"
+
+
+# 9 ─ secrets never leak ─────────────────────────────────────────────────────────────────────
+def fake_service_account_key(token_uri: str) -> tuple[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {"type": "service_account", "project_id": "acme", "private_key_id": "feedface0123",
+            "private_key": pem, "client_email": "leak-test@acme.iam.gserviceaccount.com",
+            "client_id": "42", "token_uri": token_uri}  # fmt: skip
+    return base64.b64encode(json.dumps(info).encode()).decode(), pem
+
+
+def test_secrets_never_reach_logs_metadata_output_or_errors(
+    fault, fault_stack, fault_dir, tmp_path, capfd, caplog
+) -> None:
+    fault.expected = "a full run and failing authenticated calls leak neither token nor key"
+    token = "dapi" + "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    encoded_key, pem = fake_service_account_key("http://127.0.0.1:9/token")
+    secrets = [token, encoded_key, pem.splitlines()[1], "feedface0123"]
+
+    # A whole run in its own process, with both secrets in its environment.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = os.environ | {
+        "BQ_ASSETS_LOCAL_DIR": str(fault_dir), "DAGSTER_HOME": str(home),
+        "BQ_ASSETS_SAMPLE_ROWS": str(FAULT_ROWS), "DATABRICKS_TOKEN": token,
+        "GCP_CREDENTIALS_B64": encoded_key,
+    }  # fmt: skip
+    run = subprocess.run(
+        [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions", "--select", ",".join(f"{stage}/customer_360" for stage in ("query", "gcs", "bigquery", "databricks"))],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (record,) = instance.get_run_records()
+        event_log = "\n".join(repr(e) for e in instance.all_logs(record.dagster_run.run_id))
+    texts = [run.stdout, run.stderr, event_log]
+
+    # Calls that really use the secrets, and fail: token refresh and a Databricks statement.
+    from dagster_databricks import DatabricksClientResource
+
+    gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=encoded_key)
+    with pytest.raises(Exception) as gcs_error:
+        gcs.get_client().lookup_bucket("bucket-that-needs-a-token")
+    databricks = DatabricksSQLResource(
+        workspace=DatabricksClientResource(host="http://127.0.0.1:9", token=token),
+        warehouse_id="wh", statement_timeout_s=5,
+    )  # fmt: skip
+    with pytest.raises(Exception) as dbx_error:
+        databricks.execute("SELECT 1")
+    captured = capfd.readouterr()
+    texts += [repr(gcs_error.value), str(gcs_error.value), repr(dbx_error.value), str(dbx_error.value),
+              captured.out, captured.err, caplog.text]  # fmt: skip
+
+    fault.secrets_leaked = sum(secret in text for secret in secrets for text in texts)
+    fault.observed = f"run ok; scanned {sum(map(len, texts))} chars of logs/output/errors; {fault.secrets_leaked} leaks"
+    assert fault.secrets_leaked == 0
