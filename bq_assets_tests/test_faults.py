@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -16,11 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bq_assets.exports import ExportSpecError, load_specs
+from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
 from bq_assets.local import stack
 from bq_assets.resources import DatabricksSQLResource, DuckDBSourceResource, StackAwareGCSResource
+from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
 from bq_assets.stages import bigquery_key, gcs_key
+from bq_assets.stages.bigquery import run_load
+from bq_assets.stages.gcs_csv import Manifest, Shard
 from bq_assets_tests.conftest import error_chain, run_exports, step_errors
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack]
@@ -335,3 +340,95 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
     fault.secrets_leaked = sum(secret in text for secret in secrets for text in texts)
     fault.observed = f"run ok; scanned {sum(map(len, texts))} chars of logs/output/errors; {fault.secrets_leaked} leaks"
     assert fault.secrets_leaked == 0
+
+
+# 3 ─ a bad row in the CSV ───────────────────────────────────────────────────────────────────
+def test_a_bad_row_fails_the_load_and_keeps_the_previous_data(
+    fault, fault_stack, fault_resources, tmp_path
+) -> None:
+    fault.expected = "load fails showing the offending line; table keeps the previous rows"
+    sql = "SELECT amperity_id, email, order_count FROM customer_360"
+    specs = export(tmp_path / "bad_row", "bad_row", sql)
+    with dg.instance_for_test() as instance:
+        good = run_exports(specs, fault_resources, instance)
+        assert good.success, step_errors(good)
+        table_id = materialization(good, bigquery_key("bad_row"))["dagster/table_name"]
+        # Text in an INT64 column can only come from a tampered object: write one, load it.
+        manifest = tampered_manifest(fault_stack, fault_resources, table_id)
+        with (
+            fault_resources["bigquery"].get_client() as client,
+            pytest.raises(dg.Failure) as failure,
+        ):
+            run_load(client, fault_stack.project, specs[0], manifest, logging.getLogger("faults"))
+    message = failure.value.description
+    assert "not-a-number" in message and "(location US)" in message
+    reconcile(fault, source_keys(fault_resources, sql), bigquery_keys(fault_resources, table_id))
+    fault.observed = "load failed: " + message[message.index("Original Line") :][:60].replace(
+        "\n", " "
+    )
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+def tampered_manifest(fault_stack, resources: dict, table_id: str) -> Manifest:
+    """A manifest whose one object has a row with text where the schema says INT64."""
+    with resources["bigquery"].get_client() as client:
+        schema = client.get_table(table_id).schema
+    run = uuid.uuid4().hex
+    name = f"tampered/{run}/part-00000.csv"
+    resources["gcs"].get_client().bucket(fault_stack.bucket).blob(name).upload_from_string(
+        "amperity_id,email,order_count\nabc,a@example.com,1\ndef,d@example.com,not-a-number\n"
+    )
+    return Manifest(
+        export="bad_row", run_id=run, prefix=f"gs://{fault_stack.bucket}/tampered/{run}/", rows=2,
+        shards=[Shard(uri=f"gs://{fault_stack.bucket}/{name}", rows=2, bytes=0, crc32c="")],
+        bigquery_schema=schema_to_json(schema), csv={"header": True, "delimiter": ","},
+    )  # fmt: skip
+
+
+# 5 ─ concurrency ────────────────────────────────────────────────────────────────────────────
+def materialize_in_process(fault_dir: Path, home: Path, export_name: str) -> subprocess.Popen:
+    env = os.environ | {
+        "BQ_ASSETS_LOCAL_DIR": str(fault_dir), "DAGSTER_HOME": str(home),
+        "BQ_ASSETS_SAMPLE_ROWS": str(FAULT_ROWS),
+    }  # fmt: skip
+    selection = ",".join(
+        f"{stage}/{export_name}" for stage in ("query", "gcs", "bigquery", "databricks")
+    )
+    return subprocess.Popen(
+        [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions", "--select", selection],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_concurrent_exports_and_back_to_back_reruns_agree(
+    fault, fault_stack, fault_resources, fault_dir, tmp_path
+) -> None:
+    fault.expected = "no lock errors, same results"
+    home = tmp_path / "home"
+    home.mkdir()
+    together = [
+        materialize_in_process(fault_dir, home, e) for e in ("customer_360", "customer_segments")
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in together]
+    assert [p.returncode for p in together] == [0, 0], [o[-2000:] for o in outputs]
+    for _ in range(2):
+        again = materialize_in_process(fault_dir, home, "customer_360")
+        output = again.communicate(timeout=600)[0]
+        assert again.returncode == 0, output[-2000:]
+        outputs.append(output)
+    assert not any("lock" in output.lower() and "error" in output.lower() for output in outputs)
+    lost = duplicated = 0
+    for name, sql_table in [
+        ("customer_360", "customer_360"),
+        ("customer_segments", "customer_segments"),
+    ]:
+        spec = next(s for s in load_specs(SHIPPED_EXPORTS_DIR) if s.name == sql_table)
+        expected = source_keys(fault_resources, spec.sql)
+        actual = bigquery_keys(fault_resources, f"{fault_stack.project}.amperity_exports.{name}")
+        lost += len(set(expected) - set(actual))
+        duplicated += len(actual) - len(set(expected) & set(actual))
+    fault.rows_lost, fault.rows_duplicated = lost, duplicated
+    fault.observed = (
+        "2 exports at once + 2 back-to-back re-runs: all exit 0, tables equal the source"
+    )
+    assert (lost, duplicated) == (0, 0)
