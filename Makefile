@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install demo dev up down status test lint clean
+.PHONY: install demo dev up down status test faults e2e bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,24 @@ test: install ## the test suite (starts its own local stack)
 	$(BIN)/ruff format --check bq_assets bq_assets_tests
 	$(BIN)/pytest
 
+faults: install ## the fault and bad-input suite alone, with its report table
+	$(BIN)/pytest -m faults
+
+e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedules (+ screenshots in docs/)
+	@if [ ! -x /usr/bin/chromium ]; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium </dev/null; \
+	fi
+	$(BIN)/pytest -m e2e bq_assets_tests/test_ui_e2e.py
+
 lint: install
 	$(BIN)/ruff check bq_assets bq_assets_tests
 	$(BIN)/ruff format --check bq_assets bq_assets_tests
+
+bench: install ## export hop vs DuckDB COPY and pandas at 1M and 10M rows (own stack in a temp dir; ~10 min)
+	$(BIN)/python -m bq_assets.bench $(BENCH_ARGS)
 
 clean: down
 	rm -rf .local
