@@ -33,6 +33,11 @@ def databricks_key(export: str) -> dg.AssetKey:
     return dg.AssetKey(["databricks", export])
 
 
+#: The steps that touch the network retry twice, 5 s then 10 s later: long enough for a blip or
+#: a restarted emulator, short enough that a real outage fails the run within a minute.
+NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+
+
 class UpstreamMissingError(BqAssetsError):
     """A stage needs its upstream stage to have been materialized first."""
 

@@ -21,7 +21,13 @@ from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
 from bq_assets.schema import column_schema, schema_diff, schema_from_json
-from bq_assets.stages import bigquery_key, gcs_key, latest_metadata, reported_as_failure
+from bq_assets.stages import (
+    NETWORK_RETRY,
+    bigquery_key,
+    gcs_key,
+    latest_metadata,
+    reported_as_failure,
+)
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
 
 MAX_GENERATIONS = 20
@@ -314,7 +320,7 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         pool="bigquery",
         description=f"BigQuery table {spec.bigquery.dataset}.{spec.bigquery_table}, loaded from "
         "exactly the objects of the latest CSV manifest.",
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+        retry_policy=NETWORK_RETRY,
     )
     def _bigquery(
         context: dg.AssetExecutionContext,

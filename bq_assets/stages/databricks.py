@@ -17,7 +17,13 @@ import dagster as dg
 
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.databricks import BigQueryTable, DatabricksSQLResource, TableName
-from bq_assets.stages import bigquery_key, databricks_key, latest_metadata, reported_as_failure
+from bq_assets.stages import (
+    NETWORK_RETRY,
+    bigquery_key,
+    databricks_key,
+    latest_metadata,
+    reported_as_failure,
+)
 
 
 def _literal(value: str) -> str:
@@ -65,7 +71,7 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         owners=spec.owners,
         pool="databricks",
         description=f"{name} in Databricks ({spec.databricks.mode} over the BigQuery table).",
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+        retry_policy=NETWORK_RETRY,
     )
     def _databricks(
         context: dg.AssetExecutionContext,
