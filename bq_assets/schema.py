@@ -1,13 +1,15 @@
 """Types across the hops: the snapshot's Arrow schema → BigQuery schema and Dagster column schema.
 
 The Arrow schema of the Parquet snapshot is the single source of truth; the CSV text, the
-BigQuery load schema and the column metadata in the UI are all derived from it.
+Parquet transfer files, the BigQuery load schema and the column metadata in the UI are all
+derived from it.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from google.cloud import bigquery
 
 
@@ -79,3 +81,85 @@ def schema_diff(
         elif name in have and have[name].mode != field.mode:
             diff.append(f"~ {name}: mode {have[name].mode} -> {field.mode}")
     return diff
+
+
+# -- the transfer files ---------------------------------------------------------------------
+#
+# What BigQuery parses back exactly. pyarrow's own text for most types already is: integers,
+# booleans (true/false), dates (YYYY-MM-DD), naive timestamps (YYYY-MM-DD HH:MM:SS.ffffff →
+# DATETIME), tz-aware timestamps in UTC with a Z (→ TIMESTAMP), floats in shortest round-trip
+# form. Two need help: decimals with more than 6 fractional digits, which pyarrow writes in
+# scientific notation when small (0.000000001 → "1E-9"), and nanosecond timestamps, finer than
+# BigQuery's microseconds.
+
+# pyarrow switches to scientific notation only below 10^-6, so only larger scales need help.
+_SCIENTIFIC_BELOW_SCALE = 6
+
+
+def _transfer_type(arrow_type: pa.DataType, plain_decimals: bool) -> pa.DataType:
+    if pa.types.is_timestamp(arrow_type) and arrow_type.unit == "ns":
+        return pa.timestamp("us", tz=arrow_type.tz)
+    if (
+        plain_decimals
+        and pa.types.is_decimal(arrow_type)
+        and arrow_type.scale > _SCIENTIFIC_BELOW_SCALE
+    ):
+        return pa.string()
+    if pa.types.is_unsigned_integer(arrow_type) and not pa.types.is_uint64(arrow_type):
+        return pa.int64()
+    return arrow_type
+
+
+def csv_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema of the CSV text: decimals that pyarrow would write in scientific notation
+    become plain decimal strings, nanosecond timestamps become microseconds."""
+    return pa.schema(
+        [pa.field(f.name, _transfer_type(f.type, plain_decimals=True)) for f in schema]
+    )
+
+
+def parquet_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema of the Parquet transfer files: nanosecond timestamps become microseconds,
+    small unsigned integers INT64; everything else travels as it is."""
+    return pa.schema(
+        [pa.field(f.name, _transfer_type(f.type, plain_decimals=False)) for f in schema]
+    )
+
+
+def plain_decimal_text(array: pa.Array) -> pa.Array:
+    """Decimals as plain strings with all their fractional digits (``0.000000001``, never
+    ``1E-9``), NULL stays NULL."""
+    text = pc.cast(array, pa.string())
+    scale = array.type.scale
+    if scale <= _SCIENTIFIC_BELOW_SCALE:
+        return text
+    # Scientific notation here always means |value| < 10^-6: "-1.0E-8" at scale 9 is
+    # "-0." followed by the mantissa's digits ("10") padded to 9 places: "-0.000000010".
+    digits = pc.replace_substring_regex(text, r"^-?(\d)(?:\.(\d*))?E.*$", r"\1\2")
+    sign = pc.if_else(pc.starts_with(text, "-"), "-", "")
+    small = pc.binary_join_element_wise(sign, "0.", pc.utf8_lpad(digits, scale, "0"), "")
+    return pc.if_else(pc.match_substring(text, "E"), small, text)
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if batch.schema.equals(schema):
+        return batch
+    columns = []
+    for column, target in zip(batch.columns, schema, strict=True):
+        if column.type.equals(target.type):
+            columns.append(column)
+        elif pa.types.is_decimal(column.type) and pa.types.is_string(target.type):
+            columns.append(plain_decimal_text(column))
+        else:
+            columns.append(column.cast(target.type))  # safe: fails rather than lose precision
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def csv_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A snapshot batch in the CSV text schema (see ``csv_schema``)."""
+    return _conform(batch, schema)
+
+
+def parquet_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A snapshot batch in the Parquet transfer schema (see ``parquet_schema``)."""
+    return _conform(batch, schema)

@@ -1,20 +1,52 @@
-"""CSV that BigQuery reads back exactly: types, quoting, shards (unit level, no emulator)."""
+"""The export engine: CSV (and Parquet) that BigQuery reads back exactly, shards planned for
+every core, memory bounded by the batch size, uploads that are resumable and verified.
+
+Unit level; the tests marked ``stack`` upload to the local fake-gcs-server.
+"""
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
+import decimal
 import gzip
+import random
+import re
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from google.cloud import storage
+from google.cloud.storage._media.requests import upload as resumable_media
+from google.cloud.storage.exceptions import DataCorruption
 
 from bq_assets.exports.spec import CsvOptions
-from bq_assets.schema import UnsupportedTypeError, bigquery_schema, bigquery_type
-from bq_assets.stages.gcs_csv import shard_ranges, write_csv
+from bq_assets.schema import (
+    UnsupportedTypeError,
+    bigquery_schema,
+    bigquery_type,
+    plain_decimal_text,
+)
+from bq_assets.stages import gcs_csv
+from bq_assets.stages.gcs_csv import (
+    MANIFEST,
+    READ_BATCH_ROWS,
+    SUCCESS_MARKER,
+    NullMarkerCollisionError,
+    ObjectLayout,
+    Snapshot,
+    UploadIntegrityError,
+    export_snapshot,
+    plan_shard_rows,
+    shard_ranges,
+    upload,
+    write_csv,
+    write_parquet,
+)
 
 
 @pytest.mark.parametrize(
@@ -107,3 +139,285 @@ def test_a_null_marker_is_written_for_nulls_only(snapshot: Path, tmp_path: Path)
     out = tmp_path / "part.csv"
     write_csv(snapshot, 3, 4, out, options)
     assert read_csv(out, options)[1] == ["4", r"\N", "0.00", r"\N"]
+
+
+def test_shards_are_even_and_at_least_two_per_worker_when_the_result_allows() -> None:
+    # Two shards per worker once each gets enough rows, however large shard_rows is: every
+    # worker has work, and uploads overlap with writing.
+    assert plan_shard_rows(1_000_000, 1_000_000, workers=2) == 250_000
+    assert plan_shard_rows(1_000_000, 1_000_000, workers=4) == 125_000
+    assert plan_shard_rows(120_000, 1_000_000, workers=2) == 60_000
+    # A multiple of the worker count, so no worker idles at the end...
+    assert plan_shard_rows(10_000_000, 1_000_000, workers=2) == 1_000_000
+    assert plan_shard_rows(10_500_000, 1_000_000, workers=2) == 875_000
+    # ...and never more rows per shard than asked.
+    assert plan_shard_rows(2_500_000, 1_000_000, workers=2) == 625_000
+    # Small results keep shard_rows as it is.
+    assert plan_shard_rows(60_000, 1_000_000, workers=8) == 60_000
+    assert plan_shard_rows(0, 1_000_000, workers=2) == 1_000_000
+    assert plan_shard_rows(250, 100, workers=2) == 84  # three objects
+    assert shard_ranges(10, plan_shard_rows(10, 4, workers=2)) == [(0, 4), (4, 8), (8, 10)]
+
+
+BIG_ROWS = 132_072  # three row groups of 50,000 rows, the last one short
+
+
+@pytest.fixture
+def big_snapshot(tmp_path: Path) -> Path:
+    table = pa.table({"id": pa.array(range(BIG_ROWS), pa.int64())})
+    path = tmp_path / "big.parquet"
+    pq.write_table(table, path, row_group_size=50_000)
+    return path
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 0), (0, 10), (49_990, 50_010), (1_000, 131_000)])
+def test_a_range_is_read_in_bounded_batches_from_its_row_groups_only(
+    big_snapshot: Path, start: int, end: int
+) -> None:
+    snapshot = Snapshot(big_snapshot)
+    batches = list(snapshot.batches(start, end))
+    assert all(b.num_rows <= READ_BATCH_ROWS for b in batches)  # memory: one batch per worker
+    ids = [i for b in batches for i in b.column("id").to_pylist()]
+    assert ids == list(range(start, end))
+
+
+def test_plain_decimal_text_matches_python_for_every_scale() -> None:
+    rng = random.Random(42)
+    for scale in [0, 2, 6, 7, 9, 10, 20, 38]:
+        values = [Decimal(0), Decimal(1).scaleb(-scale), -Decimal(1).scaleb(-scale)]
+        for _ in range(300):
+            digits = rng.randint(1, 38)
+            unscaled = rng.randrange(10 ** (digits - 1), 10**digits) * rng.choice([1, -1])
+            values.append(Decimal(unscaled).scaleb(-scale))
+        array = pa.array([*values, None], pa.decimal128(38, scale))
+        with decimal.localcontext(prec=80):
+            expected = [*(f"{v.quantize(Decimal(1).scaleb(-scale)):f}" for v in values), None]
+        assert plain_decimal_text(array).to_pylist() == expected, scale
+
+
+def test_small_decimals_are_written_as_plain_decimal_strings(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "numeric": pa.array(
+                [Decimal("0.000000001"), Decimal("-0.00000001")], pa.decimal128(38, 9)
+            ),
+            "big": pa.array([Decimal("0E-10"), Decimal("1E-10")], pa.decimal128(38, 10)),
+            "at": pa.array([0, 1_000_001_000], pa.timestamp("ns", tz="UTC")),
+        }
+    )
+    pq.write_table(table, tmp_path / "s.parquet")
+    options = CsvOptions(compression="none")
+    write_csv(tmp_path / "s.parquet", 0, 2, tmp_path / "out.csv", options)
+    rows = read_csv(tmp_path / "out.csv", options)
+    assert rows[1:] == [
+        ["0.000000001", "0.0000000000", "1970-01-01 00:00:00.000000Z"],
+        ["-0.000000010", "0.0000000001", "1970-01-01 00:00:01.000001Z"],
+    ]
+
+
+def test_nanoseconds_that_bigquery_cannot_hold_fail_instead_of_being_cut(tmp_path: Path) -> None:
+    table = pa.table({"at": pa.array([1], pa.timestamp("ns", tz="UTC"))})
+    pq.write_table(table, tmp_path / "s.parquet", coerce_timestamps=None)
+    if pq.read_schema(tmp_path / "s.parquet").field("at").type.unit != "ns":
+        pytest.skip("this pyarrow stores nanoseconds coarser")
+    with pytest.raises(pa.ArrowInvalid, match="would lose data"):
+        write_csv(tmp_path / "s.parquet", 0, 1, tmp_path / "o.csv", CsvOptions())
+
+
+def test_empty_strings_are_quoted_and_nulls_are_not(snapshot: Path, tmp_path: Path) -> None:
+    table = pa.table({"text": pa.array(["", None, "x"])})
+    pq.write_table(table, tmp_path / "s.parquet")
+    write_csv(tmp_path / "s.parquet", 0, 3, tmp_path / "o.csv", CsvOptions(compression="none"))
+    assert (tmp_path / "o.csv").read_text() == '"text"\n""\n\n"x"\n'
+
+
+def test_a_text_equal_to_the_null_marker_fails_the_export(tmp_path: Path) -> None:
+    marker = r"\N"
+    table = pa.table({"id": [1, 2], "text": ["fine", marker]})
+    pq.write_table(table, tmp_path / "s.parquet")
+    message = re.escape(f"column 'text' holds the text {marker!r}, which is csv.null_marker")
+    with pytest.raises(NullMarkerCollisionError, match=message):
+        write_csv(tmp_path / "s.parquet", 0, 2, tmp_path / "o.csv", CsvOptions(null_marker=marker))
+    # With the default (empty) marker the same text is just text.
+    options = CsvOptions(compression="none")
+    write_csv(tmp_path / "s.parquet", 0, 2, tmp_path / "o.csv", options)
+    assert read_csv(tmp_path / "o.csv", options)[2] == ["2", marker]
+
+
+def test_gzip_output_is_deterministic_and_honours_the_level(snapshot: Path, tmp_path: Path) -> None:
+    outputs = []
+    for name, level in [("a", 1), ("b", 1), ("c", 9)]:
+        out = tmp_path / f"{name}.csv.gz"
+        write_csv(snapshot, 0, 4, out, CsvOptions(gzip_level=level))
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]  # no timestamp in the gzip header: same rows, same bytes
+    assert outputs[0][4:8] == b"\0\0\0\0"
+    assert gzip.decompress(outputs[0]) == gzip.decompress(outputs[2])
+    assert outputs[0] != outputs[2]
+
+
+def test_parquet_shards_keep_types_nulls_and_empty_strings(snapshot: Path, tmp_path: Path) -> None:
+    out = tmp_path / "part.parquet"
+    assert write_parquet(snapshot, 1, 4, out) == 3
+    written = pq.read_table(out)
+    original = pq.read_table(snapshot).slice(1, 3)
+    assert written.schema == original.schema
+    assert written.to_pylist() == original.to_pylist()
+    table = pa.table({"text": pa.array(["", None])})
+    pq.write_table(table, tmp_path / "s.parquet")
+    write_parquet(tmp_path / "s.parquet", 0, 2, out)
+    assert pq.read_table(out).column("text").to_pylist() == ["", None]
+
+
+# -- uploads ---------------------------------------------------------------------------------
+
+
+class FakeBlob:
+    """Stands in for a GCS blob whose stored checksum is ``stored_crc32c`` after the upload."""
+
+    def __init__(self, name: str, stored_crc32c: str | None, error: Exception | None) -> None:
+        self.name, self.crc32c, self.deleted = name, None, False
+        self._stored, self._error = stored_crc32c, error
+
+    def upload_from_file(self, file, **kwargs) -> None:
+        file.read()
+        if self._error:
+            raise self._error
+        self.crc32c = self._stored
+
+    def delete(self) -> None:
+        self.deleted = True
+
+
+def fake_bucket(stored_crc32c: str | None, error: Exception | None = None) -> SimpleNamespace:
+    blobs: list[FakeBlob] = []
+
+    def blob(name: str, chunk_size: int | None = None) -> FakeBlob:
+        blobs.append(FakeBlob(name, stored_crc32c, error))
+        return blobs[-1]
+
+    return SimpleNamespace(name="bucket", blob=blob, blobs=blobs)
+
+
+def crc32c_of(data: bytes) -> str:
+    import google_crc32c
+
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+def test_a_stored_checksum_that_differs_raises_and_removes_the_object(tmp_path: Path) -> None:
+    path = tmp_path / "part.csv"
+    path.write_bytes(b"id\n1\n")
+    bucket = fake_bucket(stored_crc32c="AAAAAA==")
+    with pytest.raises(UploadIntegrityError, match="stored crc32c AAAAAA== differs from written"):
+        upload(bucket, path, "x/part.csv", "text/csv")  # type: ignore[arg-type]
+    assert bucket.blobs[0].deleted
+
+    good = fake_bucket(stored_crc32c=crc32c_of(b"id\n1\n"))
+    assert upload(good, path, "x/part.csv", "text/csv") == crc32c_of(b"id\n1\n")  # type: ignore[arg-type]
+
+
+def test_corruption_detected_by_the_client_is_an_integrity_error(tmp_path: Path) -> None:
+    path = tmp_path / "part.csv"
+    path.write_bytes(b"id\n1\n")
+    bucket = fake_bucket(None, error=DataCorruption(None, "Checksum mismatch"))
+    with pytest.raises(UploadIntegrityError, match="do not match what was sent"):
+        upload(bucket, path, "x/part.csv", "text/csv")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def gcs_bucket(local_stack, resources) -> storage.Bucket:
+    return resources["gcs"].get_client().bucket(local_stack.bucket)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("size", [1_000, 512 * 1024, 700 * 1024])
+def test_uploads_are_resumable_in_chunks_whatever_the_size(
+    gcs_bucket: storage.Bucket, tmp_path: Path, monkeypatch, size: int
+) -> None:
+    calls: list[str] = []
+    chunks: list[int] = []
+    resumable, transmit = (
+        storage.Blob._do_resumable_upload,
+        resumable_media.ResumableUpload.transmit_next_chunk,
+    )
+
+    def spy_resumable(self, *args, **kwargs):
+        calls.append("resumable")
+        return resumable(self, *args, **kwargs)
+
+    def spy_transmit(self, *args, **kwargs):
+        response = transmit(self, *args, **kwargs)
+        chunks.append(response.status_code)
+        return response
+
+    monkeypatch.setattr(storage.Blob, "_do_resumable_upload", spy_resumable)
+    monkeypatch.setattr(
+        storage.Blob, "_do_multipart_upload", lambda *a, **k: calls.append("multipart")
+    )
+    monkeypatch.setattr(resumable_media.ResumableUpload, "transmit_next_chunk", spy_transmit)
+    monkeypatch.setattr(gcs_csv, "UPLOAD_CHUNK_BYTES", 256 * 1024)
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f").write_bytes(data)
+    name = f"tests/resumable/{size}"
+
+    assert upload(gcs_bucket, tmp_path / "f", name, "application/octet-stream") == crc32c_of(data)
+    assert calls == ["resumable"]
+    # 308 "resume incomplete" for every full chunk, then 200 for the last (possibly empty) one.
+    assert chunks == [308] * (size // (256 * 1024)) + [200]
+    stored = gcs_bucket.get_blob(name)
+    assert stored.download_as_bytes() == data and stored.crc32c == crc32c_of(data)
+
+
+@pytest.mark.stack
+def test_an_export_uploads_every_shard_then_manifest_and_marker(
+    gcs_bucket: storage.Bucket, big_snapshot: Path, tmp_path: Path
+) -> None:
+    layout = ObjectLayout(
+        template="tests/{export}/{run}/part-{shard:05d}",
+        export="shards",
+        run_id=f"run-{random.Random().randrange(10**9)}",
+        run_date=dt.date(2026, 1, 31),
+        suffix=".csv.gz",
+    )
+    options = CsvOptions(shard_rows=40_000)
+    manifest = export_snapshot(big_snapshot, gcs_bucket, layout, options, workers=2)
+    assert len(manifest.shards) == 4  # 132,072 rows, at most 40,000 each, a multiple of 2
+    assert [s.rows for s in manifest.shards] == [33_018, 33_018, 33_018, 33_018]
+    assert manifest.rows == BIG_ROWS and manifest.format == "csv"
+    ids = []
+    for shard in manifest.shards:
+        blob = gcs_bucket.get_blob(shard.uri.removeprefix(f"gs://{gcs_bucket.name}/"))
+        assert (blob.size, blob.crc32c) == (shard.bytes, shard.crc32c)
+        lines = gzip.decompress(blob.download_as_bytes()).decode().splitlines()
+        assert lines[0] == '"id"'
+        ids += [int(line) for line in lines[1:]]
+    assert ids == list(range(manifest.rows))
+    names = {b.name for b in gcs_bucket.list_blobs(prefix=layout.run_prefix)}
+    assert {layout.run_prefix + MANIFEST, layout.run_prefix + SUCCESS_MARKER} <= names
+
+
+@pytest.mark.stack
+def test_a_failed_shard_stops_the_export_before_any_manifest(
+    gcs_bucket: storage.Bucket, big_snapshot: Path, monkeypatch
+) -> None:
+    layout = ObjectLayout(
+        template="tests/{export}/{run}/part-{shard:05d}",
+        export="failing",
+        run_id=f"run-{random.Random().randrange(10**9)}",
+        run_date=dt.date(2026, 1, 31),
+        suffix=".csv.gz",
+    )
+    real_upload = gcs_csv.upload
+
+    def flaky(bucket, path, name, content_type):
+        if name.endswith("part-00001.csv.gz"):
+            raise UploadIntegrityError("simulated")
+        return real_upload(bucket, path, name, content_type)
+
+    monkeypatch.setattr(gcs_csv, "upload", flaky)
+    with pytest.raises(UploadIntegrityError, match="simulated"):
+        export_snapshot(big_snapshot, gcs_bucket, layout, CsvOptions(shard_rows=40_000), workers=2)
+    names = {b.name for b in gcs_bucket.list_blobs(prefix=layout.run_prefix)}
+    assert layout.run_prefix + MANIFEST not in names
+    assert layout.run_prefix + SUCCESS_MARKER not in names

@@ -63,7 +63,13 @@ class CsvOptions(_Strict):
     )
     header: bool = Field(True, description="write a header row (BigQuery skips it)")
     compression: Literal["gzip", "none"] = Field("gzip", description="object compression")
-    gzip_level: int = Field(6, ge=1, le=9, description="gzip level, 1 (fast) to 9 (small)")
+    gzip_level: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="gzip level, 1 (fast; the default: about 2x less CPU than 6 for objects "
+        "about 10% larger) to 9 (small)",
+    )
     shard_rows: int = Field(
         1_000_000, ge=1, description="rows per CSV object; a larger result is split"
     )
@@ -208,6 +214,12 @@ class ExportSpec(_Strict):
     cadence: str = Field(description="`daily`, `weekly` or a cron string")
     timezone: str = Field("UTC", description="IANA timezone of the schedule")
     owners: list[str] = Field(default_factory=list)
+    format: Literal["csv", "parquet"] = Field(
+        "csv",
+        description="transfer format of the GCS objects BigQuery loads: `csv` (gzip or plain, "
+        "per the `csv` options) or `parquet` (typed, keeps NULL and empty strings apart "
+        "everywhere; of the `csv` options only `shard_rows` then applies)",
+    )
     csv: CsvOptions = Field(default_factory=CsvOptions)
     objects: ObjectNames = Field(default_factory=ObjectNames)
     bigquery: BigQueryTarget = Field(default_factory=BigQueryTarget)

@@ -107,8 +107,9 @@ def _transactions_sql(customers: int) -> str:
     """
 
 
-def generate(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
-    """Write the sample database to ``path`` (replacing it) with ``rows`` customers and 3x transactions."""
+def generate(path: Path, rows: int = DEFAULT_SAMPLE_ROWS, transactions: bool = True) -> Path:
+    """Write the sample database to ``path`` (replacing it) with ``rows`` customers and, unless
+    ``transactions`` is false (benchmarks need only ``customer_360``), 3x transactions."""
     if rows < 1:
         raise ValueError(f"sample size must be at least 1 customer, got {rows}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,8 @@ def generate(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
     with duckdb.connect(str(tmp)) as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(_customer_sql(rows))
-        con.execute(_transactions_sql(rows))
+        if transactions:
+            con.execute(_transactions_sql(rows))
         con.execute("CHECKPOINT")
     os.replace(tmp, path)
     return path
