@@ -35,11 +35,13 @@ dev: up ## the Dagster UI on the local stack
 	$(BIN)/dagster dev -w workspace.yaml
 
 test: install ## the test suite (starts its own local stack)
+	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/ruff check bq_assets bq_assets_tests
 	$(BIN)/ruff format --check bq_assets bq_assets_tests
 	$(BIN)/pytest
 
 faults: install ## the fault and bad-input suite alone, with its report table
+	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/pytest -m faults
 
 e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedules (+ screenshots in docs/)

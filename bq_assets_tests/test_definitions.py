@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def defs(shipped_specs, tmp_path_factory) -> dg.Definitions:
     return build_definitions(shipped_specs, resources, dg.DefaultScheduleStatus.STOPPED)
 
 
-def test_dagster_definitions_validate_passes_on_the_workspace() -> None:
+def test_dagster_definitions_validate_passes_on_the_workspace(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             Path(sys.executable).parent / "dagster",
@@ -33,9 +34,10 @@ def test_dagster_definitions_validate_passes_on_the_workspace() -> None:
             "workspace.yaml",
         ],
         cwd=ROOT,
+        env=os.environ | {"DAGSTER_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
 
