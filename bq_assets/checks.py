@@ -209,12 +209,14 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     key = databricks_key(spec.name)
     name = table_name(spec)
 
+    def bigquery_table_id(context: dg.AssetCheckExecutionContext) -> str:
+        return str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+
     def _bigquery_table(
         context: dg.AssetCheckExecutionContext, bigquery: StackAwareBigQueryResource
     ) -> bq.Table:
-        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
         with bigquery.get_client() as client:
-            return client.get_table(table_id)
+            return client.get_table(bigquery_table_id(context))
 
     @dg.asset_check(
         asset=key,
@@ -226,7 +228,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         databricks: DatabricksSQLResource,
         bigquery: StackAwareBigQueryResource,
     ) -> dg.AssetCheckResult:
-        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+        table_id = bigquery_table_id(context)
         with bigquery.get_client() as client:
             expected = count_rows(client, table_id)
         actual = databricks.row_count(name)
@@ -263,7 +265,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         databricks: DatabricksSQLResource,
         bigquery: StackAwareBigQueryResource,
     ) -> dg.AssetCheckResult:
-        table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+        table_id = bigquery_table_id(context)
         with bigquery.get_client() as client:
             sql = key_checksum_sql("bigquery", f"`{table_id}`", spec.primary_key)
             expected = tuple(next(iter(client.query(sql).result())).values())
