@@ -406,6 +406,11 @@ def test_concurrent_exports_and_back_to_back_reruns_agree(
     fault.expected = "no lock errors, same results"
     home = tmp_path / "home"
     home.mkdir()
+    # Create the instance's storage first, as any deployment has it: two processes creating a
+    # fresh SQLite instance at once race on its tables ("table runs already exists").
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
+        instance.all_instigator_state()
     together = [
         materialize_in_process(fault_dir, home, e) for e in ("customer_360", "customer_segments")
     ]
