@@ -71,7 +71,8 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
             staging_dir=str(root / "staging"),
             sample_rows=int(rows),
         ),
-        "gcs": StackAwareGCSResource(local_stack_dir=str(root)),
+        # The emulator is on this machine: if it has not answered in 10 s it is down.
+        "gcs": StackAwareGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
         "bigquery": bigquery,
         "databricks": DatabricksSQLResource(
             local_warehouse_dir=str(root / "databricks"), bigquery=bigquery

@@ -53,16 +53,17 @@ def run_exports(
     specs: list[ExportSpec],
     resources: dict[str, dg.ConfigurableResource],
     instance: dg.DagsterInstance,
-    selection: str | None = None,
+    selection: str | list[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the exports' assets (or the one asset ``selection``, e.g. ``query/x``) and
-    run their checks in one in-process run."""
+    """Materialize the exports' assets (or those of ``selection``, e.g. ``query/x``) and run
+    their checks in one in-process run."""
     defs = build_definitions(specs, resources, dg.DefaultScheduleStatus.STOPPED)
     job = defs.resolve_implicit_global_asset_job_def()
+    keys = [selection] if isinstance(selection, str) else selection
     return job.execute_in_process(
         instance=instance,
         raise_on_error=False,
-        asset_selection=[dg.AssetKey.from_user_string(selection)] if selection else None,
+        asset_selection=[dg.AssetKey.from_user_string(key) for key in keys] if keys else None,
     )
 
 

@@ -13,6 +13,7 @@ import decimal
 import gzip
 import random
 import re
+import threading
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,7 @@ from bq_assets.stages.gcs_csv import (
     export_snapshot,
     plan_shard_rows,
     shard_ranges,
+    tidy_runs,
     upload,
     write_csv,
     write_parquet,
@@ -397,27 +399,85 @@ def test_an_export_uploads_every_shard_then_manifest_and_marker(
     assert {layout.run_prefix + MANIFEST, layout.run_prefix + SUCCESS_MARKER} <= names
 
 
-@pytest.mark.stack
-def test_a_failed_shard_stops_the_export_before_any_manifest(
-    gcs_bucket: storage.Bucket, big_snapshot: Path, monkeypatch
-) -> None:
-    layout = ObjectLayout(
-        template="tests/{export}/{run}/part-{shard:05d}",
-        export="failing",
+def failing_layout(export: str, template: str = "tests/{export}/{run}/part-{shard:05d}"):
+    return ObjectLayout(
+        template=template,
+        export=export,
         run_id=f"run-{random.Random().randrange(10**9)}",
         run_date=dt.date(2026, 1, 31),
         suffix=".csv.gz",
     )
-    real_upload = gcs_csv.upload
 
-    def flaky(bucket, path, name, content_type):
+
+def names_under(bucket: storage.Bucket, prefix: str) -> set[str]:
+    return {blob.name for blob in bucket.list_blobs(prefix=prefix)}
+
+
+@pytest.mark.stack
+def test_a_failed_shard_stops_the_export_and_leaves_no_object_behind(
+    gcs_bucket: storage.Bucket, big_snapshot: Path, monkeypatch
+) -> None:
+    layout = failing_layout("failing")
+    real_upload = gcs_csv.upload
+    uploaded = []
+    first_uploaded = threading.Event()
+
+    def flaky(bucket, path, name, content_type, retry):
         if name.endswith("part-00001.csv.gz"):
+            first_uploaded.wait(timeout=60)
             raise UploadIntegrityError("simulated")
-        return real_upload(bucket, path, name, content_type)
+        crc = real_upload(bucket, path, name, content_type, retry)
+        uploaded.append(name)
+        first_uploaded.set()
+        return crc
 
     monkeypatch.setattr(gcs_csv, "upload", flaky)
     with pytest.raises(UploadIntegrityError, match="simulated"):
         export_snapshot(big_snapshot, gcs_bucket, layout, CsvOptions(shard_rows=40_000), workers=2)
-    names = {b.name for b in gcs_bucket.list_blobs(prefix=layout.run_prefix)}
-    assert layout.run_prefix + MANIFEST not in names
-    assert layout.run_prefix + SUCCESS_MARKER not in names
+    assert uploaded, "another shard was uploaded before the failure stopped the export"
+    assert names_under(gcs_bucket, layout.run_prefix) == set()
+
+
+@pytest.mark.stack
+def test_a_retried_attempt_replaces_whatever_the_failed_one_left(
+    gcs_bucket: storage.Bucket, big_snapshot: Path
+) -> None:
+    layout = failing_layout("retried")
+    leftover = layout.shard(99)  # e.g. from an attempt that read a larger snapshot
+    gcs_bucket.blob(leftover).upload_from_string(b"stale")
+    manifest = export_snapshot(
+        big_snapshot, gcs_bucket, layout, CsvOptions(shard_rows=40_000), workers=2
+    )
+    expected = {uri.removeprefix(f"gs://{gcs_bucket.name}/") for uri in manifest.uris}
+    expected |= {layout.run_prefix + MANIFEST, layout.run_prefix + SUCCESS_MARKER}
+    assert names_under(gcs_bucket, layout.run_prefix) == expected
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(
+    "template",
+    ["exports/{export}/{run}/part-{shard:05d}", "x/{export}/{date:%Y/%m/%d}/{run}/p{shard}"],
+)
+def test_tidying_keeps_the_newest_runs_and_in_flight_ones_and_drops_failed_ones(
+    gcs_bucket: storage.Bucket, template: str
+) -> None:
+    export = f"tidy{random.Random().randrange(10**9)}"
+
+    def run(run_id: str, complete: bool) -> ObjectLayout:
+        layout = ObjectLayout(template, export, run_id, dt.date(2026, 1, 31), ".csv")
+        gcs_bucket.blob(layout.shard(0)).upload_from_string(b"id\n1\n")
+        if complete:
+            gcs_bucket.blob(layout.run_prefix + SUCCESS_MARKER).upload_from_string(b"")
+        return layout
+
+    oldest, _ = run("r-oldest", True), run("r-older", True)
+    failed, writing = run("r-failed", False), run("r-writing", False)
+    current = run("r-current", True)
+    tidied = tidy_runs(gcs_bucket, current, keep=2, run_finished=lambda r: r == "r-failed")
+
+    bucket = f"gs://{gcs_bucket.name}/"
+    assert tidied.old == [bucket + oldest.run_prefix]
+    assert tidied.abandoned == [bucket + failed.run_prefix]
+    assert tidied.in_flight == [bucket + writing.run_prefix]
+    left = names_under(gcs_bucket, current.export_prefix)
+    assert {name.split("/")[-2] for name in left} == {"r-older", "r-writing", "r-current"}

@@ -18,11 +18,13 @@ from pathlib import Path
 import grpc
 from dagster_gcp import BigQueryResource, GCSResource
 from google.api_core.client_options import ClientOptions
+from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigquery, bigquery_storage, storage
 from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
     BigQueryReadGrpcTransport,
 )
+from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 from pydantic import Field
 
@@ -66,9 +68,19 @@ class StackAwareGCSResource(GCSResource):
     )
     gcp_credentials: str | None = CREDENTIALS_FIELD
     local_stack_dir: str | None = LOCAL_STACK_FIELD
+    retry_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long one GCS request (an upload chunk, a listing, a delete) is retried "
+        "before the step fails and its retry policy takes over; 120 s is the client's default.",
+    )
 
     def local_stack(self) -> StackState | None:
         return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+
+    def retry(self) -> Retry:
+        """The client's retry policy (transient errors, backoff), bounded by ``retry_timeout_s``."""
+        return DEFAULT_RETRY.with_timeout(self.retry_timeout_s)
 
     def get_object_to_set_on_execution_context(self) -> StackAwareGCSResource:
         # dagster-gcp builds a client for every step up front; clients are made inside the

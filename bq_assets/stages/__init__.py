@@ -33,8 +33,10 @@ def databricks_key(export: str) -> dg.AssetKey:
     return dg.AssetKey(["databricks", export])
 
 
-#: The steps that touch the network retry twice, 5 s then 10 s later: long enough for a blip or
-#: a restarted emulator, short enough that a real outage fails the run within a minute.
+#: The steps that touch the network run up to three times, waiting 5 s before the second attempt
+#: and 15 s before the third (Dagster's exponential backoff): enough for a blip or a restarted
+#: emulator. Each attempt's requests are themselves retried by the Google clients (for GCS up to
+#: the resource's ``retry_timeout_s``), so a real outage fails the run after the third attempt.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 

@@ -5,8 +5,11 @@ spec's ``objects.template`` may add the run date): shards ``part-00000.csv.gz`` 
 or ``.parquet`` with ``format: parquet``), then ``manifest.json`` (exact URIs, rows, bytes,
 crc32c, the format, the BigQuery schema and CSV options), then ``_SUCCESS``. The BigQuery stage
 loads exactly the manifest's URIs, so objects of other runs can never be loaded. Re-running for
-the same run id rewrites the same objects, byte for byte (idempotent); the prefixes of older
-runs beyond ``objects.keep_runs`` are deleted.
+the same run id rewrites the same objects, byte for byte (idempotent): a retried step first
+removes what its failed attempt left under the prefix, and a step that fails deletes its partial
+objects when GCS still answers. After a successful export, the prefixes of older complete runs
+beyond ``objects.keep_runs`` are deleted, and so are those of finished runs that never wrote
+``_SUCCESS`` (a run that failed while GCS was down could not clean up after itself).
 
 How it stays fast and flat in memory, whatever the size of the result:
 
@@ -30,11 +33,13 @@ import datetime as dt
 import json
 import math
 import os
+import re
+import string
 import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,8 +53,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import CsvOptions, ExportSpec
@@ -63,7 +70,13 @@ from bq_assets.schema import (
     schema_from_json,
     schema_to_json,
 )
-from bq_assets.stages import gcs_key, latest_metadata, query_key, reported_as_failure
+from bq_assets.stages import (
+    NETWORK_RETRY,
+    gcs_key,
+    latest_metadata,
+    query_key,
+    reported_as_failure,
+)
 
 FileFormat = Literal["csv", "parquet"]
 
@@ -308,13 +321,20 @@ def _crc32c(path: Path) -> str:
     return base64.b64encode(checksum.digest()).decode()
 
 
-def upload(bucket: storage.Bucket, path: Path, name: str, content_type: str) -> str:
+def upload(
+    bucket: storage.Bucket,
+    path: Path,
+    name: str,
+    content_type: str,
+    retry: Retry = DEFAULT_RETRY,
+) -> str:
     """Upload ``path`` as ``name`` with a resumable upload verified by crc32c; returns the crc32c.
 
     The size is deliberately not passed: the client then always takes the resumable path (told
     the size, it sends files up to 8 MiB in one multipart request instead). A failed chunk is
     retried on its own; the local file's crc32c travels with the upload, so GCS rejects an
     object whose bytes differ, and the stored object's crc32c is compared with it again.
+    ``retry`` bounds how long a failing chunk is retried before the upload fails.
     """
     expected = _crc32c(path)
     blob = bucket.blob(name, chunk_size=UPLOAD_CHUNK_BYTES)
@@ -325,6 +345,7 @@ def upload(bucket: storage.Bucket, path: Path, name: str, content_type: str) -> 
                 content_type=content_type,
                 checksum="crc32c",
                 crc32c_checksum_value=expected,
+                retry=retry,
             )
     except DataCorruption as exc:  # the client already deleted the corrupt object
         raise UploadIntegrityError(
@@ -359,6 +380,23 @@ class ObjectLayout:
         last = max(i for i, segment in enumerate(segments) if "{run}" in segment)
         return "/".join(segments[: last + 1]).format(**self._values()) + "/"
 
+    def run_prefix_pattern(self) -> "re.Pattern[str]":
+        """Matches the run prefix of any run of this export, capturing its run id as ``run``."""
+        segments = self.template.split("/")
+        last = max(i for i, segment in enumerate(segments) if "{run}" in segment)
+        pattern = ""
+        for literal, name, spec, _ in string.Formatter().parse("/".join(segments[: last + 1])):
+            pattern += re.escape(literal)
+            if name == "export":
+                pattern += re.escape(self.export)
+            elif name == "run":
+                pattern += "(?P=run)" if "(?P<run>" in pattern else "(?P<run>[^/]+)"
+            elif name == "date":
+                pattern += _strftime_pattern(spec or "%Y-%m-%d")
+            elif name is not None:
+                pattern += r"\d+"
+        return re.compile(pattern + "/")
+
     @property
     def export_prefix(self) -> str:
         """The folder under which every run of this export lives (for retention)."""
@@ -370,6 +408,20 @@ class ObjectLayout:
 
     def _render(self, **extra: object) -> str:
         return self.template.format(**self._values(**extra))
+
+
+_STRFTIME_FIELDS = {"Y": r"\d{4}", "j": r"\d{3}", "%": "%"}
+
+
+def _strftime_pattern(spec: str) -> str:
+    """A regex for the dates ``spec`` formats (``%Y/%m/%d`` → ``\\d{4}/\\d{2}/\\d{2}``)."""
+    parts = re.split(r"(%.)", spec)
+    return "".join(
+        _STRFTIME_FIELDS.get(part[1], r"\d{2}" if part[1] in "mdHMSy" else r"[^/]+?")
+        if part.startswith("%") and len(part) == 2
+        else re.escape(part)
+        for part in parts
+    )
 
 
 class _Cut:
@@ -387,8 +439,70 @@ def export_snapshot(
     log: dg.DagsterLogManager | None = None,
     workers: int | None = None,
     file_format: FileFormat = "csv",
+    retry: Retry = DEFAULT_RETRY,
 ) -> Manifest:
     """Write the snapshot as shards under the run's prefix, then manifest and ``_SUCCESS``.
+
+    Idempotent per run: whatever an earlier attempt of this run left under the prefix is
+    deleted first, so the prefix ends up holding exactly this attempt's objects. If the export
+    fails, no manifest is written and the objects already uploaded are deleted (when GCS still
+    answers; otherwise the next run of the export removes them, see ``tidy_runs``).
+    ``retry`` bounds how long each GCS request is retried before the export fails.
+    """
+    earlier = _delete_prefix(bucket, layout.run_prefix, retry)
+    if earlier and log:
+        log.info(f"deleted {earlier} object(s) an earlier attempt of this run left behind")
+    try:
+        return _write_run(snapshot, bucket, layout, options, log, workers, file_format, retry)
+    except BaseException:
+        _discard_partial_run(bucket, layout, retry, log)
+        raise
+
+
+def _delete(blobs: Iterable[storage.Blob], retry: Retry) -> int:
+    deleted = 0
+    for blob in blobs:
+        with contextlib.suppress(gexc.NotFound):
+            blob.delete(retry=retry)
+            deleted += 1
+    return deleted
+
+
+def _delete_prefix(bucket: storage.Bucket, prefix: str, retry: Retry) -> int:
+    return _delete(bucket.list_blobs(prefix=prefix, retry=retry), retry)
+
+
+def _discard_partial_run(
+    bucket: storage.Bucket, layout: ObjectLayout, retry: Retry, log: dg.DagsterLogManager | None
+) -> None:
+    where = f"gs://{bucket.name}/{layout.run_prefix}"
+    try:
+        # Briefly: when GCS is what failed, the step should report that, not wait on it again.
+        deleted = _delete_prefix(
+            bucket, layout.run_prefix, retry.with_timeout(min(5.0, retry.timeout or 5.0))
+        )
+    except Exception as exc:
+        if log:
+            log.warning(
+                f"could not delete the partial objects under {where} ({type(exc).__name__}); "
+                "the next successful run of this export deletes them"
+            )
+        return
+    if deleted and log:
+        log.info(f"deleted the {deleted} partial object(s) of this failed export under {where}")
+
+
+def _write_run(
+    snapshot: Path,
+    bucket: storage.Bucket,
+    layout: ObjectLayout,
+    options: CsvOptions,
+    log: dg.DagsterLogManager | None,
+    workers: int | None,
+    file_format: FileFormat,
+    retry: Retry,
+) -> Manifest:
+    """The export itself.
 
     ``workers`` threads (default: one per core) format and compress shards while as many others
     upload the finished ones, so the cores never wait for the network; at most two shards per
@@ -418,7 +532,7 @@ def export_snapshot(
             try:
                 if errors:
                     raise CancelledError
-                crc = upload(bucket, local, name, content_type)
+                crc = upload(bucket, local, name, content_type, retry)
                 size = local.stat().st_size
             except BaseException as exc:
                 errors.append(exc)
@@ -476,10 +590,10 @@ def export_snapshot(
         format=file_format,
     )
     bucket.blob(layout.run_prefix + MANIFEST).upload_from_string(
-        manifest.to_json(), content_type="application/json"
+        manifest.to_json(), content_type="application/json", retry=retry
     )
     bucket.blob(layout.run_prefix + SUCCESS_MARKER).upload_from_string(
-        b"", content_type="text/plain"
+        b"", content_type="text/plain", retry=retry
     )
     return manifest
 
@@ -489,24 +603,57 @@ def read_manifest(client: storage.Client, uri: str) -> Manifest:
     return Manifest.from_json(client.bucket(bucket).blob(name).download_as_text())
 
 
-def delete_old_runs(bucket: storage.Bucket, layout: ObjectLayout, keep: int) -> list[str]:
-    """Delete every object of all but the ``keep`` newest runs (by their manifests); never the
-    current run's. Runs are found through their manifests, whatever the template made of them."""
-    manifests = [
-        blob
-        for blob in bucket.list_blobs(prefix=layout.export_prefix)
-        if blob.name.endswith("/" + MANIFEST)
-    ]
-    manifests.sort(key=lambda blob: blob.time_created, reverse=True)
-    deleted = []
-    for manifest in manifests[keep:]:
-        prefix = manifest.name.removesuffix(MANIFEST)
-        if prefix == layout.run_prefix:
+@dataclass
+class RunObjects:
+    """The objects of one earlier run of an export, found under its run prefix."""
+
+    prefix: str
+    run_id: str
+    blobs: list[storage.Blob] = field(default_factory=list)
+    completed: dt.datetime | None = None  # when its _SUCCESS was written, if ever
+
+
+@dataclass(frozen=True)
+class Tidied:
+    old: list[str]  # prefixes of complete runs beyond keep_runs, deleted
+    abandoned: list[str]  # prefixes of finished runs that never completed, deleted
+    in_flight: list[str]  # prefixes without _SUCCESS of runs not known to be finished, kept
+
+
+def tidy_runs(
+    bucket: storage.Bucket,
+    layout: ObjectLayout,
+    keep: int,
+    run_finished: Callable[[str], bool],
+    retry: Retry = DEFAULT_RETRY,
+) -> Tidied:
+    """Delete the objects of all but the newest ``keep`` complete runs (this one included), and
+    those of runs that finished without completing (``run_finished(run_id)``); never the current
+    run's, nor those of a run that may still be writing. Runs are told apart by the template's
+    ``{run}`` folder and are complete when they hold ``_SUCCESS``."""
+    pattern = layout.run_prefix_pattern()
+    runs: dict[str, RunObjects] = {}
+    for blob in bucket.list_blobs(prefix=layout.export_prefix, retry=retry):
+        match = pattern.match(blob.name)
+        if match is None or match.group(0) == layout.run_prefix:
             continue
-        for blob in bucket.list_blobs(prefix=prefix):
-            blob.delete()
-        deleted.append(f"gs://{bucket.name}/{prefix}")
-    return deleted
+        run = runs.setdefault(match.group(0), RunObjects(match.group(0), match["run"]))
+        run.blobs.append(blob)
+        if blob.name == run.prefix + SUCCESS_MARKER:
+            run.completed = blob.time_created
+    complete = sorted(
+        (run for run in runs.values() if run.completed), key=lambda run: run.completed, reverse=True
+    )
+    old = complete[max(keep - 1, 0) :]
+    unfinished = [run for run in runs.values() if not run.completed]
+    abandoned = [run for run in unfinished if run_finished(run.run_id)]
+    _delete((blob for run in old + abandoned for blob in run.blobs), retry)
+    where = f"gs://{bucket.name}/"
+    return Tidied(
+        old=[where + run.prefix for run in old],
+        abandoned=[where + run.prefix for run in abandoned],
+        in_flight=[where + run.prefix for run in unfinished if run not in abandoned],
+    )
 
 
 def run_date(context: dg.AssetExecutionContext, timezone: str) -> dt.date:
@@ -514,6 +661,24 @@ def run_date(context: dg.AssetExecutionContext, timezone: str) -> dt.date:
     tick = context.run.tags.get("dagster/scheduled_execution_time")
     when = dt.datetime.fromisoformat(tick) if tick else dt.datetime.now(dt.UTC)
     return when.astimezone(ZoneInfo(timezone)).date()
+
+
+def _run_finished(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """True when this Dagster instance knows the run and it has ended (so it writes no more)."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
+
+
+def _log_tidied(log: dg.DagsterLogManager, tidied: Tidied) -> None:
+    if tidied.old:
+        log.info(f"deleted {len(tidied.old)} older run prefix(es): {', '.join(tidied.old)}")
+    if tidied.abandoned:
+        log.info(
+            f"deleted the partial objects of {len(tidied.abandoned)} failed run(s): "
+            + ", ".join(tidied.abandoned)
+        )
+    if tidied.in_flight:
+        log.info("left alone, as their runs may still be writing: " + ", ".join(tidied.in_flight))
 
 
 def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
@@ -531,7 +696,7 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         owners=spec.owners,
         pool="gcs",
         description=f"{spec.name} as {what} objects in GCS, one prefix per run, with a manifest.",
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+        retry_policy=NETWORK_RETRY,
     )
     def _gcs_csv(
         context: dg.AssetExecutionContext, gcs: StackAwareGCSResource
@@ -547,13 +712,22 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 suffix=object_suffix(spec.format, spec.csv),
             )
             manifest = export_snapshot(
-                snapshot, bucket, layout, spec.csv, context.log, file_format=spec.format
+                snapshot,
+                bucket,
+                layout,
+                spec.csv,
+                context.log,
+                file_format=spec.format,
+                retry=gcs.retry(),
             )
-            deleted = delete_old_runs(bucket, layout, spec.objects.keep_runs)
-            if deleted:
-                context.log.info(
-                    f"deleted {len(deleted)} older run prefix(es): {', '.join(deleted)}"
-                )
+            tidied = tidy_runs(
+                bucket,
+                layout,
+                spec.objects.keep_runs,
+                run_finished=lambda run_id: _run_finished(context.instance, run_id),
+                retry=gcs.retry(),
+            )
+            _log_tidied(context.log, tidied)
             return dg.MaterializeResult(
                 metadata={
                     "dagster/uri": manifest.prefix,
