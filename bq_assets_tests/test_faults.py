@@ -7,8 +7,11 @@ import base64
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -96,6 +99,79 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
         in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_UP_FOR_RETRY)
         and event.event_specific_data.error
     ]
+
+
+# 1 ─ GCS killed in the middle of an upload ───────────────────────────────────────────────
+def kill_gcs_when_a_shard_lands(fault_dir: Path, export_name: str, seen: dict) -> threading.Thread:
+    """A thread that SIGKILLs fake-gcs-server as soon as the first shard of the export is stored,
+    noting what was stored by then."""
+    state = stack.read_state(fault_dir)
+    folder = Path(state.gcs_root) / state.bucket
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            stored = [p.name for p in folder.rglob("*") if export_name in str(p) and p.is_file()]
+            if any(name.startswith("part-") for name in stored):
+                os.killpg(state.gcs_pid, signal.SIGKILL)
+                seen.update(stored=stored, endpoint=state.gcs_endpoint)
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def test_gcs_killed_mid_upload_fails_clearly_and_a_retry_loads_exactly_the_source(
+    fault, fault_stack, fault_resources, fault_dir, tmp_path
+) -> None:
+    fault.expected = "step fails naming GCS's endpoint; after up, a retry loads exactly the source"
+    sql = (
+        "SELECT c.amperity_id || '-' || r.range AS amperity_id, c.email, c.address "
+        "FROM customer_360 AS c CROSS JOIN range(50) AS r"
+    )  # 200,000 rows in 40 shards: the upload takes a while
+    specs = export(tmp_path / "gcs_killed", "gcs_killed", sql, "csv: {shard_rows: 5000}\n")
+    # A short request retry, so the three attempts fail in seconds rather than minutes.
+    resources = fault_resources | {
+        "gcs": StackAwareGCSResource(local_stack_dir=str(fault_dir), retry_timeout_s=3)
+    }
+    seen: dict = {}
+    with dg.instance_for_test() as instance:
+        watcher = kill_gcs_when_a_shard_lands(fault_dir, "gcs_killed", seen)
+        try:
+            killed = run_exports(specs, resources, instance)
+        finally:
+            watcher.join(timeout=1)
+            stack.up(fault_dir)
+        retried = run_exports(specs, resources, instance, ["gcs/gcs_killed", "bigquery/gcs_killed"])
+    assert seen, "the watcher never saw a shard land"
+    shards_before_kill = sum(name.startswith("part-") for name in seen["stored"])
+    assert shards_before_kill < 40 and "manifest.json" not in seen["stored"], seen
+    messages = failure_messages(killed)
+    assert not killed.success
+    assert len(messages) == 3, messages  # the first attempt and the step's two retries
+    assert all(f"GCS at {seen['endpoint']} is unreachable" in m for m in messages), messages
+    assert all("Traceback" not in m for m in messages)
+    assert all("Timeout of 3.0s exceeded" in m for m in messages), "retry_timeout_s bounds it"
+
+    assert retried.success, step_errors(retried)
+    bq = materialization(retried, bigquery_key("gcs_killed"))
+    prefix = materialization(retried, gcs_key("gcs_killed"))["dagster/uri"]
+    with resources["bigquery"].get_client() as client:
+        loaded = client.get_job(bq["job_id"], location="US").source_uris
+    assert len(loaded) == 40 and all(uri.startswith(prefix) for uri in loaded)
+    bucket = resources["gcs"].get_client().bucket(fault_stack.bucket)
+    left = [f"gs://{bucket.name}/{b.name}" for b in bucket.list_blobs(prefix="exports/gcs_killed/")]
+    assert left and all(uri.startswith(prefix) for uri in left), "the killed run's objects remain"
+    reconcile(
+        fault, source_keys(fault_resources, sql), bigquery_keys(resources, bq["dagster/table_name"])
+    )
+    fault.observed = (
+        f"killed after {shards_before_kill}/40 shards: 3 attempts 'GCS at … is unreachable'; "
+        f"after up: {bq['dagster/row_count']} rows, killed run's objects deleted"
+    )
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
 
 
 # 2 ─ BigQuery down when the load starts ─────────────────────────────────────────────────────
