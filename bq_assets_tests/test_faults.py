@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -371,12 +372,47 @@ def fake_service_account_key(token_uri: str) -> tuple[str, str]:
     return base64.b64encode(json.dumps(info).encode()).decode(), pem
 
 
+GOOGLE_REJECTS = 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+DATABRICKS_REJECTS = 403, {"error_code": "PERMISSION_DENIED", "message": "Invalid access token."}
+
+
+class FakeRejectingEndpoint(ThreadingHTTPServer):
+    """A fake of the two services that check credentials, answering as they do when rejecting
+    them: Google's token endpoint (400 invalid_grant for the signed JWT) and the Databricks
+    statement API (403 for the token). It records what each request presented."""
+
+    def __init__(self) -> None:
+        self.presented: list[str] = []
+        super().__init__(("127.0.0.1", 0), self._Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    class _Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            self.server.presented.append(f"{self.headers.get('Authorization', '')} {body}")
+            status, answer = GOOGLE_REJECTS if self.path == "/token" else DATABRICKS_REJECTS
+            payload = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:
+            pass
+
+
 def test_secrets_never_reach_logs_metadata_output_or_errors(
     fault, fault_stack, fault_dir, tmp_path, capfd, caplog
 ) -> None:
-    fault.expected = "a full run and failing authenticated calls leak neither token nor key"
+    fault.expected = "a full run and rejected authenticated calls leak neither token nor key"
     token = "dapi" + "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-    encoded_key, pem = fake_service_account_key("http://127.0.0.1:9/token")
+    rejecting = FakeRejectingEndpoint()
+    encoded_key, pem = fake_service_account_key(f"{rejecting.url}/token")
     secrets = [token, encoded_key, pem.splitlines()[1], "feedface0123"]
 
     # A whole run in its own process, with both secrets in its environment.
@@ -397,24 +433,31 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
         event_log = "\n".join(repr(e) for e in instance.all_logs(record.dagster_run.run_id))
     texts = [run.stdout, run.stderr, event_log]
 
-    # Calls that really use the secrets, and fail: token refresh and a Databricks statement.
+    # Calls that present the secrets and are rejected: a token grant signed with the key, and
+    # a Databricks statement with the token.
     from dagster_databricks import DatabricksClientResource
 
     gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=encoded_key)
     with pytest.raises(Exception) as gcs_error:
         gcs.get_client().lookup_bucket("bucket-that-needs-a-token")
     databricks = DatabricksSQLResource(
-        workspace=DatabricksClientResource(host="http://127.0.0.1:9", token=token),
+        workspace=DatabricksClientResource(host=rejecting.url, token=token),
         warehouse_id="wh", statement_timeout_s=5,
     )  # fmt: skip
     with pytest.raises(Exception) as dbx_error:
         databricks.execute("SELECT 1")
+    rejecting.shutdown()
+    assert any("grant_type" in r for r in rejecting.presented), "no token grant was attempted"
+    assert any(token in r for r in rejecting.presented), "the token was never presented"
+    assert "invalid_grant" in str(gcs_error.value) and "Invalid access token" in str(
+        dbx_error.value
+    )
     captured = capfd.readouterr()
     texts += [repr(gcs_error.value), str(gcs_error.value), repr(dbx_error.value), str(dbx_error.value),
               captured.out, captured.err, caplog.text]  # fmt: skip
 
     fault.secrets_leaked = sum(secret in text for secret in secrets for text in texts)
-    fault.observed = f"run ok; scanned {sum(map(len, texts))} chars of logs/output/errors; {fault.secrets_leaked} leaks"
+    fault.observed = f"run ok; 2 calls rejected; scanned {sum(map(len, texts))} chars of logs/output/errors; {fault.secrets_leaked} leaks"
     assert fault.secrets_leaked == 0
 
 
