@@ -126,11 +126,13 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         context: dg.AssetCheckExecutionContext, gcs: StackAwareGCSResource
     ) -> dg.AssetCheckResult:
         client = gcs.get_client()
-        manifest = read_manifest(client, str(latest_metadata(context, key)["manifest_uri"]))
+        manifest = read_manifest(
+            client, str(latest_metadata(context, key)["manifest_uri"]), gcs.retry()
+        )
         problems = []
         for shard in manifest.shards:
             bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
-            blob = client.bucket(bucket).get_blob(name)
+            blob = client.bucket(bucket).get_blob(name, retry=gcs.retry())
             if blob is None:
                 problems.append(f"{shard.uri}: missing")
             elif blob.size != shard.bytes or blob.crc32c != shard.crc32c:
@@ -193,7 +195,7 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         table_id = str(latest_metadata(context, key)["dagster/table_name"])
         manifest = read_manifest(
-            gcs.get_client(), str(latest_metadata(context, key)["source_manifest"])
+            gcs.get_client(), str(latest_metadata(context, key)["source_manifest"]), gcs.retry()
         )
         with bigquery.get_client() as client:
             actual = client.get_table(table_id).schema

@@ -330,9 +330,10 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         with reported_as_failure(GCS=gcs, BigQuery=bigquery):
             manifest_uri = str(latest_metadata(context, gcs_key(spec.name))["manifest_uri"])
             storage_client = gcs.get_client()
-            manifest = read_manifest(storage_client, manifest_uri)
+            manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
-            check_bucket_location(bucket, storage_client.get_bucket(bucket).location, spec)
+            location = storage_client.get_bucket(bucket, retry=gcs.retry()).location
+            check_bucket_location(bucket, location, spec)
             with bigquery.get_client() as client:
                 result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
             context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")

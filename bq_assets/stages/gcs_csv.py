@@ -598,9 +598,9 @@ def _write_run(
     return manifest
 
 
-def read_manifest(client: storage.Client, uri: str) -> Manifest:
+def read_manifest(client: storage.Client, uri: str, retry: Retry = DEFAULT_RETRY) -> Manifest:
     bucket, _, name = uri.removeprefix("gs://").partition("/")
-    return Manifest.from_json(client.bucket(bucket).blob(name).download_as_text())
+    return Manifest.from_json(client.bucket(bucket).blob(name).download_as_text(retry=retry))
 
 
 @dataclass
