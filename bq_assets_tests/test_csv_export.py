@@ -399,7 +399,7 @@ def test_an_export_uploads_every_shard_then_manifest_and_marker(
     assert {layout.run_prefix + MANIFEST, layout.run_prefix + SUCCESS_MARKER} <= names
 
 
-def failing_layout(export: str, template: str = "tests/{export}/{run}/part-{shard:05d}"):
+def scratch_layout(export: str, template: str = "tests/{export}/{run}/part-{shard:05d}"):
     return ObjectLayout(
         template=template,
         export=export,
@@ -417,7 +417,7 @@ def names_under(bucket: storage.Bucket, prefix: str) -> set[str]:
 def test_a_failed_shard_stops_the_export_and_leaves_no_object_behind(
     gcs_bucket: storage.Bucket, big_snapshot: Path, monkeypatch
 ) -> None:
-    layout = failing_layout("failing")
+    layout = scratch_layout("failing")
     real_upload = gcs_csv.upload
     uploaded = []
     first_uploaded = threading.Event()
@@ -442,7 +442,7 @@ def test_a_failed_shard_stops_the_export_and_leaves_no_object_behind(
 def test_a_retried_attempt_replaces_whatever_the_failed_one_left(
     gcs_bucket: storage.Bucket, big_snapshot: Path
 ) -> None:
-    layout = failing_layout("retried")
+    layout = scratch_layout("retried")
     leftover = layout.shard(99)  # e.g. from an attempt that read a larger snapshot
     gcs_bucket.blob(leftover).upload_from_string(b"stale")
     manifest = export_snapshot(

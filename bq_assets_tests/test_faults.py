@@ -447,6 +447,7 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
     with pytest.raises(Exception) as dbx_error:
         databricks.execute("SELECT 1")
     rejecting.shutdown()
+    rejecting.server_close()
     assert any("grant_type" in r for r in rejecting.presented), "no token grant was attempted"
     assert any(token in r for r in rejecting.presented), "the token was never presented"
     assert "invalid_grant" in str(gcs_error.value) and "Invalid access token" in str(

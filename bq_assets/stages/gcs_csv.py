@@ -374,18 +374,21 @@ class ObjectLayout:
         return self._render(shard=index) + self.suffix
 
     @property
-    def run_prefix(self) -> str:
-        """The folder that holds this run and nothing else: up to the segment with ``{run}``."""
+    def _run_folder_template(self) -> str:
+        """The template up to (and with) its last segment holding ``{run}``."""
         segments = self.template.split("/")
         last = max(i for i, segment in enumerate(segments) if "{run}" in segment)
-        return "/".join(segments[: last + 1]).format(**self._values()) + "/"
+        return "/".join(segments[: last + 1])
+
+    @property
+    def run_prefix(self) -> str:
+        """The folder that holds this run and nothing else: up to the segment with ``{run}``."""
+        return self._run_folder_template.format(**self._values()) + "/"
 
     def run_prefix_pattern(self) -> "re.Pattern[str]":
         """Matches the run prefix of any run of this export, capturing its run id as ``run``."""
-        segments = self.template.split("/")
-        last = max(i for i, segment in enumerate(segments) if "{run}" in segment)
         pattern = ""
-        for literal, name, spec, _ in string.Formatter().parse("/".join(segments[: last + 1])):
+        for literal, name, spec, _ in string.Formatter().parse(self._run_folder_template):
             pattern += re.escape(literal)
             if name == "export":
                 pattern += re.escape(self.export)
