@@ -178,7 +178,9 @@ def _spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> 
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            # Google's services speak UTC; fake-gcs-server otherwise stamps objects with the
+            # machine's offset, which the storage client cannot parse.
+            env={**os.environ, "TZ": "UTC", **(env or {})},
             start_new_session=True,
         )
     return process.pid

@@ -156,6 +156,8 @@ class DatabricksSQLResource(dg.ConfigurableResource):
         with (folder / f"{catalog}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             with duckdb.connect() as con:
+                # UTC, not the machine's zone: TIMESTAMPs come back as UTC whatever TZ is set.
+                con.execute("SET TimeZone = 'UTC'")
                 # "main" is reserved in DuckDB, so catalogs attach under an alias.
                 con.execute(f"ATTACH '{folder / catalog}.duckdb' AS {_alias(catalog)}")
                 yield con
