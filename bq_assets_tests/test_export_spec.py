@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
-from bq_assets.exports.spec import query_columns
+from bq_assets.exports.spec import executable_query, query_columns
 
 SQL = "SELECT id, name, created_at FROM t"
 
@@ -118,15 +118,39 @@ def test_partition_and_clustering_fields_must_be_columns(tmp_path: Path) -> None
     assert "bigquery.partition_field: day not among the query's columns" in load_error(tmp_path)
 
 
-def test_sql_that_does_not_parse_is_reported_at_load(tmp_path: Path) -> None:
-    write_export(tmp_path, "orders", MINIMAL, sql="SELEC id FROM")
+def test_sql_that_does_not_parse_names_the_sql_file_line_and_column(tmp_path: Path) -> None:
+    write_export(tmp_path, "orders", MINIMAL, sql="SELECT id,\n  name = \nFROM t")
     message = load_error(tmp_path)
-    assert str(tmp_path / "orders.yaml") in message and "SQL" in message
+    assert f"{tmp_path / 'orders.sql'}: line 3, column 4: syntax error at or near 'FROM'" in message
+    assert "sqlglot" not in message and "Required keyword" not in message
 
 
-def test_select_star_is_rejected_so_the_schema_is_reviewable() -> None:
-    with pytest.raises(ValueError, match="no SELECT"):
-        query_columns("SELECT * FROM t")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM t",
+        "SELECT t.* FROM t",
+        "SELECT id, t.* FROM t",
+        "SELECT * EXCLUDE (name) FROM t",
+        "SELECT COLUMNS('a.*') FROM t",
+    ],
+)
+def test_every_form_of_star_is_rejected_so_the_schema_is_reviewable(sql: str) -> None:
+    with pytest.raises(ValueError, match=r"must name its columns \(no SELECT \*"):
+        query_columns(sql)
+
+
+def test_an_expression_without_a_name_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"add AS <name> to id \+ 1"):
+        query_columns("SELECT id + 1, name FROM t")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT id FROM t -- the end", "SELECT id FROM t; -- done\n", "SELECT id FROM t\n;\n-- x"],
+)
+def test_the_source_runs_the_query_without_its_trailing_semicolon_and_comment(sql: str) -> None:
+    assert executable_query(sql) == sql[: sql.index("t") + 1]
 
 
 def test_more_than_one_statement_is_rejected() -> None:

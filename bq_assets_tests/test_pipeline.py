@@ -10,7 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from bq_assets.exports import ExportSpec
+from bq_assets.exports import ExportSpec, load_specs
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
@@ -138,3 +138,16 @@ def test_all_shipped_exports_materialize(local_stack, resources, shipped_specs, 
     assert result.success, step_errors(result)
     assert all(c.passed for c in result.get_asset_check_evaluations())
     assert len(result.get_asset_materialization_events()) == 4 * len(shipped_specs)
+
+
+def test_a_sql_file_ending_in_a_comment_runs(local_stack, resources, instance, tmp_path) -> None:
+    (tmp_path / "commented.sql").write_text(
+        "-- the five first customers\nSELECT amperity_id FROM customer_360\n"
+        "ORDER BY amperity_id LIMIT 5; -- keep it small\n"
+    )
+    (tmp_path / "commented.yaml").write_text("primary_key: [amperity_id]\ncadence: daily\n")
+    specs = load_specs(tmp_path)
+    result = run_exports(specs, resources, instance, selection="query/commented")
+    assert result.success, step_errors(result)
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["dagster/row_count"].value == 5

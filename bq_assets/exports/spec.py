@@ -26,6 +26,7 @@ import yaml
 from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlglot import exp
+from sqlglot.tokens import TokenType
 
 EXPORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
@@ -289,26 +290,68 @@ class ExportSpec(_Strict):
         return self.databricks.table or self.name
 
 
+class SqlError(ValueError):
+    """The SQL file cannot be used; the message says where (line, column) and why."""
+
+
+def _syntax_error(exc: sqlglot.errors.ParseError) -> SqlError:
+    """A parse error in words a SQL author knows: line, column and the text it stopped at."""
+    error = exc.errors[0] if exc.errors else {}
+    line, column = error.get("line"), error.get("col")
+    near = str(error.get("highlight") or "").strip()
+    where = f"line {line}, column {column}: " if line else ""
+    what = f"syntax error at or near {near!r}" if near else "syntax error"
+    return SqlError(f"{where}{what}")
+
+
+def _is_star(select: exp.Expression) -> bool:
+    """``*``, ``t.*`` or DuckDB's ``COLUMNS(...)``: columns the spec cannot name statically."""
+    select = select.unalias()
+    return isinstance(select, exp.Star | exp.Columns) or (
+        isinstance(select, exp.Column) and isinstance(select.this, exp.Star)
+    )
+
+
+def parse_query(sql: str) -> exp.Query:
+    """The one SELECT of an export's SQL file, parsed as DuckDB SQL; ``SqlError`` otherwise."""
+    try:
+        parsed = sqlglot.parse(sql, read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise _syntax_error(exc) from None
+    # A comment after the last ``;`` parses as an empty statement holding the comment.
+    statements = [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
+    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+        raise SqlError("the SQL file must hold exactly one SELECT query")
+    return statements[0]
+
+
 def query_columns(sql: str) -> list[str]:
     """The output column names of a SELECT, read statically (no database needed)."""
-    try:
-        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
-    except sqlglot.errors.ParseError as exc:
-        raise ValueError(
-            f"the SQL does not parse: {exc.errors[0]['description'] if exc.errors else exc}"
-        ) from None
-    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
-        raise ValueError("the SQL file must hold exactly one SELECT query")
-    query = statements[0]
-    if any(isinstance(e, exp.Star) for e in query.selects):
-        raise ValueError(
-            "the query must name its columns (no SELECT *), so the schema is reviewable"
+    query = parse_query(sql)
+    stars = [s.sql(dialect="duckdb") for s in query.selects if _is_star(s)]
+    if stars:
+        raise SqlError(
+            f"the query must name its columns (no SELECT *, t.* or COLUMNS(...); found "
+            f"{', '.join(stars)}), so the schema is reviewable"
         )
+    unnamed = [s.sql(dialect="duckdb") for s in query.selects if not s.alias_or_name]
+    if unnamed:
+        raise SqlError(f"every column needs a name: add AS <name> to {', '.join(unnamed)}")
     columns = query.named_selects
     duplicates = sorted({c for c in columns if columns.count(c) > 1})
     if duplicates:
-        raise ValueError(f"the query returns duplicate column names: {', '.join(duplicates)}")
+        raise SqlError(f"the query returns duplicate column names: {', '.join(duplicates)}")
     return columns
+
+
+def executable_query(sql: str) -> str:
+    """The query's text as the source runs it inside ``COPY (...)``: without the trailing
+    semicolon and the comments after the last token (a trailing ``--`` comment would swallow
+    the closing parenthesis)."""
+    tokens = [
+        t for t in sqlglot.tokenize(sql, read="duckdb") if t.token_type != TokenType.SEMICOLON
+    ]
+    return sql[: tokens[-1].end + 1] if tokens else sql
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -333,10 +376,13 @@ def load_spec(path: Path) -> ExportSpec:
     sql_file = path.parent / str(raw.pop("sql_file", f"{path.stem}.sql"))
     if not sql_file.is_file():
         raise ExportSpecError(f"{path}: sql_file: {sql_file} does not exist")
+    sql = sql_file.read_text()
     try:
-        return ExportSpec(
-            name=name, sql=sql_file.read_text(), sql_file=sql_file, spec_file=path, **raw
-        )
+        query_columns(sql)
+    except SqlError as exc:
+        raise ExportSpecError(f"{sql_file}: {exc} (the query of {path.name})") from None
+    try:
+        return ExportSpec(name=name, sql=sql, sql_file=sql_file, spec_file=path, **raw)
     except ValidationError as exc:
         details = "\n  ".join(_describe(e) for e in exc.errors())
         raise ExportSpecError(f"{path}: invalid export spec:\n  {details}") from None

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from bq_assets.errors import BqAssetsError
+from bq_assets.exports.spec import executable_query
 from bq_assets.local import sample_data
 
 # Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
@@ -53,7 +54,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         """
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".partial")
-        query = sql.strip().rstrip(";")
+        query = executable_query(sql)
         try:
             with duckdb.connect(str(self._database_path()), read_only=True) as con:
                 con.execute("SET TimeZone = 'UTC'")
