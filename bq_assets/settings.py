@@ -16,6 +16,8 @@ import dagster as dg
 from dagster_databricks import DatabricksClientResource
 from dagster_databricks.resources import OauthCredentials
 
+from bq_assets.exports.spec import ExportSpec
+from bq_assets.local.limits import unsupported_settings
 from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
 from bq_assets.local.stack import local_dir
 from bq_assets.resources import (
@@ -56,6 +58,36 @@ def environment() -> str:
     if env not in ENVIRONMENTS:
         raise ConfigurationError(f"BQ_ASSETS_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}")
     return env
+
+
+SCHEDULE_STATUSES = {
+    "running": dg.DefaultScheduleStatus.RUNNING,
+    "stopped": dg.DefaultScheduleStatus.STOPPED,
+}
+
+
+def schedule_status() -> dg.DefaultScheduleStatus:
+    """``BQ_ASSETS_SCHEDULES``, default ``running`` in prod and ``stopped`` locally; a value
+    that is neither fails the load rather than silently stopping every schedule."""
+    default = "running" if environment() == "prod" else "stopped"
+    status = os.environ.get("BQ_ASSETS_SCHEDULES", default)
+    if status not in SCHEDULE_STATUSES:
+        raise ConfigurationError(
+            f"BQ_ASSETS_SCHEDULES={status!r} is not one of {', '.join(SCHEDULE_STATUSES)}"
+        )
+    return SCHEDULE_STATUSES[status]
+
+
+def check_specs_for_environment(specs: list[ExportSpec]) -> list[ExportSpec]:
+    """The specs, if the environment can run every one of them; locally, settings the
+    emulators cannot honour fail the load, all named at once."""
+    if environment() == "local":
+        problems = [line for spec in specs for line in unsupported_settings(spec)]
+        if problems:
+            raise ConfigurationError(
+                "These exports cannot run on the local stack:\n  " + "\n  ".join(problems)
+            )
+    return specs
 
 
 def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:

@@ -11,8 +11,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from bq_assets.exports import load_specs
 from bq_assets.factory import build_definitions
-from bq_assets.settings import PROD_REQUIRED, ConfigurationError, local_resources, prod_resources
+from bq_assets.settings import (
+    PROD_REQUIRED,
+    ConfigurationError,
+    check_specs_for_environment,
+    local_resources,
+    prod_resources,
+    schedule_status,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["query", "gcs", "bigquery", "databricks"]
@@ -104,3 +112,32 @@ def test_an_unknown_environment_is_rejected(monkeypatch) -> None:
         ConfigurationError, match="BQ_ASSETS_ENV='staging' is not one of local, prod"
     ):
         environment()
+
+
+@pytest.mark.parametrize("value", ["Running", "on", "runing", ""])
+def test_a_schedules_setting_with_a_typo_fails_the_load(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("BQ_ASSETS_SCHEDULES", value)
+    with pytest.raises(ConfigurationError, match=f"BQ_ASSETS_SCHEDULES={value!r} is not one of"):
+        schedule_status()
+
+
+def test_the_schedules_setting_overrides_the_environment_default(monkeypatch) -> None:
+    monkeypatch.delenv("BQ_ASSETS_SCHEDULES", raising=False)
+    assert schedule_status() == dg.DefaultScheduleStatus.STOPPED
+    monkeypatch.setenv("BQ_ASSETS_SCHEDULES", "running")
+    assert schedule_status() == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_a_null_marker_is_refused_locally_with_the_reason(monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "orders.sql").write_text("SELECT 1 AS id")
+    (tmp_path / "orders.yaml").write_text(
+        "primary_key: [id]\ncadence: daily\ncsv: {null_marker: '\\N'}\n"
+    )
+    specs = load_specs(tmp_path)
+    monkeypatch.setenv("BQ_ASSETS_ENV", "local")
+    with pytest.raises(ConfigurationError) as error:
+        check_specs_for_environment(specs)
+    assert f"{tmp_path / 'orders.yaml'}: csv.null_marker" in str(error.value)
+    assert "bqemulator ignores a load's null_marker" in str(error.value)
+    monkeypatch.setenv("BQ_ASSETS_ENV", "prod")
+    assert check_specs_for_environment(specs) == specs
