@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from bq_assets.exports.spec import load_spec
@@ -19,6 +20,7 @@ from bq_assets.stages.bigquery import (
     check_bucket_location,
     check_schema_drift,
     locations_compatible,
+    retryable,
     run_load,
 )
 from bq_assets.stages.gcs_csv import Manifest, Shard
@@ -157,3 +159,30 @@ def test_a_bucket_in_another_location_is_refused_before_loading(tmp_path) -> Non
 )  # fmt: skip
 def test_location_compatibility_follows_bigquery_rules(bucket: str, dataset: str, ok: bool) -> None:
     assert locations_compatible(bucket, dataset) is ok
+
+
+@pytest.mark.parametrize(
+    ("reason", "retried"),
+    [
+        ("backendError", True),
+        ("internalError", True),
+        ("rateLimitExceeded", True),
+        ("invalid", False),
+        ("invalidQuery", False),
+        ("notFound", False),
+        ("accessDenied", False),
+        ("quotaExceeded", False),
+    ],
+)
+def test_only_failures_a_new_attempt_can_fix_are_retried(reason: str, retried: bool) -> None:
+    job = bigquery.LoadJob.from_api_repr(
+        {
+            "jobReference": {"projectId": "p", "jobId": "job"},
+            "configuration": {
+                "load": {"destinationTable": {"projectId": "p", "datasetId": "d", "tableId": "t"}}
+            },
+            "status": {"state": "DONE", "errorResult": {"reason": reason, "message": "..."}},
+        },
+        client=bigquery.Client(project="p", credentials=AnonymousCredentials()),
+    )
+    assert retryable(job) is retried

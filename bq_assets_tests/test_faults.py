@@ -4,6 +4,7 @@ never loses or duplicates a row, and never leaks a secret. Run alone with ``make
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import logging
 import os
@@ -482,11 +483,38 @@ def test_a_bad_row_fails_the_load_and_keeps_the_previous_data(
             run_load(client, fault_stack.project, specs[0], manifest, logging.getLogger("faults"))
     message = failure.value.description
     assert "not-a-number" in message and "(location US)" in message
+    assert "the table keeps its previous data" in message
+    assert failure.value.allow_retries is False  # bad data: a retry cannot fix it
     reconcile(fault, source_keys(fault_resources, sql), bigquery_keys(fault_resources, table_id))
     fault.observed = "load failed: " + message[message.index("Original Line") :][:60].replace(
         "\n", " "
     )
     assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+def test_a_bad_row_into_a_new_table_fails_once_and_creates_no_table(
+    fault, fault_stack, fault_resources, tmp_path
+) -> None:
+    fault.expected = "one attempt, no retry; says the table was not created; no table"
+    sql = "SELECT amperity_id, email, order_count FROM customer_360"
+    specs = export(tmp_path / "bad_new", "bad_new", sql)
+    with dg.instance_for_test() as instance:
+        exported = run_exports(specs, fault_resources, instance, ["query/bad_new", "gcs/bad_new"])
+        assert exported.success, step_errors(exported)
+        (uri,) = [s["uri"] for s in materialization(exported, gcs_key("bad_new"))["objects"]]
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        bad = "amperity_id,email,order_count\nabc,a@example.com,not-a-number\n"
+        blob = fault_resources["gcs"].get_client().bucket(bucket).blob(name)
+        blob.upload_from_string(gzip.compress(bad.encode()))
+        loaded = run_exports(specs, fault_resources, instance, "bigquery/bad_new")
+    messages = failure_messages(loaded)
+    assert len(messages) == 1, messages  # failed once: no STEP_UP_FOR_RETRY before it
+    assert "the table was not created" in messages[0] and "not-a-number" in messages[0]
+    with fault_resources["bigquery"].get_client() as client:
+        tables = [t.table_id for t in client.list_tables("amperity_exports")]
+    assert "bad_new" not in tables, tables
+    fault.rows_lost = fault.rows_duplicated = 0
+    fault.observed = f"{len(messages)} attempt; " + messages[0][:70].replace("\n", " ")
 
 
 def tampered_manifest(fault_stack, resources: dict, table_id: str) -> Manifest:

@@ -199,16 +199,34 @@ def _start_or_reattach(
     raise dg.Failure(f"{MAX_GENERATIONS} generations of job {base} failed for one run.")
 
 
-def _wait(job: bigquery.job.LoadJob | bigquery.job.CopyJob, table_id: str, location: str) -> None:
+#: Job error reasons that a new attempt can fix: BigQuery's own failures and rate limits
+#: (https://cloud.google.com/bigquery/docs/error-messages: "retry" for these). Any other reason
+#: (invalid data, a bad schema, access denied, a missing object) fails the step at once.
+RETRYABLE_REASONS = frozenset(
+    {"backendError", "internalError", "rateLimitExceeded", "jobBackendError", "jobInternalError"}
+)
+
+
+def retryable(job: bigquery.job.LoadJob | bigquery.job.CopyJob) -> bool:
+    """Whether the failed job's error is one a new attempt can fix."""
+    return (job.error_result or {}).get("reason") in RETRYABLE_REASONS
+
+
+def _wait(
+    job: bigquery.job.LoadJob | bigquery.job.CopyJob,
+    table_id: str,
+    location: str,
+    table_existed: bool,
+) -> None:
     with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors are reported below
         job.result(retry=TRANSIENT)
     if job.error_result:
         kind = "load" if isinstance(job, bigquery.LoadJob) else "copy"
+        kept = "the table keeps its previous data" if table_existed else "the table was not created"
         raise dg.Failure(
             description=(
                 f"BigQuery {kind} job {job.job_id} (location {job.location or location}) for "
-                f"{table_id} failed; the table keeps its previous data. Errors:\n"
-                f"{_describe_errors(job)}"
+                f"{table_id} failed; {kept}. Errors:\n{_describe_errors(job)}"
             ),
             metadata={
                 "job_id": job.job_id,
@@ -216,6 +234,7 @@ def _wait(job: bigquery.job.LoadJob | bigquery.job.CopyJob, table_id: str, locat
                 "table": table_id,
                 "errors": dg.MetadataValue.json(job.errors or [job.error_result]),
             },
+            allow_retries=retryable(job),
         )
 
 
@@ -267,7 +286,7 @@ def run_load(
         ),
         log,
     )  # fmt: skip
-    _wait(job, table_id, location)
+    _wait(job, table_id, location, existing is not None)
     if staged:
         copy = _start_or_reattach(
             client, f"{job.job_id}_publish", project, location,
@@ -277,7 +296,7 @@ def run_load(
             ),
             log,
         )  # fmt: skip
-        _wait(copy, table_id, location)
+        _wait(copy, table_id, location, existing is not None)
         client.delete_table(load_target, not_found_ok=True, retry=TRANSIENT)
 
     table = client.get_table(table_id, retry=TRANSIENT)
