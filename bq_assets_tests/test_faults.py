@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
-from bq_assets.local import stack
+from bq_assets.local import sample_data, stack
 from bq_assets.resources import DatabricksSQLResource, DuckDBSourceResource, StackAwareGCSResource
 from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
@@ -407,38 +407,111 @@ class FakeRejectingEndpoint(ThreadingHTTPServer):
             pass
 
 
-def test_secrets_never_reach_logs_metadata_output_or_errors(
-    fault, fault_stack, fault_dir, tmp_path, capfd, caplog
-) -> None:
-    fault.expected = "a full run and rejected authenticated calls leak neither token nor key"
-    token = "dapi" + "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-    rejecting = FakeRejectingEndpoint()
-    encoded_key, pem = fake_service_account_key(f"{rejecting.url}/token")
-    secrets = [token, encoded_key, pem.splitlines()[1], "feedface0123"]
+class FakeAcceptingEndpoint(ThreadingHTTPServer):
+    """A fake of the same two services answering as they do when they accept the credentials:
+    Google's token endpoint grants an access token for the signed JWT, and the Databricks
+    Statement Execution API runs every statement (a ``count(*)`` answers ``rows``). It records
+    what each request presented, so a test can tell the credentials were really used."""
 
-    # A whole run in its own process, with both secrets in its environment.
+    def __init__(self, rows: int) -> None:
+        self.presented: list[str] = []
+        self.rows = rows
+        super().__init__(("127.0.0.1", 0), self._Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    class _Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: str) -> None:
+            self.server.presented.append(f"{self.headers.get('Authorization', '')} {body}")
+            if self.path == "/token":
+                answer = {"access_token": "ya29.fake-access-token", "expires_in": 3600,
+                          "token_type": "Bearer"}  # fmt: skip
+            else:
+                statement = json.loads(body or "{}").get("statement", "")
+                counted = "count(*)" in statement.lower()
+                answer = {"statement_id": "fake-statement", "status": {"state": "SUCCEEDED"},
+                          "result": {"data_array": [[str(self.server.rows)]] if counted else []}}  # fmt: skip
+            payload = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self) -> None:
+            self._answer(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+
+        def do_GET(self) -> None:
+            self._answer("")
+
+        def log_message(self, *args) -> None:
+            pass
+
+
+def production_wired_env(
+    fault_stack, fault_dir: Path, home: Path, fake: FakeAcceptingEndpoint, token: str, key: str
+) -> dict[str, str]:
+    """``BQ_ASSETS_ENV=prod``: the production resources, credentials read from the environment,
+    the Google clients pointed at the emulators through their own emulator variables, and
+    Databricks at the fake."""
+    return os.environ | {
+        "BQ_ASSETS_ENV": "prod", "DAGSTER_HOME": str(home), "BQ_ASSETS_SCHEDULES": "stopped",
+        "GCP_PROJECT": fault_stack.project, "BQ_ASSETS_GCS_BUCKET": fault_stack.bucket,
+        "BQ_ASSETS_SOURCE_DATABASE": str(fault_dir / "source.duckdb"),
+        "BQ_ASSETS_STAGING_DIR": str(home / "staging"),
+        "STORAGE_EMULATOR_HOST": fault_stack.gcs_endpoint,
+        "BIGQUERY_EMULATOR_HOST": fault_stack.bigquery_endpoint,
+        "GCP_CREDENTIALS_B64": key, "DATABRICKS_HOST": fake.url,
+        "DATABRICKS_WAREHOUSE_ID": "fake-warehouse", "DATABRICKS_TOKEN": token,
+    }  # fmt: skip
+
+
+def test_secrets_never_reach_logs_metadata_output_or_errors(
+    fault, fault_stack, fault_resources, fault_dir, tmp_path, capfd, caplog
+) -> None:
+    fault.expected = "a production-wired run and rejected calls leak neither token nor key"
+    token = "dapi" + "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    sample_data.ensure(Path(fault_resources["source"].database), FAULT_ROWS)
+    source_rows = len(source_keys(fault_resources, "SELECT amperity_id FROM customer_360"))
+    accepting, rejecting = FakeAcceptingEndpoint(source_rows), FakeRejectingEndpoint()
+    encoded_key, pem = fake_service_account_key(f"{accepting.url}/token")
+    rejected_key, _ = fake_service_account_key(f"{rejecting.url}/token")
+    secrets = [token, encoded_key, pem.splitlines()[1], "feedface0123", rejected_key]
+
+    # A whole run in its own process with the production wiring: the key signs the token
+    # grant, the access token goes to GCS and BigQuery, the Databricks token to the fake.
     home = tmp_path / "home"
     home.mkdir()
-    env = os.environ | {
-        "BQ_ASSETS_LOCAL_DIR": str(fault_dir), "DAGSTER_HOME": str(home),
-        "BQ_ASSETS_SAMPLE_ROWS": str(FAULT_ROWS), "DATABRICKS_TOKEN": token,
-        "GCP_CREDENTIALS_B64": encoded_key,
-    }  # fmt: skip
+    env = production_wired_env(fault_stack, fault_dir, home, accepting, token, encoded_key)
     run = subprocess.run(
         [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions", "--select", ",".join(f"{stage}/customer_360" for stage in ("query", "gcs", "bigquery", "databricks"))],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (record,) = instance.get_run_records()
-        event_log = "\n".join(repr(e) for e in instance.all_logs(record.dagster_run.run_id))
-    texts = [run.stdout, run.stderr, event_log]
+        logs = instance.all_logs(record.dagster_run.run_id)
+    materialized = {
+        e.dagster_event.asset_key.to_user_string()
+        for e in logs
+        if e.is_dagster_event and e.dagster_event.is_step_materialization
+    }
+    assert materialized == {
+        f"{s}/customer_360" for s in ("query", "gcs", "bigquery", "databricks")
+    }, run.stderr[-3000:]
+    accepting.shutdown()
+    accepting.server_close()
+    assert any("grant_type" in r for r in accepting.presented), "the key never signed a grant"
+    assert any(token in r for r in accepting.presented), "the Databricks token was not presented"
+    texts = [run.stdout, run.stderr, "\n".join(repr(e) for e in logs)]
 
-    # Calls that present the secrets and are rejected: a token grant signed with the key, and
+    # Calls that present the secrets and are rejected: a token grant signed with a key, and
     # a Databricks statement with the token.
     from dagster_databricks import DatabricksClientResource
 
-    gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=encoded_key)
+    gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=rejected_key)
     with pytest.raises(Exception) as gcs_error:
         gcs.get_client().lookup_bucket("bucket-that-needs-a-token")
     databricks = DatabricksSQLResource(
@@ -459,7 +532,7 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
               captured.out, captured.err, caplog.text]  # fmt: skip
 
     fault.secrets_leaked = sum(secret in text for secret in secrets for text in texts)
-    fault.observed = f"run ok; 2 calls rejected; scanned {sum(map(len, texts))} chars of logs/output/errors; {fault.secrets_leaked} leaks"
+    fault.observed = f"prod-wired run: 4 assets, credentials presented; 2 calls rejected; scanned {sum(map(len, texts))} chars; {fault.secrets_leaked} leaks"
     assert fault.secrets_leaked == 0
 
 
