@@ -110,6 +110,8 @@ def publish_statements(
             f"CREATE OR REPLACE VIEW {name.quoted} AS SELECT * FROM "
             f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`",
         ]
+    # The legacy connector wants the key base64-encoded: it lives in the secret
+    # `<secret name>_base64` of the same scope (see the README).
     return [
         f"CREATE SCHEMA IF NOT EXISTS {schema}",
         f"CREATE TABLE IF NOT EXISTS {name.quoted} USING bigquery OPTIONS ("
@@ -175,7 +177,7 @@ def described_settings(rows: list[list[str | None]]) -> dict[str, str]:
         if len(row) < 2 or row[0] is None:
             continue
         key, value = str(row[0]).strip().lower(), str(row[1] or "").strip()
-        if "connection" in key:
+        if key in ("connection", "connection name", "connection_name"):
             found["connection"] = value
         elif "option" in key:
             for option, option_value in _OPTION_PAIR.findall(value):
