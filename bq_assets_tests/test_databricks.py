@@ -380,6 +380,24 @@ def test_a_foreign_catalog_on_another_connection_or_missing_an_option_is_drift(
     assert "materializationDataset: spec says 't', Databricks has None" in str(error.value)
 
 
+def test_a_describe_without_options_still_verifies_the_connection(tmp_path: Path) -> None:
+    rows = [["Catalog Name", "bigquery"], ["Connection Name", "bigquery_connection"]]
+    api = FakeStatementExecution([StatementState.SUCCEEDED], answers={"DESCRIBE CATALOG": rows})
+    notes = publish(tmp_path, "", api)
+    assert notes == [
+        "foreign catalog bigquery: DESCRIBE CATALOG EXTENDED `bigquery` shows no options; "
+        "they are not verified",
+        "foreign catalog bigquery: matches the spec",
+    ]
+    rows[1][1] = "elsewhere"
+    with pytest.raises(DriftError, match="connection: spec says 'bigquery_connection'"):
+        publish(
+            tmp_path,
+            "",
+            FakeStatementExecution([StatementState.SUCCEEDED], answers={"DESCRIBE CATALOG": rows}),
+        )
+
+
 def test_a_rotated_secret_or_changed_connection_option_is_reapplied_every_run(
     tmp_path: Path,
 ) -> None:
