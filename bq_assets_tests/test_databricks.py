@@ -121,6 +121,15 @@ def test_pass_through_options_are_identifiers_with_string_values_and_never_secre
     assert "databricks.foreign_catalog_options" in str(error.value)
 
 
+def test_a_pass_through_value_stays_one_string_literal(tmp_path: Path) -> None:
+    crafted = "x') ; DROP CATALOG main; -- \\' \\"
+    spec = spec_with(tmp_path, f"databricks: {{foreign_catalog_options: {{note: {crafted!r}}}}}\n")
+    statement = publish_statements(spec, SOURCE, "s", "k")[2]
+    assert [t for t in tokens(statement) if t[0] == "SEMICOLON"] == []
+    literals = [text for kind, text in tokens(statement) if kind == "STRING"]
+    assert literals == ["acme-prod", crafted]
+
+
 def test_external_mode_creates_a_using_bigquery_table(tmp_path: Path) -> None:
     spec = spec_with(tmp_path, "databricks: {mode: external, table: c360}\n")
     statements = publish_statements(spec, SOURCE, "s", "k")

@@ -337,6 +337,9 @@ NAME_FIELDS = {
     "databricks.table": "databricks: {{table: {p}}}",
     "databricks.connection": "databricks: {{connection: {p}}}",
     "databricks.foreign_catalog": "databricks: {{foreign_catalog: {p}}}",
+    "bigquery.staging_dataset": "bigquery: {{staging_dataset: {p}}}",
+    "databricks.connection_options": "databricks: {{connection_options: {{{p}: v}}}}",
+    "databricks.foreign_catalog_options": "databricks: {{foreign_catalog_options: {{{p}: v}}}}",
 }
 
 
