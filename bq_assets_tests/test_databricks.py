@@ -31,6 +31,7 @@ from bq_assets.resources.databricks import (
 )
 from bq_assets.stages.databricks import (
     DriftError,
+    build_databricks_asset,
     drift_probes,
     publish_statements,
     refuse_unrunnable_specs,
@@ -464,3 +465,30 @@ def test_the_key_checksum_quotes_a_key_named_like_a_reserved_word(dialect: str) 
 def test_a_composite_key_is_joined_with_a_separator() -> None:
     sql = key_checksum_sql("duckdb", "t", ["order_id", "line"])
     assert 'CONCAT(CAST("order_id" AS VARCHAR), \'|\', CAST("line" AS VARCHAR))' in sql
+
+
+def test_drift_fails_the_databricks_step_once_with_the_diff(tmp_path: Path) -> None:
+    """Through Dagster: the step fails with the diff as its message and is not retried."""
+    spec = spec_with(tmp_path, "")
+    api = FakeStatementExecution(
+        [StatementState.SUCCEEDED],
+        answers={"DESCRIBE CATALOG": describe_catalog("bigquery_connection", "dataProjectId old")},
+    )
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                dg.AssetKey(["bigquery", spec.name]),
+                metadata={"dagster/table_name": str(SOURCE)},
+            )
+        )
+        result = dg.materialize(
+            [build_databricks_asset(spec)],
+            instance=instance,
+            resources={"databricks": dg.ResourceDefinition.hardcoded_resource(resource_with(api))},
+            raise_on_error=False,
+        )
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "dataProjectId: spec says 'acme-prod', Databricks has 'old'" in message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert not any(s.startswith("CREATE OR REPLACE VIEW") for s in api.executed)
