@@ -252,7 +252,8 @@ def run_load(
 ) -> LoadResult:
     """Load exactly the manifest's objects into the export's table, atomically.
 
-    ``WRITE_TRUNCATE`` loads go to a staging table first and are published with one copy job,
+    ``WRITE_TRUNCATE`` loads go to a staging table first (in the staging dataset, see
+    ``ensure_staging_dataset``; deleted if the load fails) and are published with one copy job,
     so a failed load never touches the table (BigQuery's own loads are atomic; the emulator's
     are not, and a publish step costs nothing extra in the same location). ``WRITE_APPEND``
     loads go straight to the table. Job ids are deterministic (see ``job_id_base``).
@@ -332,7 +333,7 @@ def _drop_quietly(client: bigquery.Client, table_id: str, log: dg.DagsterLogMana
     """Delete a staging table while another error is on its way (that error is the story;
     should this delete fail too, the staging dataset's expiration removes the table)."""
     try:
-        client.delete_table(table_id, not_found_ok=True, retry=TRANSIENT, timeout=30)
+        client.delete_table(table_id, not_found_ok=True, retry=TRANSIENT.with_timeout(30))
     except Exception as exc:
         log.warning(f"could not delete staging table {table_id} ({exc}); it expires in a day")
 
