@@ -252,7 +252,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         expected = [f.name for f in _bigquery_table(context, bigquery).schema]
         actual = databricks.column_names(name)
         return dg.AssetCheckResult(
-            passed=actual == expected,
+            passed=same_column_names(actual, expected),
             metadata={"databricks_columns": actual, "bigquery_columns": expected},
         )
 
@@ -286,6 +286,19 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     return [rows_match, columns_match, key_checksum_matches]
 
 
+def same_column_names(databricks: list[str], bigquery: list[str]) -> bool:
+    """Same columns in the same order, compared as Unity Catalog compares them: case-insensitively
+    (it preserves a column's casing, but queries are case-insensitive; "Names",
+    https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-names). BigQuery column
+    names are case-insensitive too."""
+    return [c.lower() for c in databricks] == [c.lower() for c in bigquery]
+
+
+# Identifier quoting per dialect: backticks in BigQuery and Databricks SQL, double quotes in
+# DuckDB. Key columns are validated identifiers, so a key named like a reserved word (`order`,
+# `select`) is the only case quoting has to handle.
+_QUOTE = {"bigquery": "`{}`", "databricks": "`{}`", "duckdb": '"{}"'}
+
 # The key checksum: XOR of the first 60 bits of each key's MD5, computed with functions every
 # engine has (MD5, SUBSTR, BIT_XOR, COUNT); only the hex → integer step is spelled per engine.
 _HEX_TO_INT = {
@@ -298,7 +311,7 @@ _HEX_TO_INT = {
 def key_checksum_sql(dialect: str, table: str, key_columns: list[str]) -> str:
     """``SELECT count, checksum`` of the key columns of ``table``, in ``dialect``."""
     text = "STRING" if dialect != "duckdb" else "VARCHAR"
-    parts = [f"CAST({column} AS {text})" for column in key_columns]
+    parts = [f"CAST({_QUOTE[dialect].format(column)} AS {text})" for column in key_columns]
     key = parts[0] if len(parts) == 1 else "CONCAT(" + ", '|', ".join(parts) + ")"
     return f"SELECT COUNT(*), BIT_XOR({_HEX_TO_INT[dialect].format(key=key)}) FROM {table}"
 

@@ -8,7 +8,7 @@ from bq_assets.checks import build_checks
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.schedules import build_failure_sensor, build_schedules, freshness_policy
 from bq_assets.stages.bigquery import build_bigquery_asset
-from bq_assets.stages.databricks import build_databricks_asset
+from bq_assets.stages.databricks import build_databricks_asset, refuse_unrunnable_specs
 from bq_assets.stages.gcs_csv import build_gcs_asset
 from bq_assets.stages.query import build_query_asset
 
@@ -29,6 +29,7 @@ def build_definitions(
     resources: dict[str, dg.ConfigurableResource],
     schedule_status: dg.DefaultScheduleStatus,
 ) -> dg.Definitions:
+    refuse_unrunnable_specs(specs, resources.get("databricks"))
     return dg.Definitions(
         assets=[asset for spec in specs for asset in export_assets(spec)],
         asset_checks=[check for spec in specs for check in build_checks(spec)],

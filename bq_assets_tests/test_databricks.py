@@ -1,5 +1,13 @@
-"""The Databricks hop: generated SQL (checked with sqlglot's databricks dialect) and statement
-execution against a small fake of the Statement Execution API (no Databricks emulator exists)."""
+"""The Databricks hop: generated SQL and statement execution.
+
+What these tests prove, and what they do not: the statements are compared with golden strings
+whose option names are cited from Databricks' documentation; sqlglot's databricks dialect fully
+parses the `CREATE SCHEMA` / `CREATE OR REPLACE VIEW` statements, and only *tokenizes* the Unity
+Catalog DDL it has no grammar for (`CREATE CONNECTION`, `ALTER CONNECTION`, `CREATE FOREIGN
+CATALOG`, `CREATE TABLE … USING bigquery`). Statement execution, drift detection and
+cancellation run against ``FakeStatementExecution``, a small named fake of the Statement
+Execution API (no Databricks emulator exists). Only the opt-in live test (test_live.py) runs the
+DDL on a real SQL warehouse."""
 
 from __future__ import annotations
 
@@ -7,19 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+import dagster as dg
 import pytest
 import sqlglot
 from databricks.sdk.service.sql import StatementState
 
-from bq_assets.checks import key_checksum_sql
-from bq_assets.exports.spec import load_spec
+from bq_assets.checks import key_checksum_sql, same_column_names
+from bq_assets.exports.spec import ExportSpecError, load_spec
+from bq_assets.factory import build_definitions
 from bq_assets.resources.databricks import (
     BigQueryTable,
     DatabricksSQLResource,
     StatementError,
     TableName,
 )
-from bq_assets.stages.databricks import publish_statements
+from bq_assets.stages.databricks import (
+    DriftError,
+    build_databricks_asset,
+    drift_probes,
+    publish_statements,
+    refuse_unrunnable_specs,
+    run_publication,
+)
 
 SOURCE = BigQueryTable("acme-prod", "amperity_exports", "customer_360")
 
@@ -36,18 +53,82 @@ def canonical(statement: str) -> str:
     return parsed.sql(dialect="databricks")
 
 
+# Option names and statement shapes, and where each comes from:
+# - `CREATE CONNECTION … TYPE bigquery OPTIONS (GoogleServiceAccountKeyJson …)` and the foreign
+#   catalog's `dataProjectId` (with `materializationDataset`, `bigNumericDefaultScale` as further
+#   options): "Run federated queries on Google BigQuery",
+#   https://docs.databricks.com/aws/en/query-federation/bigquery and
+#   https://learn.microsoft.com/en-us/azure/databricks/query-federation/bigquery
+# - `secret('<scope>', '<key>')` as an option value and `ALTER CONNECTION … OPTIONS (…)`
+#   ("Replaces the existing list of options with a new list of options"): "ALTER CONNECTION",
+#   https://docs.databricks.com/sql/language-manual/sql-ref-syntax-ddl-alter-connection.html
+# - `CREATE FOREIGN CATALOG [IF NOT EXISTS] … USING CONNECTION … OPTIONS (…)`: "CREATE CATALOG",
+#   https://docs.databricks.com/sql/language-manual/sql-ref-syntax-ddl-create-catalog.html
+# - `USING bigquery` with `table`, `project`, `parentProject`: "Google BigQuery" (legacy),
+#   https://docs.databricks.com/aws/en/connect/external-systems/bigquery; `credentials` (the
+#   base64 key): the Spark BigQuery connector's README,
+#   https://github.com/GoogleCloudDataproc/spark-bigquery-connector
+CONNECTION_OPTIONS = "OPTIONS (GoogleServiceAccountKeyJson secret('bq_assets', 'bigquery_key'))"
+
+
 def test_federation_creates_connection_foreign_catalog_and_view(tmp_path: Path) -> None:
     spec = spec_with(tmp_path, "databricks: {catalog: main, schema: amperity}\n")
     statements = publish_statements(spec, SOURCE, "bq_assets", "bigquery_key")
     assert statements == [
-        "CREATE CONNECTION IF NOT EXISTS `bigquery_connection` TYPE bigquery "
-        "OPTIONS (GoogleServiceAccountKeyJson secret('bq_assets', 'bigquery_key'))",
+        f"CREATE CONNECTION IF NOT EXISTS `bigquery_connection` TYPE bigquery {CONNECTION_OPTIONS}",
+        f"ALTER CONNECTION `bigquery_connection` {CONNECTION_OPTIONS}",
         "CREATE FOREIGN CATALOG IF NOT EXISTS `bigquery` USING CONNECTION `bigquery_connection` "
-        "OPTIONS (data_project_id 'acme-prod')",
+        "OPTIONS (dataProjectId 'acme-prod')",
         "CREATE SCHEMA IF NOT EXISTS `main`.`amperity`",
         "CREATE OR REPLACE VIEW `main`.`amperity`.`customer_360` AS "
         "SELECT * FROM `bigquery`.`amperity_exports`.`customer_360`",
     ]
+
+
+def test_a_spec_passes_further_documented_options_through(tmp_path: Path) -> None:
+    spec = spec_with(
+        tmp_path,
+        "databricks:\n"
+        "  connection_options: {someNewOption: 'on'}\n"
+        "  foreign_catalog_options: {materializationDataset: bq_tmp, bigNumericDefaultScale: '9'}\n",
+    )
+    statements = publish_statements(spec, SOURCE, "s", "k")
+    assert statements[0].endswith(
+        "OPTIONS (GoogleServiceAccountKeyJson secret('s', 'k'), someNewOption 'on')"
+    )
+    assert statements[1].endswith("someNewOption 'on')")
+    assert statements[2].endswith(
+        "OPTIONS (dataProjectId 'acme-prod', materializationDataset 'bq_tmp', "
+        "bigNumericDefaultScale '9')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("{'bad name': x}", "not a valid option name"),
+        ("{dataProjectId: other}", "set by the pipeline"),
+        ("{GoogleServiceAccountKeyJson: x}", "set by the pipeline"),
+        ("{clientSecret: abc}", "looks like a credential"),
+        ("{note: '-----BEGIN PRIVATE KEY-----'}", "looks like a credential"),
+        ("{bigNumericDefaultScale: 9}", "valid string"),
+    ],
+)
+def test_pass_through_options_are_identifiers_with_string_values_and_never_secrets(
+    tmp_path: Path, options: str, message: str
+) -> None:
+    with pytest.raises(ExportSpecError, match=message) as error:
+        spec_with(tmp_path, f"databricks: {{foreign_catalog_options: {options}}}\n")
+    assert "databricks.foreign_catalog_options" in str(error.value)
+
+
+def test_a_pass_through_value_stays_one_string_literal(tmp_path: Path) -> None:
+    crafted = "x') ; DROP CATALOG main; -- \\' \\"
+    spec = spec_with(tmp_path, f"databricks: {{foreign_catalog_options: {{note: {crafted!r}}}}}\n")
+    statement = publish_statements(spec, SOURCE, "s", "k")[2]
+    assert [t for t in tokens(statement) if t[0] == "SEMICOLON"] == []
+    literals = [text for kind, text in tokens(statement) if kind == "STRING"]
+    assert literals == ["acme-prod", crafted]
 
 
 def test_external_mode_creates_a_using_bigquery_table(tmp_path: Path) -> None:
@@ -56,8 +137,20 @@ def test_external_mode_creates_a_using_bigquery_table(tmp_path: Path) -> None:
     assert statements[-1] == (
         "CREATE TABLE IF NOT EXISTS `main`.`amperity`.`c360` USING bigquery OPTIONS ("
         "table = 'amperity_exports.customer_360', project = 'acme-prod', "
-        "parentProject = 'acme-prod')"
+        "parentProject = 'acme-prod', credentials = secret('s', 'k_base64'))"
     )
+
+
+def test_production_refuses_external_mode_when_the_code_location_loads(tmp_path: Path) -> None:
+    spec = spec_with(tmp_path, "databricks: {mode: external}\n")
+    warehouse = resource_with(FakeStatementExecution([StatementState.SUCCEEDED]))
+    with pytest.raises(ExportSpecError) as error:
+        build_definitions([spec], {"databricks": warehouse}, dg.DefaultScheduleStatus.STOPPED)
+    message = str(error.value)
+    assert str(spec.spec_file) in message and "databricks.mode: external" in message
+    assert "legacy" in message and "mode: federation" in message
+    # The local stand-in runs no DDL, so it takes either mode.
+    refuse_unrunnable_specs([spec], DatabricksSQLResource(local_warehouse_dir=str(tmp_path)))
 
 
 def tokens(statement: str) -> list[tuple[str, str]]:
@@ -91,7 +184,13 @@ def test_statement_literals_are_exactly_the_configured_names(tmp_path: Path) -> 
     statement = publish_statements(spec, SOURCE, "scope", "key")[-1]
     literals = [text for kind, text in tokens(statement) if kind == "STRING"]
     identifiers = [text for kind, text in tokens(statement) if kind == "IDENTIFIER"]
-    assert literals == ["amperity_exports.customer_360", "acme-prod", "acme-prod"]
+    assert literals == [
+        "amperity_exports.customer_360",
+        "acme-prod",
+        "acme-prod",
+        "scope",
+        "key_base64",
+    ]
     assert identifiers == ["main", "amperity", "customer_360"]
 
 
@@ -109,12 +208,21 @@ def test_table_names_refuse_anything_but_identifiers() -> None:
 
 @dataclass
 class FakeStatementExecution:
-    """A fake of ``WorkspaceClient.statement_execution``: scripted states, recorded calls."""
+    """A fake of ``WorkspaceClient.statement_execution``: scripted states, recorded calls, and
+    scripted answers (``answers``: statement prefix → result rows, e.g. for ``DESCRIBE``)."""
 
     states: list[StatementState]
     error: tuple[str, str] | None = None
+    answers: dict[str, list[list[str]]] = field(default_factory=dict)
     executed: list[str] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
+
+    def _rows(self) -> list[list[str]]:
+        statement = self.executed[-1]
+        for prefix, rows in self.answers.items():
+            if statement.startswith(prefix):
+                return rows
+        return [["42"]]
 
     def _response(self) -> SimpleNamespace:
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
@@ -122,9 +230,9 @@ class FakeStatementExecution:
             SimpleNamespace(error_code=self.error[0], message=self.error[1]) if self.error else None
         )
         return SimpleNamespace(
-            statement_id="stmt-1",
+            statement_id=f"stmt-{len(self.executed)}",
             status=SimpleNamespace(state=state, error=error),
-            result=SimpleNamespace(data_array=[["42"]])
+            result=SimpleNamespace(data_array=self._rows())
             if state == StatementState.SUCCEEDED
             else None,
         )
@@ -182,11 +290,163 @@ def test_a_statement_that_runs_too_long_is_canceled(monkeypatch) -> None:
     assert api.canceled == ["stmt-1"]
 
 
+@pytest.mark.parametrize(
+    "interrupt",
+    [KeyboardInterrupt, dg.DagsterExecutionInterruptedError],
+    ids=["SIGINT", "terminate"],
+)
+def test_a_statement_is_canceled_when_the_run_is_terminated(monkeypatch, interrupt) -> None:
+    """Dagster terminates a run by raising an interrupt in the step, wherever it waits."""
+
+    def interrupted(_seconds: float) -> None:
+        raise interrupt()
+
+    monkeypatch.setattr("time.sleep", interrupted)
+    api = FakeStatementExecution([StatementState.RUNNING])
+    with pytest.raises(interrupt):
+        resource_with(api).execute("SELECT pg_sleep(3600)")
+    assert api.canceled == ["stmt-1"]
+
+
+def describe_catalog(connection: str, options: str) -> list[list[str]]:
+    """Rows shaped like ``DESCRIBE CATALOG EXTENDED`` (``info_name``, ``info_value``)."""
+    return [
+        ["Catalog Name", "bigquery"],
+        ["Catalog Type", "Foreign"],
+        ["Connection Name", connection],
+        ["Options", options],
+        ["Owner", "data-eng"],
+    ]
+
+
+def publish(tmp_path: Path, databricks_yaml: str, api: FakeStatementExecution, secret=("s", "k")):
+    spec = spec_with(tmp_path, databricks_yaml)
+    statements = publish_statements(spec, SOURCE, *secret)
+    log = SimpleNamespace(warning=lambda _: None)
+    return run_publication(resource_with(api), statements, drift_probes(spec, SOURCE), log)
+
+
+def test_a_foreign_catalog_that_matches_the_spec_passes_and_the_view_is_replaced(
+    tmp_path: Path,
+) -> None:
+    api = FakeStatementExecution(
+        [StatementState.SUCCEEDED],
+        answers={
+            "DESCRIBE CATALOG": describe_catalog(
+                "BigQuery_Connection", "(dataProjectId 'acme-prod', materializationDataset 'tmp')"
+            )
+        },
+    )
+    notes = publish(
+        tmp_path, "databricks: {foreign_catalog_options: {materializationDataset: tmp}}\n", api
+    )
+    assert notes == ["foreign catalog bigquery: matches the spec"]
+    kinds = [" ".join(s.split()[:3]) for s in api.executed]
+    assert kinds == [
+        "CREATE CONNECTION IF",
+        "ALTER CONNECTION `bigquery_connection`",
+        "CREATE FOREIGN CATALOG",
+        "DESCRIBE CATALOG EXTENDED",
+        "CREATE SCHEMA IF",
+        "CREATE OR REPLACE",
+    ]
+
+
+def test_a_foreign_catalog_over_another_project_fails_with_a_diff_before_the_view(
+    tmp_path: Path,
+) -> None:
+    api = FakeStatementExecution(
+        [StatementState.SUCCEEDED],
+        answers={
+            "DESCRIBE CATALOG": describe_catalog(
+                "bigquery_connection", "dataProjectId=acme-staging"
+            )
+        },
+    )
+    with pytest.raises(DriftError) as error:
+        publish(tmp_path, "", api)
+    message = str(error.value)
+    assert "dataProjectId: spec says 'acme-prod', Databricks has 'acme-staging'" in message
+    assert "DROP CATALOG `bigquery`" in message and "databricks.foreign_catalog" in message
+    assert not any(s.startswith("CREATE OR REPLACE VIEW") for s in api.executed)
+
+
+def test_a_foreign_catalog_on_another_connection_or_missing_an_option_is_drift(
+    tmp_path: Path,
+) -> None:
+    api = FakeStatementExecution(
+        [StatementState.SUCCEEDED],
+        answers={
+            "DESCRIBE CATALOG": describe_catalog("old_connection", "{dataProjectId: acme-prod}")
+        },
+    )
+    with pytest.raises(DriftError) as error:
+        publish(
+            tmp_path, "databricks: {foreign_catalog_options: {materializationDataset: t}}\n", api
+        )
+    assert "connection: spec says 'bigquery_connection', Databricks has 'old_connection'" in str(
+        error.value
+    )
+    assert "materializationDataset: spec says 't', Databricks has None" in str(error.value)
+
+
+def test_a_describe_without_options_still_verifies_the_connection(tmp_path: Path) -> None:
+    rows = [["Catalog Name", "bigquery"], ["Connection Name", "bigquery_connection"]]
+    api = FakeStatementExecution([StatementState.SUCCEEDED], answers={"DESCRIBE CATALOG": rows})
+    notes = publish(tmp_path, "", api)
+    assert notes == [
+        "foreign catalog bigquery: DESCRIBE CATALOG EXTENDED `bigquery` shows no options; "
+        "they are not verified",
+        "foreign catalog bigquery: matches the spec",
+    ]
+    rows[1][1] = "elsewhere"
+    with pytest.raises(DriftError, match="connection: spec says 'bigquery_connection'"):
+        publish(
+            tmp_path,
+            "",
+            FakeStatementExecution([StatementState.SUCCEEDED], answers={"DESCRIBE CATALOG": rows}),
+        )
+
+
+def test_a_rotated_secret_or_changed_connection_option_is_reapplied_every_run(
+    tmp_path: Path,
+) -> None:
+    answers = {
+        "DESCRIBE CATALOG": describe_catalog("bigquery_connection", "dataProjectId acme-prod")
+    }
+    first = FakeStatementExecution([StatementState.SUCCEEDED], answers=answers)
+    publish(tmp_path, "", first, secret=("bq_assets", "key_v1"))
+    second = FakeStatementExecution([StatementState.SUCCEEDED], answers=answers)
+    publish(
+        tmp_path,
+        "databricks: {connection_options: {newOption: x}}\n",
+        second,
+        ("bq_assets", "key_v2"),
+    )
+    (alter,) = [s for s in second.executed if s.startswith("ALTER CONNECTION")]
+    assert alter == (
+        "ALTER CONNECTION `bigquery_connection` OPTIONS (GoogleServiceAccountKeyJson "
+        "secret('bq_assets', 'key_v2'), newOption 'x')"
+    )
+
+
+def test_unity_catalog_names_are_compared_as_unity_catalog_stores_them() -> None:
+    """UC stores object names in lower case and compares column names case-insensitively
+    ("Names", https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-names)."""
+    api = FakeStatementExecution(
+        [StatementState.SUCCEEDED], answers={"SELECT column_name": [["ID"]]}
+    )
+    assert resource_with(api).column_names(TableName("Main", "Amperity", "Customer_360")) == ["ID"]
+    assert "table_schema = 'amperity' AND table_name = 'customer_360'" in api.executed[-1]
+    assert same_column_names(["amperity_id", "Email"], ["Amperity_ID", "email"])
+    assert not same_column_names(["email", "amperity_id"], ["amperity_id", "email"])
+
+
 def test_the_key_checksum_uses_functions_both_engines_have() -> None:
     databricks = key_checksum_sql("databricks", "`main`.`amperity`.`c`", ["amperity_id"])
     bigquery = key_checksum_sql("bigquery", "`p.d.c`", ["amperity_id"])
     assert databricks == (
-        "SELECT COUNT(*), BIT_XOR(CAST(CONV(SUBSTR(MD5(CAST(amperity_id AS STRING)), 1, 15), "
+        "SELECT COUNT(*), BIT_XOR(CAST(CONV(SUBSTR(MD5(CAST(`amperity_id` AS STRING)), 1, 15), "
         "16, 10) AS BIGINT)) FROM `main`.`amperity`.`c`"
     )
     for sql, dialect in [(databricks, "databricks"), (bigquery, "bigquery")]:
@@ -195,6 +455,40 @@ def test_the_key_checksum_uses_functions_both_engines_have() -> None:
         assert {"Count", "BitwiseXorAgg", "MD5", "Substring"} <= functions
 
 
+@pytest.mark.parametrize("dialect", ["databricks", "bigquery", "duckdb"])
+def test_the_key_checksum_quotes_a_key_named_like_a_reserved_word(dialect: str) -> None:
+    sql = key_checksum_sql(dialect, "t", ["order", "select"])
+    parsed = sqlglot.parse_one(sql, read=dialect)
+    assert {column.name for column in parsed.find_all(sqlglot.exp.Column)} == {"order", "select"}
+
+
 def test_a_composite_key_is_joined_with_a_separator() -> None:
     sql = key_checksum_sql("duckdb", "t", ["order_id", "line"])
-    assert "CONCAT(CAST(order_id AS VARCHAR), '|', CAST(line AS VARCHAR))" in sql
+    assert 'CONCAT(CAST("order_id" AS VARCHAR), \'|\', CAST("line" AS VARCHAR))' in sql
+
+
+def test_drift_fails_the_databricks_step_once_with_the_diff(tmp_path: Path) -> None:
+    """Through Dagster: the step fails with the diff as its message and is not retried."""
+    spec = spec_with(tmp_path, "")
+    api = FakeStatementExecution(
+        [StatementState.SUCCEEDED],
+        answers={"DESCRIBE CATALOG": describe_catalog("bigquery_connection", "dataProjectId old")},
+    )
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                dg.AssetKey(["bigquery", spec.name]),
+                metadata={"dagster/table_name": str(SOURCE)},
+            )
+        )
+        result = dg.materialize(
+            [build_databricks_asset(spec)],
+            instance=instance,
+            resources={"databricks": dg.ResourceDefinition.hardcoded_resource(resource_with(api))},
+            raise_on_error=False,
+        )
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "dataProjectId: spec says 'acme-prod', Databricks has 'old'" in message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert not any(s.startswith("CREATE OR REPLACE VIEW") for s in api.executed)

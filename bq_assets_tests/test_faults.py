@@ -338,6 +338,9 @@ NAME_FIELDS = {
     "databricks.table": "databricks: {{table: {p}}}",
     "databricks.connection": "databricks: {{connection: {p}}}",
     "databricks.foreign_catalog": "databricks: {{foreign_catalog: {p}}}",
+    "bigquery.staging_dataset": "bigquery: {{staging_dataset: {p}}}",
+    "databricks.connection_options": "databricks: {{connection_options: {{{p}: v}}}}",
+    "databricks.foreign_catalog_options": "databricks: {{foreign_catalog_options: {{{p}: v}}}}",
 }
 
 
@@ -584,10 +587,14 @@ def test_a_bad_row_into_a_new_table_fails_once_and_creates_no_table(
     assert len(messages) == 1, messages  # failed once: no STEP_UP_FOR_RETRY before it
     assert "the table was not created" in messages[0] and "not-a-number" in messages[0]
     with fault_resources["bigquery"].get_client() as client:
-        tables = [t.table_id for t in client.list_tables("amperity_exports")]
-    assert "bad_new" not in tables, tables
+        tables = [
+            t.table_id
+            for dataset in ("amperity_exports", "amperity_exports_staging")
+            for t in client.list_tables(dataset)
+        ]
+    assert not [t for t in tables if t.startswith("bad_new")], tables  # nor a staging table
     fault.rows_lost = fault.rows_duplicated = 0
-    fault.observed = f"{len(messages)} attempt; " + messages[0][:70].replace("\n", " ")
+    fault.observed = f"{len(messages)} attempt; " + messages[0].split("Failure: ")[-1][:70]
 
 
 def tampered_manifest(fault_stack, resources: dict, table_id: str) -> Manifest:

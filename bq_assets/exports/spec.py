@@ -38,6 +38,12 @@ LOCATION = re.compile(r"^[A-Za-z0-9-]{2,40}$")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 OWNER = re.compile(r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Options the pipeline sets itself (compared case-insensitively, like Databricks option keys).
+GENERATED_OPTIONS = {"googleserviceaccountkeyjson", "dataprojectid"}
+#: Option names and values that can only mean a credential: those go through a Databricks secret.
+SECRET_NAME_HINTS = ("key", "secret", "password", "token", "credential", "private")
+SECRET_VALUE_HINTS = ("private key", "private_key", '"type": "service_account"', "dapi")
 CADENCE_CRON = {"daily": "0 6 * * *", "weekly": "0 6 * * 1"}
 
 
@@ -144,13 +150,19 @@ class BigQueryTarget(_Strict):
     partition_field: str | None = Field(None, description="DATE/TIMESTAMP column to partition by")
     clustering_fields: list[str] = Field(default_factory=list, max_length=4)
     labels: dict[str, str] = Field(default_factory=dict)
+    staging_dataset: str | None = Field(
+        None,
+        description="dataset (same location) for the load's staging tables, kept apart from the "
+        "published dataset so a Databricks foreign catalog never shows them (default: "
+        "`<dataset>_staging`)",
+    )
     write_disposition: Literal["WRITE_TRUNCATE", "WRITE_APPEND"] = "WRITE_TRUNCATE"
     schema_update_options: list[Literal["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"]] = Field(
         default_factory=list,
         description="schema changes a load may make to an existing table; any other drift fails",
     )
 
-    @field_validator("dataset", "table")
+    @field_validator("dataset", "table", "staging_dataset")
     @classmethod
     def _bigquery_name(cls, value: str | None) -> str | None:
         return None if value is None else _matching(BIGQUERY_NAME, "BigQuery id", value)
@@ -178,6 +190,15 @@ class BigQueryTarget(_Strict):
             _matching(LABEL_VALUE, "BigQuery label value", str(label))
         return value
 
+    @model_validator(mode="after")
+    def _staging_apart(self) -> BigQueryTarget:
+        if self.staging_dataset is not None and self.staging_dataset == self.dataset:
+            raise ValueError(
+                "staging_dataset must differ from dataset, so the published dataset (and a "
+                "Databricks foreign catalog over it) never shows staging tables"
+            )
+        return self
+
 
 class DatabricksTarget(_Strict):
     """How the BigQuery table is exposed in Databricks (Unity Catalog names)."""
@@ -192,6 +213,16 @@ class DatabricksTarget(_Strict):
     )
     connection: str = Field("bigquery_connection", description="federation: connection name")
     foreign_catalog: str = Field("bigquery", description="federation: foreign catalog name")
+    connection_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="federation: further `CREATE CONNECTION` options, passed through as written "
+        "(never a credential: the key comes from the Databricks secret)",
+    )
+    foreign_catalog_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="federation: further `CREATE FOREIGN CATALOG` options, e.g. "
+        "`materializationDataset` or `bigNumericDefaultScale`, passed through as written",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -199,6 +230,28 @@ class DatabricksTarget(_Strict):
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
         return None if value is None else _matching(DATABRICKS_NAME, "Databricks identifier", value)
+
+    @field_validator("connection_options", "foreign_catalog_options")
+    @classmethod
+    def _options(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, option in value.items():
+            _matching(OPTION_NAME, "option name", name)
+            if name.lower() in GENERATED_OPTIONS:
+                raise ValueError(
+                    f"{name}: set by the pipeline (the key from the Databricks secret, the project "
+                    "from the BigQuery table); remove it here"
+                )
+            lowered = f"{name} {option}".lower()
+            if any(h in name.lower() for h in SECRET_NAME_HINTS) or any(
+                h in lowered for h in SECRET_VALUE_HINTS
+            ):
+                raise ValueError(
+                    f"{name}: looks like a credential; credentials never go in a spec. Store it as "
+                    "a Databricks secret (see DATABRICKS_BIGQUERY_SECRET_SCOPE / _NAME)"
+                )
+            if len(option) > 1000 or any(ord(ch) < 32 for ch in option):
+                raise ValueError(f"{name}: the value must be one line of at most 1000 characters")
+        return value
 
 
 class ExportSpec(_Strict):
@@ -284,6 +337,11 @@ class ExportSpec(_Strict):
     @property
     def bigquery_table(self) -> str:
         return self.bigquery.table or self.name
+
+    @property
+    def bigquery_staging_dataset(self) -> str:
+        """Where the load's staging tables live: never the published dataset."""
+        return self.bigquery.staging_dataset or f"{self.bigquery.dataset}_staging"
 
     @property
     def databricks_table(self) -> str:

@@ -25,7 +25,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 from dagster_databricks import DatabricksClientResource
-from databricks.sdk.service.sql import StatementResponse, StatementState
+from databricks.sdk.service.sql import StatementExecutionAPI, StatementResponse, StatementState
 from google.cloud import bigquery_storage
 from pydantic import Field
 
@@ -113,13 +113,36 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     # -- production: statement execution on a SQL warehouse --------------------------------
 
     def execute(self, statement: str) -> list[list[str | None]]:
-        """Run one statement on the SQL warehouse and return its rows (as strings)."""
+        """Run one statement on the SQL warehouse and return its rows (as strings).
+
+        A statement still running when the step is interrupted (the run is terminated: Dagster
+        raises ``DagsterExecutionInterruptedError``, a SIGINT ``KeyboardInterrupt``) or when
+        ``statement_timeout_s`` passes is cancelled on the warehouse, so nothing keeps running
+        after the run is gone.
+        """
         if self.workspace is None or not self.warehouse_id:
             raise StatementError("No Databricks workspace and SQL warehouse are configured.")
         api = self.workspace.get_client().workspace_client.statement_execution
         response = api.execute_statement(
             statement=statement, warehouse_id=self.warehouse_id, wait_timeout="30s"
         )
+        try:
+            response = self._poll(api, response)
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+            api.cancel_execution(response.statement_id)
+            raise
+        state = _state(response)
+        if state != StatementState.SUCCEEDED:
+            error = response.status.error if response.status else None
+            detail = f"{error.error_code}: {error.message}" if error else "no error detail"
+            raise StatementError(
+                f"Databricks statement {response.statement_id} ended {state.value if state else '?'} "
+                f"on warehouse {self.warehouse_id}: {detail}"
+            )
+        return [list(row) for row in (response.result.data_array or [])] if response.result else []
+
+    def _poll(self, api: StatementExecutionAPI, response: StatementResponse) -> StatementResponse:
+        """Wait for a statement to leave PENDING/RUNNING; cancel it at the deadline."""
         deadline = time.monotonic() + self.statement_timeout_s
         while _state(response) in (StatementState.PENDING, StatementState.RUNNING):
             if time.monotonic() > deadline:
@@ -130,15 +153,7 @@ class DatabricksSQLResource(dg.ConfigurableResource):
                 )
             time.sleep(2)
             response = api.get_statement(response.statement_id)
-        state = _state(response)
-        if state != StatementState.SUCCEEDED:
-            error = response.status.error if response.status else None
-            detail = f"{error.error_code}: {error.message}" if error else "no error detail"
-            raise StatementError(
-                f"Databricks statement {response.statement_id} ended {state.value if state else '?'} "
-                f"on warehouse {self.warehouse_id}: {detail}"
-            )
-        return [list(row) for row in (response.result.data_array or [])] if response.result else []
+        return response
 
     # -- local stand-in ---------------------------------------------------------------------
 
@@ -224,9 +239,12 @@ class DatabricksSQLResource(dg.ConfigurableResource):
                 return [
                     d[0] for d in con.execute(f"FROM {self._local_name(name)} LIMIT 0").description
                 ]
+        # Unity Catalog stores schema and table names in lower case ("Names",
+        # https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-names): a spec's
+        # `Amperity` is `amperity` in information_schema.
         rows = self.execute(
             f"SELECT column_name FROM `{name.catalog}`.information_schema.columns "
-            f"WHERE table_schema = '{name.schema}' AND table_name = '{name.table}' "
+            f"WHERE table_schema = '{name.schema.lower()}' AND table_name = '{name.table.lower()}' "
             "ORDER BY ordinal_position"
         )
         return [str(row[0]) for row in rows]

@@ -174,6 +174,30 @@ def ensure_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> b
     return dataset
 
 
+#: Staging tables left behind (a run killed mid-load) expire after a day by themselves.
+STAGING_TABLE_EXPIRATION_MS = 24 * 60 * 60 * 1000
+
+
+def ensure_staging_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> str:
+    """The dataset for the load's staging tables (``bigquery.staging_dataset``, default
+    ``<dataset>_staging``): apart from the published dataset, so a Databricks foreign catalog
+    over that dataset never shows them; same location; tables expire after a day by default.
+    Idempotent."""
+    dataset = bigquery.Dataset(f"{project}.{spec.bigquery_staging_dataset}")
+    dataset.location = spec.bigquery.location
+    dataset.default_table_expiration_ms = STAGING_TABLE_EXPIRATION_MS
+    dataset.labels = dict(spec.bigquery.labels)
+    dataset.description = "Staging tables of bq_assets loads; each is deleted after its load."
+    dataset = client.create_dataset(dataset, exists_ok=True, retry=TRANSIENT)
+    if (dataset.location or "").upper() != spec.bigquery.location.upper():
+        raise LocationError(
+            f"{spec.spec_file}: staging dataset {dataset.full_dataset_id} exists in "
+            f"{dataset.location}, not in bigquery.location {spec.bigquery.location}; set "
+            "bigquery.staging_dataset to a dataset in that location."
+        )
+    return dataset.dataset_id
+
+
 def _start_or_reattach(
     client: bigquery.Client,
     base: str,
@@ -247,7 +271,8 @@ def run_load(
 ) -> LoadResult:
     """Load exactly the manifest's objects into the export's table, atomically.
 
-    ``WRITE_TRUNCATE`` loads go to a staging table first and are published with one copy job,
+    ``WRITE_TRUNCATE`` loads go to a staging table first (in the staging dataset, see
+    ``ensure_staging_dataset``; deleted if the load fails) and are published with one copy job,
     so a failed load never touches the table (BigQuery's own loads are atomic; the emulator's
     are not, and a publish step costs nothing extra in the same location). ``WRITE_APPEND``
     loads go straight to the table. Job ids are deterministic (see ``job_id_base``).
@@ -266,8 +291,10 @@ def run_load(
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
     staged = spec.bigquery.write_disposition == "WRITE_TRUNCATE"
-    load_target = f"{table_id}__staging_{base[-16:]}" if staged else table_id
+    load_target = table_id
     if staged:
+        staging = ensure_staging_dataset(client, project, spec)
+        load_target = f"{project}.{staging}.{spec.bigquery_table}__staging_{base[-16:]}"
         config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
     if manifest.format == "parquet":
         # The emulator loads Parquet only into a table that exists (BigQuery does not mind):
@@ -278,15 +305,22 @@ def run_load(
         client.create_table(target, exists_ok=True, retry=TRANSIENT)
 
     log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {load_target}")
-    job = _start_or_reattach(
-        client, base, project, location,
-        lambda job_id: client.load_table_from_uri(
-            manifest.uris, load_target, job_id=job_id, location=location, job_config=config,
-            retry=TRANSIENT,
-        ),
-        log,
-    )  # fmt: skip
-    _wait(job, table_id, location, existing is not None)
+    try:
+        job = _start_or_reattach(
+            client, base, project, location,
+            lambda job_id: client.load_table_from_uri(
+                manifest.uris, load_target, job_id=job_id, location=location, job_config=config,
+                retry=TRANSIENT,
+            ),
+            log,
+        )  # fmt: skip
+        _wait(job, table_id, location, existing is not None)
+    except BaseException:
+        # A failed load leaves nothing behind; a failed publish below keeps the loaded staging
+        # table, so a retry reattaches to the load and only repeats the copy.
+        if staged:
+            _drop_quietly(client, load_target, log)
+        raise
     if staged:
         copy = _start_or_reattach(
             client, f"{job.job_id}_publish", project, location,
@@ -312,6 +346,15 @@ def run_load(
         bytes=int(table.num_bytes or 0),
         schema=list(table.schema),
     )
+
+
+def _drop_quietly(client: bigquery.Client, table_id: str, log: dg.DagsterLogManager) -> None:
+    """Delete a staging table while another error is on its way (that error is the story;
+    should this delete fail too, the staging dataset's expiration removes the table)."""
+    try:
+        client.delete_table(table_id, not_found_ok=True, retry=TRANSIENT.with_timeout(30))
+    except Exception as exc:
+        log.warning(f"could not delete staging table {table_id} ({exc}); it expires in a day")
 
 
 def count_rows(client: bigquery.Client, table_id: str) -> int:
