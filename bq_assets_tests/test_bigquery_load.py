@@ -3,20 +3,27 @@ themselves, schema drift and location mismatches are caught before loading."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery
+from google.cloud import bigquery, storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.exports.spec import load_spec
 from bq_assets.schema import schema_to_json
+from bq_assets.stages import reported_as_failure
 from bq_assets.stages.bigquery import (
     LocationError,
     SchemaDriftError,
+    bucket_location,
     check_bucket_location,
     check_schema_drift,
     locations_compatible,
@@ -186,3 +193,60 @@ def test_only_failures_a_new_attempt_can_fix_are_retried(reason: str, retried: b
         client=bigquery.Client(project="p", credentials=AnonymousCredentials()),
     )
     assert retryable(job) is retried
+
+
+class FakeGcsDenyingBuckets(ThreadingHTTPServer):
+    """A fake of the GCS JSON API that answers every request as GCS does for a service account
+    without ``storage.buckets.get``: 403 with Google's error body."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), self._Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    class _Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            message = (
+                "exporter@acme.iam.gserviceaccount.com does not have storage.buckets.get access "
+                "to the Google Cloud Storage bucket. Permission 'storage.buckets.get' denied on "
+                "resource (or it may not exist)."
+            )
+            body = json.dumps(
+                {"error": {"code": 403, "message": message,
+                           "errors": [{"message": message, "reason": "forbidden"}]}}
+            ).encode()  # fmt: skip
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+
+@pytest.fixture
+def denying_gcs() -> Iterator[storage.Client]:
+    fake = FakeGcsDenyingBuckets()
+    yield storage.Client(
+        project="acme",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": f"http://127.0.0.1:{fake.server_address[1]}"},
+    )
+    fake.shutdown()
+    fake.server_close()
+
+
+def test_a_bucket_whose_location_cannot_be_read_names_the_permission(denying_gcs) -> None:
+    with pytest.raises(LocationError) as error:
+        bucket_location(denying_gcs, "exports", DEFAULT_RETRY.with_timeout(5))
+    message = str(error.value)
+    assert "gs://exports" in message and "lacks storage.buckets.get" in message
+    assert "roles/storage.legacyBucketReader" in message
+
+
+def test_any_permission_denied_ends_the_step_once_naming_the_permission(denying_gcs) -> None:
+    with pytest.raises(dg.Failure) as failure, reported_as_failure():
+        denying_gcs.bucket("exports").blob("x").download_as_bytes(retry=None)
+    assert failure.value.allow_retries is False
+    assert "permission denied: 403 GET" in failure.value.description
+    assert "storage.buckets.get" in failure.value.description

@@ -70,6 +70,10 @@ UNREACHABLE = (
 )
 
 
+def _reasons(exc: api_exceptions.GoogleAPICallError) -> set[str]:
+    return {str(error.get("reason")) for error in exc.errors or [] if isinstance(error, dict)}
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 300 else text[:300] + "…"
@@ -111,6 +115,14 @@ def reported_as_failure(**services: Any) -> Iterator[None]:
         raise
     except (BqAssetsError, UnsupportedTypeError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
+    except api_exceptions.Forbidden as exc:
+        if _reasons(exc) & {"rateLimitExceeded"}:  # BigQuery answers rate limits with a 403
+            raise
+        raise dg.Failure(
+            description=f"permission denied: {_short(exc)} Grant the permission it names to the "
+            "service account (the README lists every permission the pipeline needs).",
+            allow_retries=False,
+        ) from None
     except UNREACHABLE as exc:
         where = _unreachable_service(exc, _endpoints(services))
         raise dg.Failure(

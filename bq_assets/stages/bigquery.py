@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import dagster as dg
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
-from google.cloud import bigquery
+from google.cloud import bigquery, storage
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
@@ -59,6 +59,20 @@ def locations_compatible(bucket_location: str, dataset_location: str) -> bool:
     if dataset == "EU":
         return bucket.startswith("EUROPE-") or bucket == "EUR4"
     return False
+
+
+def bucket_location(client: storage.Client, bucket: str, retry: Retry) -> str:
+    """The bucket's location, for the location check; needs ``storage.buckets.get``, which
+    ``roles/storage.objectAdmin`` does not grant (``roles/storage.legacyBucketReader`` does)."""
+    try:
+        return client.get_bucket(bucket, retry=retry).location
+    except gexc.Forbidden as exc:
+        raise LocationError(
+            f"cannot read the location of gs://{bucket} to check it against the dataset's: "
+            "the service account lacks storage.buckets.get on the bucket. Grant it "
+            "roles/storage.legacyBucketReader on the bucket (or a custom role with "
+            f"storage.buckets.get). GCS said: {exc.message}"
+        ) from None
 
 
 def check_bucket_location(bucket: str, bucket_location: str, spec: ExportSpec) -> None:
@@ -394,7 +408,7 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             storage_client = gcs.get_client()
             manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
-            location = storage_client.get_bucket(bucket, retry=gcs.retry()).location
+            location = bucket_location(storage_client, bucket, gcs.retry())
             check_bucket_location(bucket, location, spec)
             with bigquery.get_client() as client:
                 result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
