@@ -33,6 +33,14 @@ DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
 SAMPLE = 5
 
 
+def _result(passed: bool, why: str, metadata: dict) -> dg.AssetCheckResult:
+    """The check's result; a failure says why in one line (shown in the UI, the run's failure
+    report and alerts), with the details in ``metadata``."""
+    return dg.AssetCheckResult(
+        passed=passed, description=None if passed else why, metadata=metadata
+    )
+
+
 def _snapshot(context: dg.AssetCheckExecutionContext, spec: ExportSpec) -> Path:
     return Path(str(latest_metadata(context, query_key(spec.name))["snapshot_path"]))
 
@@ -54,9 +62,10 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     )
     def has_rows(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         rows = int(latest_metadata(context, key)["dagster/row_count"])
-        return dg.AssetCheckResult(
-            passed=rows > 0 or spec.allow_empty,
-            metadata={"rows": rows, "allow_empty": spec.allow_empty},
+        return _result(
+            rows > 0 or spec.allow_empty,
+            "the query returned no rows (set allow_empty: true if that can be right)",
+            {"rows": rows, "allow_empty": spec.allow_empty},
         )
 
     columns = ", ".join(f'"{c}"' for c in spec.primary_key)
@@ -80,9 +89,13 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             path,
             f"SELECT count(*) FROM (SELECT 1 FROM {{snapshot}} GROUP BY {columns} HAVING count(*) > 1)",
         )[0][0]
-        return dg.AssetCheckResult(
-            passed=nulls == 0 and duplicate_count == 0,
-            metadata={
+        sample = [[str(v) for v in row[:-1]] for row in duplicates]
+        return _result(
+            nulls == 0 and duplicate_count == 0,
+            f"{duplicate_count} duplicated key(s)"
+            + (f", e.g. {', '.join('/'.join(key) for key in sample)}" if sample else "")
+            + f"; {nulls} row(s) with a NULL key",
+            {
                 "null_keys": nulls,
                 "duplicated_keys": duplicate_count,
                 "duplicate_sample": dg.MetadataValue.json(
@@ -104,9 +117,11 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             counts = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in spec.required)
             row = _scan(_snapshot(context, spec), f"SELECT {counts} FROM {{snapshot}}")[0]
             nulls = dict(zip(spec.required, row, strict=True))
-            return dg.AssetCheckResult(
-                passed=not any(nulls.values()),
-                metadata={"null_counts": dg.MetadataValue.json(nulls)},
+            return _result(
+                not any(nulls.values()),
+                "NULLs in required columns: "
+                + ", ".join(f"{column} ({n})" for column, n in nulls.items() if n),
+                {"null_counts": dg.MetadataValue.json(nulls)},
             )
 
         checks.append(required_not_null)
@@ -140,9 +155,11 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
                     f"{shard.uri}: size {blob.size} crc32c {blob.crc32c}, "
                     f"manifest says {shard.bytes} / {shard.crc32c}"
                 )
-        return dg.AssetCheckResult(
-            passed=not problems,
-            metadata={"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
+        return _result(
+            not problems,
+            f"{len(problems)} of {len(manifest.shards)} object(s) differ from the manifest: "
+            + "; ".join(problems[:SAMPLE]),
+            {"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
         )
 
     @dg.asset_check(
@@ -154,9 +171,10 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         written = int(latest_metadata(context, key)["dagster/row_count"])
         snapshot = int(latest_metadata(context, query_key(spec.name))["dagster/row_count"])
-        return dg.AssetCheckResult(
-            passed=written == snapshot,
-            metadata={"manifest_rows": written, "snapshot_rows": snapshot},
+        return _result(
+            written == snapshot,
+            f"the manifest holds {written} rows, the snapshot {snapshot}",
+            {"manifest_rows": written, "snapshot_rows": snapshot},
         )
 
     return [objects_match, rows_match]
@@ -178,8 +196,10 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         expected = int(latest_metadata(context, gcs_key(spec.name))["dagster/row_count"])
         with bigquery.get_client() as client:
             actual = count_rows(client, table_id)
-        return dg.AssetCheckResult(
-            passed=actual == expected, metadata={"table_rows": actual, "manifest_rows": expected}
+        return _result(
+            actual == expected,
+            f"the table holds {actual} rows, the loaded manifest {expected}",
+            {"table_rows": actual, "manifest_rows": expected},
         )
 
     @dg.asset_check(
@@ -200,8 +220,10 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         with bigquery.get_client() as client:
             actual = client.get_table(table_id).schema
         diff = schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))
-        return dg.AssetCheckResult(
-            passed=not diff, metadata={"differences": dg.MetadataValue.json(diff)}
+        return _result(
+            not diff,
+            "the table's schema differs from the snapshot's: " + "; ".join(diff),
+            {"differences": dg.MetadataValue.json(diff)},
         )
 
     return [rows_match, schema_matches]
@@ -234,9 +256,10 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         with bigquery.get_client() as client:
             expected = count_rows(client, table_id)
         actual = databricks.row_count(name)
-        return dg.AssetCheckResult(
-            passed=actual == expected,
-            metadata={"databricks_rows": actual, "bigquery_rows": expected},
+        return _result(
+            actual == expected,
+            f"Databricks shows {actual} rows, BigQuery holds {expected}",
+            {"databricks_rows": actual, "bigquery_rows": expected},
         )
 
     @dg.asset_check(
@@ -251,9 +274,10 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         expected = [f.name for f in _bigquery_table(context, bigquery).schema]
         actual = databricks.column_names(name)
-        return dg.AssetCheckResult(
-            passed=same_column_names(actual, expected),
-            metadata={"databricks_columns": actual, "bigquery_columns": expected},
+        return _result(
+            same_column_names(actual, expected),
+            f"Databricks shows the columns {actual}, BigQuery has {expected}",
+            {"databricks_columns": actual, "bigquery_columns": expected},
         )
 
     @dg.asset_check(
@@ -275,9 +299,11 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             key_checksum_sql(databricks.dialect, "{table}", spec.primary_key), name
         )
         actual = tuple(int(v) if v is not None else None for v in actual)
-        return dg.AssetCheckResult(
-            passed=actual == expected,
-            metadata={
+        return _result(
+            actual == expected,
+            f"the primary keys differ: (rows, checksum) is {actual} in Databricks, "
+            f"{expected} in BigQuery",
+            {
                 "databricks_rows_and_checksum": str(actual),
                 "bigquery_rows_and_checksum": str(expected),
             },

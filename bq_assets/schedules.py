@@ -70,15 +70,31 @@ def _root_message(error: SerializableErrorInfo) -> str:
     return error.message.strip().splitlines()[0]
 
 
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """``<asset> <check>: <why>`` for each check that failed in the run (Dagster's own message
+    for a failed blocking check names the check only; the why is in its evaluation)."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    evaluations = [record.event_log_entry.dagster_event.event_specific_data for record in records]
+    return [
+        f"{e.asset_key.to_user_string()} {e.check_name}: {e.description or 'failed'}"
+        for e in evaluations
+        if not e.passed
+    ]
+
+
 def failure_message(context: dg.RunFailureSensorContext) -> str:
-    """One line per failed run: the run, the job, and each failed step's error."""
+    """One line per failed run: the run, the job, each failed step's error and why each
+    failed check failed."""
     run = context.dagster_run
     steps = [
         f"{event.step_key}: {_root_message(event.step_failure_data.error)}"
         for event in context.get_step_failure_events()
         if event.step_failure_data.error
     ]
-    detail = "; ".join(steps) or context.failure_event.message or "no message"
+    details = steps + failed_checks(context.instance, run.run_id)
+    detail = "; ".join(details) or context.failure_event.message or "no message"
     return f"run {run.run_id} of {run.job_name} failed: {detail}"
 
 

@@ -8,6 +8,7 @@ import pytest
 from google.api_core.exceptions import NotFound
 
 from bq_assets.exports import load_specs
+from bq_assets.schedules import failed_checks
 from bq_assets.stages import bigquery_key, gcs_key, query_key
 from bq_assets_tests.conftest import run_exports
 
@@ -39,7 +40,14 @@ def test_a_duplicate_key_in_the_source_stops_the_run_before_bigquery(
     ]
     assert not check.passed
     assert check.metadata["duplicated_keys"].value == 1
-    assert len(check.metadata["duplicate_sample"].value) == 1
+    ((key, count),) = check.metadata["duplicate_sample"].value
+    assert count == "2"
+    # The run's failure report says why, not only which check failed.
+    (report,) = failed_checks(instance, result.run_id)
+    assert report == (
+        "query/dup_customers primary_key_unique_and_not_null: "
+        f"1 duplicated key(s), e.g. {key}; 0 row(s) with a NULL key"
+    )
     materialized = {e.asset_key for e in result.get_asset_materialization_events()}
     assert materialized == {query_key("dup_customers")}
     assert gcs_key("dup_customers") not in materialized
