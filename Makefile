@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install demo dev up down status test faults e2e bench lint clean
+.PHONY: install demo dev up down status test faults e2e screenshots bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ faults: install ## the fault and bad-input suite alone, with its report table
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/pytest -m faults
 
-e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedules (+ screenshots in docs/)
+e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedules (screenshots in .local/)
 	@if [ ! -x /usr/bin/chromium ]; then \
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
@@ -52,6 +52,9 @@ e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedul
 			chromium </dev/null; \
 	fi
 	$(BIN)/pytest -m e2e bq_assets_tests/test_ui_e2e.py
+
+screenshots: ## refresh the README's screenshots in docs/ (runs the browser test)
+	$(MAKE) e2e BQ_ASSETS_E2E_SCREENSHOTS=$(CURDIR)/docs
 
 lint: install
 	$(BIN)/ruff check bq_assets bq_assets_tests

@@ -9,7 +9,8 @@ Chromium (Debian's ``/usr/bin/chromium`` through Playwright) the way a user woul
   the assets' Checks tabs show every check passed;
 * the Automation page lists the daily and weekly schedules, each in its timezone.
 
-Screenshots of the asset graph and of the successful run are written to ``docs/``. When the UI
+Screenshots of the asset graph and of the successful run are written to
+``.local/e2e-screenshots/`` (``make screenshots`` writes them to ``docs/`` instead). When the UI
 does not show what is expected, the test fails with the page's visible text and a screenshot
 saved under pytest's tmp dir.
 """
@@ -45,7 +46,10 @@ except ImportError:  # the dev extra is not installed; the browser fixture says 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs"
+# Where the screenshots go: ignored by git unless `make screenshots` points it at docs/.
+SCREENSHOTS = Path(
+    os.environ.get("BQ_ASSETS_E2E_SCREENSHOTS", REPO / ".local" / "e2e-screenshots")
+).resolve()
 CHROMIUM = Path(os.environ.get("BQ_ASSETS_E2E_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
@@ -343,11 +347,11 @@ class UI:
             self.fail(what, failure)
 
     def screenshot(self, name: str) -> None:
-        DOCS.mkdir(exist_ok=True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.mouse.move(VIEWPORT["width"] / 2, 5)  # no hover tooltips in the picture
         self.page.evaluate("document.activeElement && document.activeElement.blur()")
         self.page.wait_for_timeout(1_000)
-        self.page.screenshot(path=str(DOCS / name))
+        self.page.screenshot(path=str(SCREENSHOTS / name))
 
 
 @pytest.fixture
