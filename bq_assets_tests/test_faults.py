@@ -276,7 +276,7 @@ def test_missing_production_variables_fail_the_load_naming_each(fault, tmp_path)
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    missing = ["BQ_ASSETS_GCS_BUCKET", "BQ_ASSETS_SOURCE_DATABASE", "BQ_ASSETS_STAGING_DIR",
+    missing = ["BQ_ASSETS_GCS_BUCKET", "BQ_ASSETS_SOURCE_DATABASE",
                "DATABRICKS_HOST", "DATABRICKS_WAREHOUSE_ID"]  # fmt: skip
     assert f"these environment variables are not set: {', '.join(missing)}" in output
     fault.observed = "load failed: not set: " + ", ".join(missing)

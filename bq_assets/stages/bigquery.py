@@ -25,8 +25,9 @@ from bq_assets.stages import (
     NETWORK_RETRY,
     bigquery_key,
     gcs_key,
-    latest_metadata,
+    reading_input,
     reported_as_failure,
+    upstream_materialization,
 )
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
 
@@ -328,9 +329,11 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         gcs: StackAwareGCSResource,
     ) -> dg.MaterializeResult:
         with reported_as_failure(GCS=gcs, BigQuery=bigquery):
-            manifest_uri = str(latest_metadata(context, gcs_key(spec.name))["manifest_uri"])
+            upstream = upstream_materialization(context, gcs_key(spec.name))
+            manifest_uri = str(upstream["manifest_uri"])
             storage_client = gcs.get_client()
-            manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
+            with reading_input(upstream, "The manifest", manifest_uri):
+                manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
             location = storage_client.get_bucket(bucket, retry=gcs.retry()).location
             check_bucket_location(bucket, location, spec)
@@ -346,6 +349,7 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "location": result.location,
                     "bytes": result.bytes,
                     "source_manifest": manifest_uri,
+                    "input_run_id": upstream.run_id,
                     "console": dg.MetadataValue.url(console_url(result.table_id)),
                 }
             )

@@ -21,8 +21,8 @@ from bq_assets.stages import (
     NETWORK_RETRY,
     bigquery_key,
     databricks_key,
-    latest_metadata,
     reported_as_failure,
+    upstream_materialization,
 )
 
 
@@ -78,7 +78,8 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         databricks: DatabricksSQLResource,
     ) -> dg.MaterializeResult:
         with reported_as_failure(Databricks=databricks):
-            table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+            upstream = upstream_materialization(context, bigquery_key(spec.name))
+            table_id = str(upstream["dagster/table_name"])
             source = BigQueryTable(*table_id.split("."))
             statements = publish_statements(
                 spec,
@@ -96,6 +97,7 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "mode": spec.databricks.mode,
                     "engine": "local DuckDB stand-in" if databricks.is_local else "SQL warehouse",
                     "source_table": table_id,
+                    "input_run_id": upstream.run_id,
                     "statements": dg.MetadataValue.md(
                         "```sql\n" + ";\n".join(statements) + ";\n```"
                     ),
