@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import dagster as dg
+from dagster._utils.schedules import get_smallest_cron_interval
 from dagster_shared.error import SerializableErrorInfo
 
 from bq_assets.exports.spec import ExportSpec
@@ -32,13 +33,14 @@ FRESHNESS = {"daily": timedelta(hours=26), "weekly": timedelta(days=8)}
 
 
 def freshness_policy(spec: ExportSpec) -> dg.FreshnessPolicy:
-    """Daily ≈ 26 h, weekly ≈ 8 days; a custom cron must have materialized by its next tick."""
+    """Daily ≈ 26 h, weekly ≈ 8 days; a custom cron must have materialized by its next tick
+    (within the hour before it, or within the cron's interval when it ticks more often)."""
     if spec.cadence in FRESHNESS:
         return dg.FreshnessPolicy.time_window(fail_window=FRESHNESS[spec.cadence])
+    # Dagster refuses a window longer than the cron's smallest interval (e.g. every 15 minutes).
+    window = min(timedelta(hours=1), get_smallest_cron_interval(spec.cron_schedule))
     return dg.FreshnessPolicy.cron(
-        deadline_cron=spec.cron_schedule,
-        lower_bound_delta=timedelta(hours=1),
-        timezone=spec.timezone,
+        deadline_cron=spec.cron_schedule, lower_bound_delta=window, timezone=spec.timezone
     )
 
 

@@ -173,3 +173,11 @@ def test_dagster_slacks_sensor_is_added_when_a_bot_token_is_set(monkeypatch) -> 
     monkeypatch.setenv("SLACK_CHANNEL", "#data-alerts")
     names = [sensor.name for sensor in failure_sensors()]
     assert names == ["report_failed_runs", "slack_on_run_failure"]
+
+
+def test_a_cron_more_frequent_than_hourly_gets_a_freshness_window_within_its_interval(
+    shipped_specs,
+) -> None:
+    spec = shipped_specs[0].model_copy(update={"cadence": "*/15 * * * *"})
+    policy = freshness_policy(spec)
+    assert policy.lower_bound_delta == dt.timedelta(minutes=15)
