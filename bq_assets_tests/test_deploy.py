@@ -228,6 +228,9 @@ def deployment(postgres, local_stack, stack_dir, tmp_path_factory) -> Iterator[D
         daemon = start(
             [str(BIN / "dagster-daemon"), "run", "-w", str(deployment.workspace)], env, daemon_log
         )
+        # Started now, so that its first tick (at the next minute) comes while the other
+        # tests run; test_the_daemon_launches_a_run_from_a_schedule_tick waits for its run.
+        deployment.cli("schedule", "start", TICK_SCHEDULE, "-w", str(deployment.workspace))
         yield deployment
     finally:
         if daemon is not None:
@@ -357,10 +360,10 @@ def test_the_daemon_launches_a_run_from_a_schedule_tick(deployment) -> None:
 
 
 def daemon_launches_a_scheduled_run(deployment: Deployment, instance: dg.DagsterInstance) -> None:
-    deployment.cli("schedule", "start", TICK_SCHEDULE, "-w", str(deployment.workspace))
+    """The schedule was started with the deployment; its first tick falls at the next minute."""
+    deadline = time.monotonic() + 150
+    runs = []
     try:
-        deadline = time.monotonic() + 150
-        runs = []
         while time.monotonic() < deadline and not runs:
             runs = instance.get_run_records(
                 dg.RunsFilter(tags={"dagster/schedule_name": TICK_SCHEDULE})
@@ -369,12 +372,13 @@ def daemon_launches_a_scheduled_run(deployment: Deployment, instance: dg.Dagster
     finally:
         deployment.cli("schedule", "stop", TICK_SCHEDULE, "-w", str(deployment.workspace))
     assert runs, "no run launched by the schedule within 150 s"
-    run = runs[0].dagster_run
+    run = runs[-1].dagster_run  # the first tick's run (records come newest first)
     assert run.tags[EXPORT_TAG] == "customer_segments"
     (record,) = wait_for_runs(instance, [run.run_id], timeout=240)
     assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
     print(
-        f"schedule tick {run.tags['dagster/scheduled_execution_time']}: run {run.run_id[:8]} "
+        f"run {run.run_id[:8]} of {TICK_SCHEDULE}: "
+        f"created {dt.datetime.fromtimestamp(record.create_timestamp.timestamp(), dt.UTC):%H:%M:%S} "
         f"start {dt.datetime.fromtimestamp(record.start_time, dt.UTC):%H:%M:%S} "
         f"end {dt.datetime.fromtimestamp(record.end_time, dt.UTC):%H:%M:%S}"
     )
