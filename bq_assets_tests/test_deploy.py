@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -382,3 +384,117 @@ def daemon_launches_a_scheduled_run(deployment: Deployment, instance: dg.Dagster
         f"start {dt.datetime.fromtimestamp(record.start_time, dt.UTC):%H:%M:%S} "
         f"end {dt.datetime.fromtimestamp(record.end_time, dt.UTC):%H:%M:%S}"
     )
+
+
+# --- the compose file and the Helm values, checked statically (no container engine here) -------
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+def env_vars_of(config: object) -> set[str]:
+    """Every ``{env: NAME}`` in an instance configuration."""
+    if isinstance(config, dict):
+        if set(config) == {"env"}:
+            return {config["env"]}
+        return set().union(*(env_vars_of(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(*(env_vars_of(v) for v in config))
+    return set()
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (DEPLOY / "Dockerfile").read_text()
+    return dict(re.findall(r"\b([A-Z_]+)=(\S+?)\s*(?:\\|\n)", text))
+
+
+def pyproject_module() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]["module_name"]
+
+
+def test_the_compose_file_runs_the_services_the_instance_and_workspace_need() -> None:
+    compose, instance, workspace = (
+        load("docker-compose.yaml"),
+        load("dagster.yaml"),
+        load("workspace.yaml"),
+    )
+    services = compose["services"]
+    assert set(services) == {"postgres", "code-location", "webserver", "daemon"}
+    (grpc,) = [entry["grpc_server"] for entry in workspace["load_from"]]
+    code_location = services["code-location"]["command"]
+    assert grpc["host"] == "code-location"
+    assert code_location[code_location.index("-p") + 1] == str(grpc["port"])
+    assert code_location[code_location.index("-m") + 1] == pyproject_module()
+
+    needed = env_vars_of(instance["storage"])
+    assert needed == {f"DAGSTER_PG_{k}" for k in ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")}
+    home = dockerfile_env()["DAGSTER_HOME"]
+    for name in ("code-location", "webserver", "daemon"):
+        env = services[name]["environment"]
+        assert needed <= set(env), name
+        assert env["DAGSTER_HOME"] == home, name
+        assert env["DAGSTER_PG_HOST"] == "postgres", name
+    for name in ("webserver", "daemon"):
+        assert f"{home}/workspace.yaml" in " ".join(services[name]["command"]), name
+    assert "pool-limits.sh" in " ".join(services["daemon"]["command"])
+    pg = services["postgres"]["environment"]
+    env = services["daemon"]["environment"]
+    assert (pg["POSTGRES_DB"], pg["POSTGRES_USER"]) == (
+        env["DAGSTER_PG_DB"],
+        env["DAGSTER_PG_USERNAME"],
+    )
+    assert pg["POSTGRES_PASSWORD"] == env["DAGSTER_PG_PASSWORD"]
+
+
+def test_the_image_has_production_dependencies_and_the_instance_files() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"pip install \.\s", text), "installs the project without extras"
+    assert not re.search(r"bqemulator|fake-gcs|\[local|\[dev|pytest", text)
+    for name in ("dagster.yaml", "workspace.yaml", "pool-limits.sh"):
+        assert f"deploy/{name}" in text and (DEPLOY / name).exists()
+    assert f'"-m", "{pyproject_module()}"' in text
+
+
+def test_the_helm_values_say_what_dagster_yaml_says() -> None:
+    values, instance, workspace = (
+        load("helm/values.yaml"),
+        load("dagster.yaml"),
+        load("workspace.yaml"),
+    )
+    runs, pools = instance["concurrency"]["runs"], instance["concurrency"]["pools"]
+    assert values["concurrency"]["runs"] == {
+        "maxConcurrentRuns": runs["max_concurrent_runs"],
+        "tagConcurrencyLimits": [
+            {"key": limit["key"], "value": limit["value"], "limit": limit["limit"]}
+            for limit in runs["tag_concurrency_limits"]
+        ],
+    }
+    assert values["concurrency"]["pools"] == {
+        "defaultLimit": pools["default_limit"],
+        "granularity": pools["granularity"],
+    }
+    retries = instance["run_retries"]
+    assert values["dagsterDaemon"]["runRetries"] == {
+        "enabled": retries["enabled"],
+        "maxRetries": retries["max_retries"],
+        "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"],
+    }
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert monitoring["enabled"] == instance["run_monitoring"]["enabled"]
+    assert monitoring["startTimeoutSeconds"] == instance["run_monitoring"]["start_timeout_seconds"]
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == instance["run_coordinator"]["class"]
+
+    postgresql = values["postgresql"]
+    assert postgresql["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
+    assert (
+        postgresql["postgresqlScheme"] == instance["storage"]["postgres"]["postgres_db"]["scheme"]
+    )
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    (grpc,) = [entry["grpc_server"] for entry in workspace["load_from"]]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", pyproject_module()]
+    assert deployment["port"] == grpc["port"]
+    secrets = values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]
+    assert deployment["envSecrets"] == secrets, "runs see the settings the code location sees"
