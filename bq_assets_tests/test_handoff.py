@@ -5,6 +5,7 @@ no longer exists fails the step once, naming the asset to re-materialize."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,7 @@ from bq_assets.exports import ExportSpec
 from bq_assets.factory import build_definitions
 from bq_assets.resources.source import DuckDBSourceResource
 from bq_assets.stages import bigquery_key, gcs_key, query_key
+from bq_assets.stages.bigquery import count_rows
 from bq_assets.stages.query import RunStatus, tidy_snapshots
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.test_pipeline import metadata
@@ -182,3 +184,54 @@ def test_the_bigquery_stage_names_the_run_of_the_manifest_it_loaded(
     )
     assert result.success, step_errors(result)
     assert metadata(result, bigquery_key(spec.name))["input_run_id"] == result.run_id
+
+
+def test_repairing_a_deleted_table_loads_it_again_with_a_new_job(spec, resources, instance) -> None:
+    selection = [f"{hop}/customer_360" for hop in ("query", "gcs", "bigquery")]
+    first = run_exports([spec], resources, instance, selection)
+    assert first.success, step_errors(first)
+    loaded = metadata(first, bigquery_key(spec.name))
+    with resources["bigquery"].get_client() as client:
+        client.delete_table(loaded["dagster/table_name"])
+
+    repair = run_exports([spec], resources, instance, "bigquery/customer_360")
+
+    assert repair.success, step_errors(repair)
+    repaired = metadata(repair, bigquery_key(spec.name))
+    assert repaired["input_run_id"] == first.run_id  # the same manifest, loaded again
+    assert repaired["job_id"] != loaded["job_id"]
+    assert repaired["dagster/row_count"] == loaded["dagster/row_count"] > 0
+
+
+def test_repairing_an_altered_table_loads_it_again(spec, resources, instance) -> None:
+    selection = [f"{hop}/customer_360" for hop in ("query", "gcs", "bigquery")]
+    first = run_exports([spec], resources, instance, selection)
+    assert first.success, step_errors(first)
+    loaded = metadata(first, bigquery_key(spec.name))
+    table_id = loaded["dagster/table_name"]
+    time.sleep(6)  # later than the load's own write, as a person's change would be
+    with resources["bigquery"].get_client() as client:
+        client.query(f"DELETE FROM `{table_id}` WHERE amperity_id IN "
+                     f"(SELECT amperity_id FROM `{table_id}` LIMIT 10)").result()  # fmt: skip
+        assert count_rows(client, table_id) == loaded["dagster/row_count"] - 10
+
+    repair = run_exports([spec], resources, instance, "bigquery/customer_360")
+
+    assert repair.success, step_errors(repair)
+    assert (
+        metadata(repair, bigquery_key(spec.name))["dagster/row_count"]
+        == loaded["dagster/row_count"]
+    )
+    assert metadata(repair, bigquery_key(spec.name))["job_id"] != loaded["job_id"]
+
+
+def test_re_materializing_an_intact_table_reuses_its_finished_job(
+    spec, resources, instance
+) -> None:
+    """Nothing changed since the job (as for a retried step): it is not loaded twice."""
+    selection = [f"{hop}/customer_360" for hop in ("query", "gcs", "bigquery")]
+    first = run_exports([spec], resources, instance, selection)
+    loaded = metadata(first, bigquery_key(spec.name))
+    again = run_exports([spec], resources, instance, "bigquery/customer_360")
+    assert again.success, step_errors(again)
+    assert metadata(again, bigquery_key(spec.name))["job_id"] == loaded["job_id"]

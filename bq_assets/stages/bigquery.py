@@ -7,6 +7,7 @@ of loading twice, and a job id that already failed gets a new generation.
 """
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -183,8 +184,10 @@ def _start_or_reattach(
     start: Callable[[str], bigquery.job.LoadJob | bigquery.job.CopyJob],
     log: dg.DagsterLogManager,
 ) -> bigquery.job.LoadJob | bigquery.job.CopyJob:
-    """The job ``<base>_<generation>``: reattach to a running or finished one, start a new
-    generation after a failed one. A retried step therefore never runs the same work twice."""
+    """The job ``<base>_<generation>``: reattach to a running one, or to a finished one whose
+    table is still as it left it; start a new generation after a failed one, or when its table
+    has since been deleted or changed. A retried step therefore never runs the same work twice,
+    and a repair (re-materializing after the table went missing or was altered) loads again."""
     for generation in range(1, MAX_GENERATIONS + 1):
         job_id = f"{base}_{generation}"
         try:
@@ -195,9 +198,38 @@ def _start_or_reattach(
         if job.state == "DONE" and job.error_result:
             log.info(f"job {job_id} already failed; starting generation {generation + 1}")
             continue
+        if job.state == "DONE" and not _output_unchanged(client, job):
+            log.info(
+                f"job {job_id} finished, but its table {_table_id(job.destination)} was deleted or "
+                f"changed since; starting generation {generation + 1}"
+            )
+            continue
         log.info(f"reattaching to job {job_id} (state {job.state})")
         return job
     raise dg.Failure(f"{MAX_GENERATIONS} generations of job {base} failed for one run.")
+
+
+#: Table modification times a little after the job's end still count as the job's own write.
+_SAME_WRITE = dt.timedelta(seconds=5)
+
+
+def _table_id(table: bigquery.TableReference | None) -> str:
+    return f"{table.project}.{table.dataset_id}.{table.table_id}" if table else "(unknown)"
+
+
+def _output_unchanged(
+    client: bigquery.Client, job: bigquery.job.LoadJob | bigquery.job.CopyJob
+) -> bool:
+    """Does the finished job's destination table still exist, unmodified since the job ended?"""
+    if job.destination is None:
+        return False
+    try:
+        table = client.get_table(job.destination, retry=TRANSIENT)
+    except gexc.NotFound:
+        return False
+    if table.modified is None or job.ended is None:
+        return True
+    return table.modified <= job.ended + _SAME_WRITE
 
 
 def _wait(job: bigquery.job.LoadJob | bigquery.job.CopyJob, table_id: str, location: str) -> None:
