@@ -220,16 +220,54 @@ def _table_id(table: bigquery.TableReference | None) -> str:
 def _output_unchanged(
     client: bigquery.Client, job: bigquery.job.LoadJob | bigquery.job.CopyJob
 ) -> bool:
-    """Does the finished job's destination table still exist, unmodified since the job ended?"""
-    if job.destination is None:
-        return False
-    try:
-        table = client.get_table(job.destination, retry=TRANSIENT)
-    except gexc.NotFound:
-        return False
+    """Does the finished job's table still exist, unmodified since the job (and our own label
+    update right after it) ended? A staged load's table is gone once published: its output then
+    lives on in the table of its publish job (``<load job id>_publish_<generation>``)."""
+    table = _existing_table(client, job.destination)
+    if table is None:
+        publish = _published_by(client, job) if isinstance(job, bigquery.LoadJob) else None
+        return (
+            publish is not None
+            and _output_unchanged(client, publish)
+            # A DML change need not show in the table's modification time (the emulator's does
+            # not move): the published table must also still hold exactly the loaded rows.
+            and (
+                job.output_rows is None or _rows_of(client, publish.destination) == job.output_rows
+            )
+        )
     if table.modified is None or job.ended is None:
         return True
     return table.modified <= job.ended + _SAME_WRITE
+
+
+def _existing_table(
+    client: bigquery.Client, table: bigquery.TableReference | None
+) -> bigquery.Table | None:
+    if table is None:
+        return None
+    try:
+        return client.get_table(table, retry=TRANSIENT)
+    except gexc.NotFound:
+        return None
+
+
+def _rows_of(client: bigquery.Client, table: bigquery.TableReference) -> int:
+    return count_rows(client, f"{table.project}.{table.dataset_id}.{table.table_id}")
+
+
+def _published_by(client: bigquery.Client, load: bigquery.LoadJob) -> bigquery.CopyJob | None:
+    """The successful publish (copy) job of a staged load, if any."""
+    for generation in range(1, MAX_GENERATIONS + 1):
+        job_id = f"{load.job_id}_publish_{generation}"
+        try:
+            job = client.get_job(
+                job_id, project=load.project, location=load.location, retry=TRANSIENT
+            )
+        except gexc.NotFound:
+            return None
+        if job.state == "DONE" and not job.error_result:
+            return job
+    return None
 
 
 def _wait(job: bigquery.job.LoadJob | bigquery.job.CopyJob, table_id: str, location: str) -> None:
