@@ -4,6 +4,9 @@ Each check's name is a constant below; each failure carries metadata that explai
 counts that differ, a sample of duplicate keys, the missing objects, the schema diff).
 """
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -14,10 +17,17 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, latest_metadata, query_key
+from bq_assets.stages import (
+    bigquery_key,
+    databricks_key,
+    gcs_key,
+    query_key,
+    reported_as_failure,
+    upstream_materialization,
+)
 from bq_assets.stages.bigquery import count_rows
 from bq_assets.stages.databricks import table_name
-from bq_assets.stages.gcs_csv import read_manifest
+from bq_assets.stages.gcs_csv import fetch_snapshot, read_manifest
 
 QUERY_HAS_ROWS = "has_rows"
 QUERY_PRIMARY_KEY_UNIQUE = "primary_key_unique_and_not_null"
@@ -41,8 +51,18 @@ def _result(passed: bool, why: str, metadata: dict) -> dg.AssetCheckResult:
     )
 
 
-def _snapshot(context: dg.AssetCheckExecutionContext, spec: ExportSpec) -> Path:
-    return Path(str(latest_metadata(context, query_key(spec.name))["snapshot_path"]))
+@contextmanager
+def _snapshot(
+    context: dg.AssetCheckExecutionContext, spec: ExportSpec, gcs: StackAwareGCSResource
+) -> Iterator[Path]:
+    """A local copy of the snapshot the checked materialization wrote (from its URI), in a
+    temporary directory of this check alone."""
+    with (
+        reported_as_failure(GCS=gcs),
+        tempfile.TemporaryDirectory(prefix=f"bq_assets_{context.run.run_id}_") as scratch,
+    ):
+        upstream = upstream_materialization(context, query_key(spec.name))
+        yield fetch_snapshot(gcs.get_client(), upstream, Path(scratch), gcs.retry())
 
 
 def _scan(path: Path, sql: str) -> list[tuple]:
@@ -61,7 +81,7 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         description="The query returned at least one row (unless the spec allows empty).",
     )
     def has_rows(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        rows = int(latest_metadata(context, key)["dagster/row_count"])
+        rows = int(upstream_materialization(context, key)["dagster/row_count"])
         return _result(
             rows > 0 or spec.allow_empty,
             "the query returned no rows (set allow_empty: true if that can be right)",
@@ -76,8 +96,13 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         blocking=True,
         description=f"Primary key ({', '.join(spec.primary_key)}) is unique and never NULL.",
     )
-    def primary_key_unique(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        path = _snapshot(context, spec)
+    def primary_key_unique(
+        context: dg.AssetCheckExecutionContext, gcs: StackAwareGCSResource
+    ) -> dg.AssetCheckResult:
+        with _snapshot(context, spec, gcs) as path:
+            return _primary_key_result(path)
+
+    def _primary_key_result(path: Path) -> dg.AssetCheckResult:
         null_keys = " OR ".join(f'"{c}" IS NULL' for c in spec.primary_key)
         nulls = _scan(path, f"SELECT count(*) FROM {{snapshot}} WHERE {null_keys}")[0][0]
         duplicates = _scan(
@@ -113,9 +138,12 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             blocking=True,
             description=f"Required columns ({', '.join(spec.required)}) are never NULL.",
         )
-        def required_not_null(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        def required_not_null(
+            context: dg.AssetCheckExecutionContext, gcs: StackAwareGCSResource
+        ) -> dg.AssetCheckResult:
             counts = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in spec.required)
-            row = _scan(_snapshot(context, spec), f"SELECT {counts} FROM {{snapshot}}")[0]
+            with _snapshot(context, spec, gcs) as path:
+                row = _scan(path, f"SELECT {counts} FROM {{snapshot}}")[0]
             nulls = dict(zip(spec.required, row, strict=True))
             return _result(
                 not any(nulls.values()),
@@ -142,7 +170,7 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         client = gcs.get_client()
         manifest = read_manifest(
-            client, str(latest_metadata(context, key)["manifest_uri"]), gcs.retry()
+            client, str(upstream_materialization(context, key)["manifest_uri"]), gcs.retry()
         )
         problems = []
         for shard in manifest.shards:
@@ -169,8 +197,8 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         description="Rows in the manifest equal the snapshot's rows.",
     )
     def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        written = int(latest_metadata(context, key)["dagster/row_count"])
-        snapshot = int(latest_metadata(context, query_key(spec.name))["dagster/row_count"])
+        written = int(upstream_materialization(context, key)["dagster/row_count"])
+        snapshot = int(upstream_materialization(context, query_key(spec.name))["dagster/row_count"])
         return _result(
             written == snapshot,
             f"the manifest holds {written} rows, the snapshot {snapshot}",
@@ -192,8 +220,8 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     def rows_match(
         context: dg.AssetCheckExecutionContext, bigquery: StackAwareBigQueryResource
     ) -> dg.AssetCheckResult:
-        table_id = str(latest_metadata(context, key)["dagster/table_name"])
-        expected = int(latest_metadata(context, gcs_key(spec.name))["dagster/row_count"])
+        table_id = str(upstream_materialization(context, key)["dagster/table_name"])
+        expected = int(upstream_materialization(context, gcs_key(spec.name))["dagster/row_count"])
         with bigquery.get_client() as client:
             actual = count_rows(client, table_id)
         return _result(
@@ -213,9 +241,11 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         bigquery: StackAwareBigQueryResource,
         gcs: StackAwareGCSResource,
     ) -> dg.AssetCheckResult:
-        table_id = str(latest_metadata(context, key)["dagster/table_name"])
+        table_id = str(upstream_materialization(context, key)["dagster/table_name"])
         manifest = read_manifest(
-            gcs.get_client(), str(latest_metadata(context, key)["source_manifest"]), gcs.retry()
+            gcs.get_client(),
+            str(upstream_materialization(context, key)["source_manifest"]),
+            gcs.retry(),
         )
         with bigquery.get_client() as client:
             actual = client.get_table(table_id).schema
@@ -234,7 +264,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     name = table_name(spec)
 
     def bigquery_table_id(context: dg.AssetCheckExecutionContext) -> str:
-        return str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+        return str(upstream_materialization(context, bigquery_key(spec.name))["dagster/table_name"])
 
     def _bigquery_table(
         context: dg.AssetCheckExecutionContext, bigquery: StackAwareBigQueryResource

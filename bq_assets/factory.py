@@ -6,7 +6,7 @@ import dagster as dg
 
 from bq_assets.checks import build_checks
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.schedules import build_failure_sensor, build_schedules, freshness_policy
+from bq_assets.schedules import build_schedules, failure_sensors, freshness_policy
 from bq_assets.stages.bigquery import build_bigquery_asset
 from bq_assets.stages.databricks import build_databricks_asset, refuse_unrunnable_specs
 from bq_assets.stages.gcs_csv import build_gcs_asset
@@ -34,6 +34,6 @@ def build_definitions(
         assets=[asset for spec in specs for asset in export_assets(spec)],
         asset_checks=[check for spec in specs for check in build_checks(spec)],
         schedules=build_schedules(specs, schedule_status),
-        sensors=[build_failure_sensor()],
+        sensors=failure_sensors(),
         resources=resources,
     )

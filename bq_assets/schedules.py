@@ -1,31 +1,46 @@
 """Refresh automation: one job and one schedule per cadence and timezone, plus failure alerts.
 
 Exports with the same cron and timezone share a job (``<cadence>_<timezone>_refresh``) that
-selects their groups, checks included. Schedules run in the exports' IANA timezone; they are
-stopped by default locally and running in production (``BQ_ASSETS_SCHEDULES`` overrides).
+selects their groups, checks included. Each tick requests one run per export, tagged
+``bq_assets/export: <export>``: the instance's run queue (``deploy/dagster.yaml``) lets one run
+per export run at a time and queues the rest. Schedules run in the exports' IANA timezone; they
+are stopped by default locally and running in production (``BQ_ASSETS_SCHEDULES`` overrides).
+
+Failed runs are reported to the log, and to Slack when ``SLACK_WEBHOOK_URL`` (an incoming
+webhook) or ``SLACK_BOT_TOKEN`` + ``SLACK_CHANNEL`` (dagster-slack's run-failure sensor) are set.
 """
 
+import json
+import os
 import re
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 
 import dagster as dg
+from dagster._utils.schedules import get_smallest_cron_interval
 from dagster_shared.error import SerializableErrorInfo
 
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+
+#: The run tag naming the export a run refreshes; the run queue allows one run per value.
+EXPORT_TAG = "bq_assets/export"
+SLACK_TIMEOUT_S = 10
 
 FRESHNESS = {"daily": timedelta(hours=26), "weekly": timedelta(days=8)}
 
 
 def freshness_policy(spec: ExportSpec) -> dg.FreshnessPolicy:
-    """Daily ≈ 26 h, weekly ≈ 8 days; a custom cron must have materialized by its next tick."""
+    """Daily ≈ 26 h, weekly ≈ 8 days; a custom cron must have materialized by its next tick
+    (within the hour before it, or within the cron's interval when it ticks more often)."""
     if spec.cadence in FRESHNESS:
         return dg.FreshnessPolicy.time_window(fail_window=FRESHNESS[spec.cadence])
+    # Dagster refuses a window longer than the cron's smallest interval (e.g. every 15 minutes).
+    window = min(timedelta(hours=1), get_smallest_cron_interval(spec.cron_schedule))
     return dg.FreshnessPolicy.cron(
-        deadline_cron=spec.cron_schedule,
-        lower_bound_delta=timedelta(hours=1),
-        timezone=spec.timezone,
+        deadline_cron=spec.cron_schedule, lower_bound_delta=window, timezone=spec.timezone
     )
 
 
@@ -37,30 +52,61 @@ def cadence_label(spec: ExportSpec) -> str:
     return spec.cadence if spec.cadence in FRESHNESS else "cron_" + _slug(spec.cadence)
 
 
+def export_tags(export: str) -> dict[str, str]:
+    """The tags of a run that refreshes ``export`` (set them on UI launches too)."""
+    return {EXPORT_TAG: export}
+
+
+def export_asset_keys(export: str) -> list[dg.AssetKey]:
+    return [query_key(export), gcs_key(export), bigquery_key(export), databricks_key(export)]
+
+
 def build_schedules(
     specs: list[ExportSpec], default_status: dg.DefaultScheduleStatus
 ) -> list[dg.ScheduleDefinition]:
     groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for spec in specs:
         groups[(cadence_label(spec), spec.cron_schedule, spec.timezone)].append(spec.name)
-    schedules = []
-    for (label, cron, timezone), exports in sorted(groups.items()):
-        job = dg.define_asset_job(
-            name=f"{label}_{_slug(timezone)}_refresh",
-            selection=dg.AssetSelection.groups(*exports),
-            description=f"Refresh {', '.join(exports)} ({label}, {timezone}).",
-            tags={"cadence": label},
-        )
-        schedules.append(
-            dg.ScheduleDefinition(
-                job=job,
-                cron_schedule=cron,
-                execution_timezone=timezone,
-                default_status=default_status,
-                description=f"{label} refresh of {', '.join(exports)} at `{cron}` {timezone}",
+    return [
+        _cadence_schedule(label, cron, timezone, exports, default_status)
+        for (label, cron, timezone), exports in sorted(groups.items())
+    ]
+
+
+def _cadence_schedule(
+    label: str,
+    cron: str,
+    timezone: str,
+    exports: list[str],
+    default_status: dg.DefaultScheduleStatus,
+) -> dg.ScheduleDefinition:
+    job_tags = {"cadence": label} | (export_tags(exports[0]) if len(exports) == 1 else {})
+    job = dg.define_asset_job(
+        name=f"{label}_{_slug(timezone)}_refresh",
+        selection=dg.AssetSelection.groups(*exports),
+        description=f"Refresh {', '.join(exports)} ({label}, {timezone}).",
+        tags=job_tags,
+    )
+
+    @dg.schedule(
+        name=f"{job.name}_schedule",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone=timezone,
+        default_status=default_status,
+        description=f"{label} refresh of {', '.join(exports)} at `{cron}` {timezone}, "
+        "one run per export",
+    )
+    def _refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        # The daemon scopes a schedule's run keys to the tick: one run per export per tick.
+        return [
+            dg.RunRequest(
+                run_key=export, asset_selection=export_asset_keys(export), tags=export_tags(export)
             )
-        )
-    return schedules
+            for export in exports
+        ]
+
+    return _refresh
 
 
 def _root_message(error: SerializableErrorInfo) -> str:
@@ -117,3 +163,47 @@ def build_failure_sensor(
             notify(context, message)
 
     return report_failed_runs
+
+
+def post_to_slack_webhook(url_variable: str = "SLACK_WEBHOOK_URL") -> Callable[..., None]:
+    """A notifier for ``build_failure_sensor`` that posts the message to a Slack incoming
+    webhook (``{"text": ...}``). The URL, a secret, is read from the environment only when an
+    alert is sent; a webhook that fails is logged and the alert goes to the log instead."""
+
+    def notify(context: dg.RunFailureSensorContext, message: str) -> None:
+        context.log.error(message)
+        request = urllib.request.Request(
+            os.environ[url_variable],
+            data=json.dumps({"text": message}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=SLACK_TIMEOUT_S) as response:
+                response.read()
+        except OSError as exc:  # an unreachable Slack must not fail the sensor's tick forever
+            context.log.warning(f"the Slack webhook did not take the alert: {exc}")
+
+    return notify
+
+
+def failure_sensors() -> list[dg.SensorDefinition]:
+    """The log sensor (posting to a Slack webhook when ``SLACK_WEBHOOK_URL`` is set), plus
+    dagster-slack's ``make_slack_on_run_failure_sensor`` when ``SLACK_BOT_TOKEN`` and
+    ``SLACK_CHANNEL`` are set. dagster-slack takes only a bot token and builds its client when
+    the code location loads, so that token is read then; the webhook URL is read per alert."""
+    webhook = bool(os.environ.get("SLACK_WEBHOOK_URL"))
+    sensors = [build_failure_sensor(post_to_slack_webhook() if webhook else None)]
+    if os.environ.get("SLACK_BOT_TOKEN") and os.environ.get("SLACK_CHANNEL"):
+        from dagster_slack import make_slack_on_run_failure_sensor
+
+        sensors.append(
+            make_slack_on_run_failure_sensor(
+                channel=os.environ["SLACK_CHANNEL"],
+                slack_token=os.environ["SLACK_BOT_TOKEN"],
+                text_fn=failure_message,
+                name="slack_on_run_failure",
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                webserver_base_url=os.environ.get("DAGSTER_WEBSERVER_URL") or None,
+            )
+        )
+    return sensors

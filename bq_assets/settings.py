@@ -34,12 +34,17 @@ PROD_REQUIRED = {
     "GCP_PROJECT": "Google Cloud project that runs the BigQuery jobs (and is billed)",
     "BQ_ASSETS_GCS_BUCKET": "GCS bucket the CSV objects are written to",
     "BQ_ASSETS_SOURCE_DATABASE": "path of the DuckDB database the export queries run on",
-    "BQ_ASSETS_STAGING_DIR": "directory for run-scoped Parquet snapshots",
     "DATABRICKS_HOST": "Databricks workspace URL, e.g. https://adb-123.azuredatabricks.net",
     "DATABRICKS_WAREHOUSE_ID": "SQL warehouse that runs the Databricks statements",
 }
 #: name → what it is; optional in ``prod``.
 PROD_OPTIONAL = {
+    "BQ_ASSETS_STAGING_BUCKET": "bucket for the run-scoped Parquet snapshots (default: the "
+    "GCS bucket)",
+    "BQ_ASSETS_STAGING_PREFIX": "object prefix of the snapshots (default `staging`)",
+    "BQ_ASSETS_STAGING_KEEP_RUNS": "snapshots of this many newest runs per export are kept (3)",
+    "BQ_ASSETS_STAGING_DIR": "local scratch directory for a query result before its upload "
+    "(default: the system's temporary directory)",
     "GCP_CREDENTIALS_B64": "base64 service-account key for GCS and BigQuery (default: ADC)",
     "DATABRICKS_TOKEN": "Databricks personal access token (or use OAuth below / SDK auth)",
     "DATABRICKS_CLIENT_ID": "Databricks OAuth M2M client id (service principal)",
@@ -90,6 +95,19 @@ def check_specs_for_environment(specs: list[ExportSpec]) -> list[ExportSpec]:
     return specs
 
 
+def staging_settings() -> dict[str, object]:
+    """Where the query stage hands its snapshot to the GCS stage (both environments)."""
+    keep = os.environ.get("BQ_ASSETS_STAGING_KEEP_RUNS", "3")
+    if not keep.isdigit() or int(keep) < 1:
+        raise ConfigurationError(f"BQ_ASSETS_STAGING_KEEP_RUNS={keep!r} must be a positive integer")
+    settings: dict[str, object] = {"staging_keep_runs": int(keep)}
+    if os.environ.get("BQ_ASSETS_STAGING_BUCKET"):
+        settings["staging_bucket"] = os.environ["BQ_ASSETS_STAGING_BUCKET"]
+    if os.environ.get("BQ_ASSETS_STAGING_PREFIX"):
+        settings["staging_prefix"] = os.environ["BQ_ASSETS_STAGING_PREFIX"]
+    return settings
+
+
 def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources wired to the local stack under ``root`` (default ``BQ_ASSETS_LOCAL_DIR``)."""
     root = root or local_dir()
@@ -102,6 +120,7 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
             database=str(root / "source.duckdb"),
             staging_dir=str(root / "staging"),
             sample_rows=int(rows),
+            **staging_settings(),
         ),
         # The emulator is on this machine: if it has not answered in 10 s it is down.
         "gcs": StackAwareGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
@@ -148,7 +167,8 @@ def prod_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "source": DuckDBSourceResource(
             database=dg.EnvVar("BQ_ASSETS_SOURCE_DATABASE"),
-            staging_dir=dg.EnvVar("BQ_ASSETS_STAGING_DIR"),
+            staging_dir=os.environ.get("BQ_ASSETS_STAGING_DIR") or None,
+            **staging_settings(),
         ),
         "gcs": StackAwareGCSResource(
             project=dg.EnvVar("GCP_PROJECT"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -111,10 +110,16 @@ def test_the_gcs_objects_are_exactly_the_manifest(customer_360_run, resources) -
     assert names == shards | {folder + "manifest.json", folder + "_SUCCESS"}
 
 
-def test_the_staging_snapshot_is_run_scoped(customer_360_run) -> None:
+def test_the_staging_snapshot_is_run_scoped_in_object_storage(customer_360_run, resources) -> None:
     spec, result = customer_360_run
-    path = Path(metadata(result, query_key(spec.name))["snapshot_path"])
-    assert path.exists() and path.parent.name == result.run_id
+    meta = metadata(result, query_key(spec.name))
+    uri = meta["snapshot_uri"]
+    assert meta["dagster/uri"] == uri
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    assert name == f"staging/{spec.name}/{result.run_id}/snapshot.parquet"
+    blob = resources["gcs"].get_client().bucket(bucket).get_blob(name)
+    assert blob is not None and blob.size == meta["bytes"]
+    assert metadata(result, gcs_key(spec.name))["input_run_id"] == result.run_id
 
 
 def test_a_second_run_gives_the_same_result(customer_360_run, resources) -> None:

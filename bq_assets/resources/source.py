@@ -17,6 +17,7 @@ from bq_assets.local import sample_data
 # Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
 # result over both cores, large enough to keep Parquet overhead negligible.
 ROW_GROUP_ROWS = 122_880
+SNAPSHOT_OBJECT = "snapshot.parquet"
 
 
 class SourceQueryError(BqAssetsError):
@@ -28,10 +29,33 @@ class DuckDBSourceResource(dg.ConfigurableResource):
 
     Locally the database is the generated Amperity-style sample (created on first use with
     ``sample_rows`` customers). Connections are read-only, so concurrent runs never lock it.
+
+    Snapshots are handed to the next stage through object storage, never as a local path:
+    ``gs://<staging_bucket>/<staging_prefix>/<export>/<run id>/snapshot.parquet`` (the query
+    stage writes it; see ``staging_uri``). The same code runs on the GCS emulator locally.
     """
 
     database: str = Field(description="Path of the DuckDB database file the queries run on.")
-    staging_dir: str = Field(description="Directory for run-scoped Parquet snapshots.")
+    staging_bucket: str | None = Field(
+        default=None,
+        description="GCS bucket for the run-scoped Parquet snapshots handed from the query stage "
+        "to the GCS stage (default: the export bucket of the `gcs` resource).",
+    )
+    staging_prefix: str = Field(
+        default="staging",
+        description="Object prefix of the snapshots in the staging bucket.",
+    )
+    staging_keep_runs: int = Field(
+        default=3,
+        ge=1,
+        description="Snapshots of this many most recent runs of an export are kept (more when "
+        "runs are still going: a snapshot of an unfinished run is never deleted).",
+    )
+    staging_dir: str | None = Field(
+        default=None,
+        description="Local scratch directory where the query result is written before it goes "
+        "up to the staging bucket (default: the system's temporary directory). Nothing stays.",
+    )
     sample_rows: int | None = Field(
         default=None,
         description="Generate the sample source with this many customers when the database "
@@ -71,6 +95,10 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         os.replace(partial, destination)
         return pq.read_metadata(destination)
 
-    def staging_path(self, export: str, run_id: str) -> Path:
-        """Where the snapshot of ``export`` for ``run_id`` lives (one folder per run)."""
-        return Path(self.staging_dir) / export / run_id / "snapshot.parquet"
+    def staging_export_prefix(self, export: str) -> str:
+        """The object prefix under which every run's snapshot of ``export`` lives."""
+        return f"{self.staging_prefix.strip('/')}/{export}/".lstrip("/")
+
+    def staging_object(self, export: str, run_id: str) -> str:
+        """The object name of the snapshot of ``export`` for ``run_id`` (one folder per run)."""
+        return f"{self.staging_export_prefix(export)}{run_id}/{SNAPSHOT_OBJECT}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -44,20 +45,97 @@ class UpstreamMissingError(BqAssetsError):
     """A stage needs its upstream stage to have been materialized first."""
 
 
-def latest_metadata(
-    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, key: dg.AssetKey
-) -> dict[str, Any]:
-    """The metadata values of ``key``'s latest materialization (the hand-off between stages).
+class InputMissingError(UpstreamMissingError):
+    """The upstream materialization a step uses names an input (a snapshot object, a manifest,
+    a table) that no longer exists; only re-materializing the upstream asset can fix it."""
 
-    Each stage records where its output lives (snapshot path, manifest URI, table id) in its
-    materialization metadata; the next stage and the checks read it from there.
-    """
-    event = context.instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        raise UpstreamMissingError(
-            f"{key.to_user_string()} has never been materialized; materialize it first."
+    def __init__(self, upstream: Upstream, what: str, where: str) -> None:
+        asset = upstream.key.to_user_string()
+        super().__init__(
+            f"{what} {where}, written by run {upstream.run_id} when it materialized {asset}, "
+            f"no longer exists; re-materialize {asset} (with its downstream assets)."
         )
-    return {name: entry.value for name, entry in event.asset_materialization.metadata.items()}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The upstream materialization a step reads its input from (the hand-off between stages).
+
+    Each stage records where its output lives (snapshot URI, manifest URI, table id) in its
+    materialization metadata; the next stage and the checks read it from here.
+    """
+
+    key: dg.AssetKey
+    run_id: str
+    metadata: dict[str, Any]
+    own_run: bool  # materialized by the step's own run (or the run it re-executes)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.metadata[name]
+
+    def describe(self) -> str:
+        whose = "this run's" if self.own_run else "the latest"
+        return f"{self.key.to_user_string()}: {whose} materialization, from run {self.run_id}"
+
+
+@contextmanager
+def reading_input(upstream: Upstream, what: str, where: str) -> Iterator[None]:
+    """Reading ``where`` (``what`` the upstream step wrote): its absence is an
+    ``InputMissingError`` naming the asset to re-materialize, not a retried step failure."""
+    try:
+        yield
+    except (api_exceptions.NotFound, FileNotFoundError):
+        raise InputMissingError(upstream, what, where) from None
+
+
+def _materialization_in_run(
+    instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey
+) -> dg.EventLogEntry | None:
+    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    found = [
+        e for e in events if e.asset_materialization and e.asset_materialization.asset_key == key
+    ]
+    return found[-1] if found else None
+
+
+def _own_runs(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> Iterator[str]:
+    """This run, then the runs it re-executes (a retry from failure skips steps that succeeded,
+    so their outputs are in its parent runs)."""
+    run: dg.DagsterRun | None = context.run
+    while run is not None:
+        yield run.run_id
+        run = context.instance.get_run_by_id(run.parent_run_id) if run.parent_run_id else None
+
+
+def upstream_materialization(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, key: dg.AssetKey
+) -> Upstream:
+    """``key``'s materialization of this run when the run materialized it, else the latest one
+    (e.g. a run that materializes only ``gcs/<export>``). Logs which run it came from.
+
+    Two runs of one export at once therefore each hand their own output on, whichever wrote
+    last. Read-only; the same answer every time within a run.
+    """
+    for run_id in _own_runs(context):
+        entry = _materialization_in_run(context.instance, run_id, key)
+        if entry is not None:
+            upstream = _upstream(key, entry, own_run=True)
+            break
+    else:
+        entry = context.instance.get_latest_materialization_event(key)
+        if entry is None or entry.asset_materialization is None:
+            raise UpstreamMissingError(
+                f"{key.to_user_string()} has never been materialized; materialize it first."
+            )
+        upstream = _upstream(key, entry, own_run=False)
+    context.log.info(f"input {upstream.describe()}")
+    return upstream
+
+
+def _upstream(key: dg.AssetKey, entry: dg.EventLogEntry, own_run: bool) -> Upstream:
+    assert entry.asset_materialization is not None
+    metadata = {name: value.value for name, value in entry.asset_materialization.metadata.items()}
+    return Upstream(key=key, run_id=entry.run_id, metadata=metadata, own_run=own_run)
 
 
 UNREACHABLE = (

@@ -7,6 +7,7 @@ of loading twice, and a job id that already failed gets a new generation.
 """
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from bq_assets.stages import (
     NETWORK_RETRY,
     bigquery_key,
     gcs_key,
-    latest_metadata,
+    reading_input,
     reported_as_failure,
+    upstream_materialization,
 )
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
 
@@ -220,8 +222,10 @@ def _start_or_reattach(
     start: Callable[[str], bigquery.job.LoadJob | bigquery.job.CopyJob],
     log: dg.DagsterLogManager,
 ) -> bigquery.job.LoadJob | bigquery.job.CopyJob:
-    """The job ``<base>_<generation>``: reattach to a running or finished one, start a new
-    generation after a failed one. A retried step therefore never runs the same work twice."""
+    """The job ``<base>_<generation>``: reattach to a running one, or to a finished one whose
+    table is still as it left it; start a new generation after a failed one, or when its table
+    has since been deleted or changed. A retried step therefore never runs the same work twice,
+    and a repair (re-materializing after the table went missing or was altered) loads again."""
     for generation in range(1, MAX_GENERATIONS + 1):
         job_id = f"{base}_{generation}"
         try:
@@ -232,9 +236,76 @@ def _start_or_reattach(
         if job.state == "DONE" and job.error_result:
             log.info(f"job {job_id} already failed; starting generation {generation + 1}")
             continue
+        if job.state == "DONE" and not _output_unchanged(client, job):
+            log.info(
+                f"job {job_id} finished, but its table {_table_id(job.destination)} was deleted or "
+                f"changed since; starting generation {generation + 1}"
+            )
+            continue
         log.info(f"reattaching to job {job_id} (state {job.state})")
         return job
     raise dg.Failure(f"{MAX_GENERATIONS} generations of job {base} failed for one run.")
+
+
+#: Table modification times a little after the job's end still count as the job's own write.
+_SAME_WRITE = dt.timedelta(seconds=5)
+
+
+def _table_id(table: bigquery.TableReference | None) -> str:
+    return f"{table.project}.{table.dataset_id}.{table.table_id}" if table else "(unknown)"
+
+
+def _output_unchanged(
+    client: bigquery.Client, job: bigquery.job.LoadJob | bigquery.job.CopyJob
+) -> bool:
+    """Does the finished job's table still exist, unmodified since the job (and our own label
+    update right after it) ended? A staged load's table is gone once published: its output then
+    lives on in the table of its publish job (``<load job id>_publish_<generation>``)."""
+    table = _existing_table(client, job.destination)
+    if table is None:
+        publish = _published_by(client, job) if isinstance(job, bigquery.LoadJob) else None
+        return (
+            publish is not None
+            and _output_unchanged(client, publish)
+            # A DML change need not show in the table's modification time (the emulator's does
+            # not move): the published table must also still hold exactly the loaded rows.
+            and (
+                job.output_rows is None or _rows_of(client, publish.destination) == job.output_rows
+            )
+        )
+    if table.modified is None or job.ended is None:
+        return True
+    return table.modified <= job.ended + _SAME_WRITE
+
+
+def _existing_table(
+    client: bigquery.Client, table: bigquery.TableReference | None
+) -> bigquery.Table | None:
+    if table is None:
+        return None
+    try:
+        return client.get_table(table, retry=TRANSIENT)
+    except gexc.NotFound:
+        return None
+
+
+def _rows_of(client: bigquery.Client, table: bigquery.TableReference) -> int:
+    return count_rows(client, f"{table.project}.{table.dataset_id}.{table.table_id}")
+
+
+def _published_by(client: bigquery.Client, load: bigquery.LoadJob) -> bigquery.CopyJob | None:
+    """The successful publish (copy) job of a staged load, if any."""
+    for generation in range(1, MAX_GENERATIONS + 1):
+        job_id = f"{load.job_id}_publish_{generation}"
+        try:
+            job = client.get_job(
+                job_id, project=load.project, location=load.location, retry=TRANSIENT
+            )
+        except gexc.NotFound:
+            return None
+        if job.state == "DONE" and not job.error_result:
+            return job
+    return None
 
 
 #: Job error reasons that a new attempt can fix: BigQuery's own failures and rate limits
@@ -404,9 +475,11 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         gcs: StackAwareGCSResource,
     ) -> dg.MaterializeResult:
         with reported_as_failure(GCS=gcs, BigQuery=bigquery):
-            manifest_uri = str(latest_metadata(context, gcs_key(spec.name))["manifest_uri"])
+            upstream = upstream_materialization(context, gcs_key(spec.name))
+            manifest_uri = str(upstream["manifest_uri"])
             storage_client = gcs.get_client()
-            manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
+            with reading_input(upstream, "The manifest", manifest_uri):
+                manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
             location = bucket_location(storage_client, bucket, gcs.retry())
             check_bucket_location(bucket, location, spec)
@@ -422,6 +495,7 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "location": result.location,
                     "bytes": result.bytes,
                     "source_manifest": manifest_uri,
+                    "input_run_id": upstream.run_id,
                     "console": dg.MetadataValue.url(console_url(result.table_id)),
                 }
             )

@@ -34,8 +34,8 @@ from bq_assets.stages import (
     NETWORK_RETRY,
     bigquery_key,
     databricks_key,
-    latest_metadata,
     reported_as_failure,
+    upstream_materialization,
 )
 
 # Option names, from Databricks' "Run federated queries on Google BigQuery" page
@@ -287,7 +287,8 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         databricks: DatabricksSQLResource,
     ) -> dg.MaterializeResult:
         with reported_as_failure(Databricks=databricks):
-            table_id = str(latest_metadata(context, bigquery_key(spec.name))["dagster/table_name"])
+            upstream = upstream_materialization(context, bigquery_key(spec.name))
+            table_id = str(upstream["dagster/table_name"])
             source = BigQueryTable(*table_id.split("."))
             statements = publish_statements(
                 spec,
@@ -312,6 +313,7 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "engine": "local DuckDB stand-in" if databricks.is_local else "SQL warehouse",
                     "source_table": table_id,
                     "drift": dg.MetadataValue.json(notes),
+                    "input_run_id": upstream.run_id,
                     "statements": dg.MetadataValue.md(
                         "```sql\n" + ";\n".join(statements) + ";\n```"
                     ),

@@ -72,10 +72,13 @@ from bq_assets.schema import (
 )
 from bq_assets.stages import (
     NETWORK_RETRY,
+    InputMissingError,
+    Upstream,
     gcs_key,
-    latest_metadata,
     query_key,
+    reading_input,
     reported_as_failure,
+    upstream_materialization,
 )
 
 FileFormat = Literal["csv", "parquet"]
@@ -601,6 +604,21 @@ def _write_run(
     return manifest
 
 
+def download_snapshot(
+    client: storage.Client, uri: str, destination: Path, retry: Retry = DEFAULT_RETRY
+) -> Path:
+    """Copy the snapshot at ``uri`` to the local file ``destination``, streamed in chunks (memory
+    stays flat whatever its size) and verified by crc32c; ``gexc.NotFound`` when it is gone.
+
+    The export then reads it row group by row group from local disk, as fast as a snapshot that
+    never left the machine; the copy lives in the step's own temporary directory.
+    """
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    blob = client.bucket(bucket).blob(name)
+    blob.download_to_filename(str(destination), checksum="crc32c", retry=retry)
+    return destination
+
+
 def read_manifest(client: storage.Client, uri: str, retry: Retry = DEFAULT_RETRY) -> Manifest:
     bucket, _, name = uri.removeprefix("gs://").partition("/")
     return Manifest.from_json(client.bucket(bucket).blob(name).download_as_text(retry=retry))
@@ -684,6 +702,18 @@ def _log_tidied(log: dg.DagsterLogManager, tidied: Tidied) -> None:
         log.info("left alone, as their runs may still be writing: " + ", ".join(tidied.in_flight))
 
 
+def fetch_snapshot(
+    client: storage.Client, upstream: Upstream, directory: Path, retry: Retry = DEFAULT_RETRY
+) -> Path:
+    """The snapshot the query stage handed on (``snapshot_uri``), copied into ``directory``; an
+    ``InputMissingError`` naming the asset to re-materialize when it no longer exists."""
+    uri = upstream.metadata.get("snapshot_uri")
+    if uri is None:  # materialized by a version that kept snapshots on local disk
+        raise InputMissingError(upstream, "The snapshot", "(kept on the disk of that run)")
+    with reading_input(upstream, "The snapshot", str(uri)):
+        return download_snapshot(client, str(uri), directory / "snapshot.parquet", retry)
+
+
 def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     # Imported here, not at the top: the export engine above stays importable (by tools and
     # the benchmark) without loading every Google client that dagster-gcp pulls in.
@@ -704,13 +734,19 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     def _gcs_csv(
         context: dg.AssetExecutionContext, gcs: StackAwareGCSResource
     ) -> dg.MaterializeResult:
-        with reported_as_failure(GCS=gcs):
-            snapshot = Path(str(latest_metadata(context, query_key(spec.name))["snapshot_path"]))
-            bucket = gcs.get_client().bucket(gcs.get_bucket_name())
+        run_id = context.run.run_id
+        with (
+            reported_as_failure(GCS=gcs),
+            tempfile.TemporaryDirectory(prefix=f"bq_assets_{run_id}_") as scratch,
+        ):
+            upstream = upstream_materialization(context, query_key(spec.name))
+            client = gcs.get_client()
+            snapshot = fetch_snapshot(client, upstream, Path(scratch), gcs.retry())
+            bucket = client.bucket(gcs.get_bucket_name())
             layout = ObjectLayout(
                 template=spec.objects.template,
                 export=spec.name,
-                run_id=context.run.run_id,
+                run_id=run_id,
                 run_date=run_date(context, spec.timezone),
                 suffix=object_suffix(spec.format, spec.csv),
             )
@@ -723,6 +759,7 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 file_format=spec.format,
                 retry=gcs.retry(),
             )
+            snapshot.unlink()
             tidied = tidy_runs(
                 bucket,
                 layout,
@@ -743,6 +780,7 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "objects": dg.MetadataValue.json([asdict(s) for s in manifest.shards]),
                     "shards": len(manifest.shards),
                     "bytes": sum(s.bytes for s in manifest.shards),
+                    "input_run_id": upstream.run_id,
                 }
             )
 
