@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from google.cloud import storage
 
-from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, send_format
+from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, ExportSpec, send_format
+
+SAMPLE_COLUMNS = ["order_id", "amperity_id", "order_total", "item_count", "order_date"]
 
 Row = Sequence[object | None]
 
@@ -102,3 +104,31 @@ def finish(
         bucket.blob(delivery.files[index]).upload_from_string(encrypt(data) if encrypt else data)
     if delivery.marker:
         bucket.blob(delivery.marker).upload_from_string(b"")
+
+
+def sample_orders(count: int) -> list[list[str]]:
+    """Deterministic sample rows for the shipped ``amperity_orders`` export (text, as sent)."""
+    start = dt.date(2026, 1, 1)
+    return [
+        [
+            f"ord-{n:06d}",
+            f"amp-{n % 97:04d}",
+            f"{(n * 37) % 10000 / 100:.2f}",
+            str(1 + n % 5),
+            (start + dt.timedelta(days=n % 60)).isoformat(),
+        ]
+        for n in range(count)
+    ]
+
+
+def simulate_deliveries(
+    specs: Sequence[ExportSpec], bucket: storage.Bucket, rows: int = 500, parts: int = 2
+) -> list[SimulatedDelivery]:
+    """One complete delivery of sample rows, sent now, for every delivered export in ``specs``
+    whose columns are the shipped ``amperity_orders`` ones (``make demo`` and the tests)."""
+    sent = []
+    for spec in specs:
+        if spec.delivery and spec.delivery.column_names == SAMPLE_COLUMNS:
+            sent_at = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
+            sent.append(deliver(bucket, spec.delivery, sample_orders(rows), sent_at, parts=parts))
+    return sent
