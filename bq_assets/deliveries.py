@@ -9,12 +9,15 @@ Imports no Dagster (the engine side of the delivery stage).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -24,7 +27,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, delivery_regex, send_format
-from bq_assets.stages.gcs_csv import MANIFEST, Manifest, Shard
+from bq_assets.stages.gcs_csv import MANIFEST, Manifest, Shard, upload
 
 DELIVERY_TAG = "bq_assets/delivery"
 DELIVERY_FILES_TAG = "bq_assets/delivery_files"
@@ -189,6 +192,65 @@ def inspect_files(
 def manifest_prefix(export: str, run_id: str) -> str:
     """The run-scoped folder that holds a delivered run's manifest (and decrypted files)."""
     return f"deliveries/{export}/{run_id}/"
+
+
+#: ``decrypt(write_encrypted_bytes_into, plaintext_path, what)``: see ``PgpKeyResource``.
+Decrypt = Callable[[Callable[[BinaryIO], None], Path, str], None]
+ENCRYPTED_SUFFIXES = (".pgp", ".gpg", ".asc")
+
+
+def plain_name(name: str) -> str:
+    """The decrypted file's name: the delivered one without its PGP suffix."""
+    base = name.rsplit("/", 1)[-1]
+    for suffix in ENCRYPTED_SUFFIXES:
+        if base.endswith(suffix):
+            return base.removesuffix(suffix)
+    return base
+
+
+def decrypt_files(
+    bucket: storage.Bucket,
+    names: list[str],
+    options: DeliveryOptions,
+    prefix: str,
+    decrypt: Decrypt,
+    retry: Retry = DEFAULT_RETRY,
+) -> list[DeliveredFile]:
+    """Decrypt each delivered file into the run-scoped ``prefix`` (what BigQuery then loads)
+    and read it: the download streams into gpg, gpg writes a scratch file that is counted,
+    uploaded (crc32c verified) and deleted before the next file. If any file fails (e.g. a
+    wrong key), the decrypted objects already written are deleted again: nothing is loaded."""
+    found: list[DeliveredFile] = []
+    written: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bq_assets_decrypt_") as scratch:
+            for name in names:
+                uri = f"gs://{bucket.name}/{name}"
+                blob = bucket.get_blob(name, retry=retry)
+                if blob is None:
+                    raise DeliveryError(f"{uri}: the delivered file is gone (deleted or replaced)")
+                local = Path(scratch) / "plain"
+                decrypt(
+                    lambda pipe, blob=blob: blob.download_to_file(pipe, retry=retry), local, uri
+                )
+                target = prefix + plain_name(name)
+                rows, header = read_delivered_file(local, f"{uri} (decrypted)", options)
+                crc = upload(bucket, local, target, "application/octet-stream", retry)
+                written.append(target)
+                found.append(
+                    DeliveredFile(
+                        f"gs://{bucket.name}/{target}", local.stat().st_size, crc, rows, header
+                    )
+                )
+                local.unlink()
+    except BaseException:
+        for target in written:
+            # The original error is the one to report; a failed clean-up only leaves run-scoped
+            # objects no manifest names.
+            with contextlib.suppress(Exception):
+                bucket.blob(target).delete(retry=retry)
+        raise
+    return found
 
 
 def write_manifest(

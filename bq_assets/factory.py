@@ -6,6 +6,7 @@ import dagster as dg
 
 from bq_assets.checks import build_checks
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_failure_sensor, build_schedules, freshness_policy
 from bq_assets.stages.bigquery import build_bigquery_asset
 from bq_assets.stages.databricks import build_databricks_asset, refuse_unrunnable_specs
@@ -42,6 +43,9 @@ def build_definitions(
     schedule_status: dg.DefaultScheduleStatus,
 ) -> dg.Definitions:
     refuse_unrunnable_specs(specs, resources.get("databricks"))
+    if any(s.delivery and s.delivery.decrypt for s in specs) and "pgp" not in resources:
+        # Read when a step decrypts, never at load: a missing variable fails only that step.
+        resources = {**resources, "pgp": PgpKeyResource(private_key=dg.EnvVar(PGP_KEY_VARIABLE))}
     return dg.Definitions(
         assets=[asset for spec in specs for asset in export_assets(spec)],
         asset_checks=[check for spec in specs for check in export_checks(spec)],

@@ -19,9 +19,11 @@ import pytest
 from bq_assets.deliveries import DELIVERY_TAG, find_deliveries
 from bq_assets.exports.spec import ExportSpec, ExportSpecError, load_spec, load_specs
 from bq_assets.factory import build_definitions
-from bq_assets.local.delivery import deliver, finish
+from bq_assets.local.delivery import deliver, finish, generate_pgp_key, pgp_encryptor
+from bq_assets.resources.pgp import PGP_KEY_VARIABLE
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.delivery import DELIVERY_HEADER_MATCHES, DELIVERY_ROWS_ADD_UP
+from bq_assets_tests.conftest import step_errors
 
 SPEC = """\
 description: Orders as Amperity sends them
@@ -256,3 +258,65 @@ def test_two_deliveries_in_a_row_load_each_once_in_order(spec, resources, instan
         loaded.append(bigquery_rows(resources, spec))
     assert loaded == [expected_rows(first), expected_rows(second)]
     assert evaluate_sensor(spec, defs, resources, instance, cursor) == ([], cursor)
+
+
+# --- PGP ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_pgp_key(), generate_pgp_key("someone else <else@bq-assets.local>")
+
+
+@pytest.fixture
+def encrypted_spec(tmp_path: Path) -> ExportSpec:
+    text = (
+        SPEC.format(prefix=f"amperity/{uuid.uuid4().hex}/")
+        .replace("_*.csv.gz", "_*.csv.gz.pgp")
+        .replace("  columns:", "  decrypt: pgp\n  columns:")
+    )
+    return load_spec(write_spec(tmp_path, text))
+
+
+def test_an_encrypted_delivery_is_decrypted_into_a_run_scoped_prefix_and_loaded(
+    encrypted_spec, resources, instance, bucket, keys, monkeypatch
+) -> None:
+    spec, (ours, _) = encrypted_spec, keys
+    monkeypatch.setenv(PGP_KEY_VARIABLE, ours.private)
+    defs = build_definitions([spec], resources, dg.DefaultScheduleStatus.STOPPED)
+    rows = orders(120)
+    deliver(bucket, spec.delivery, rows, SENT, parts=2, encrypt=pgp_encryptor(ours.public))
+    [request], _ = evaluate_sensor(spec, defs, resources, instance, None)
+    result = run_request(spec, defs, instance, request)
+    assert result.success, step_errors(result)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    files = result.asset_materializations_for_node("gcs__amperity_orders")[0].metadata["objects"]
+    assert [f["uri"].rsplit("/", 1)[1] for f in files.value] == [
+        "orders_20260131_060000_0001.csv.gz",
+        "orders_20260131_060000_0002.csv.gz",
+    ]
+    assert all(f"/deliveries/amperity_orders/{result.run_id}/" in f["uri"] for f in files.value)
+    assert bigquery_rows(resources, spec) == expected_rows(rows)
+    assert not any(ours.private in str(event) for event in instance.all_logs(result.run_id))
+
+
+def test_a_wrong_key_is_a_clear_error_and_nothing_is_loaded(
+    encrypted_spec, resources, instance, bucket, keys, monkeypatch
+) -> None:
+    spec, (ours, theirs) = encrypted_spec, keys
+    monkeypatch.setenv(PGP_KEY_VARIABLE, theirs.private)
+    defs = build_definitions([spec], resources, dg.DefaultScheduleStatus.STOPPED)
+    deliver(bucket, spec.delivery, orders(10), SENT, parts=2, encrypt=pgp_encryptor(ours.public))
+    [request], _ = evaluate_sensor(spec, defs, resources, instance, None)
+    result = run_request(spec, defs, instance, request)
+    assert not result.success
+    [error] = step_errors(result).values()
+    assert "cannot be decrypted with the key in BQ_ASSETS_PGP_PRIVATE_KEY" in error
+    assert "No secret key" in error and "nothing was loaded" in error
+    assert result.get_asset_materialization_events() == []
+    run_prefix = f"deliveries/amperity_orders/{result.run_id}/"
+    assert list(bucket.list_blobs(prefix=run_prefix)) == []
+    logs = [str(event) for event in instance.all_logs(result.run_id)]
+    assert not any(theirs.private in line or ours.private in line for line in logs)
+    # Never retried: retrying cannot make a wrong key right.
+    assert sum("STEP_START" in line for line in logs) == 1

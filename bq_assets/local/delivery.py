@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from google.cloud import storage
 
 from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, ExportSpec, send_format
+from bq_assets.resources.pgp import gnupg_home, gpg
 
 SAMPLE_COLUMNS = ["order_id", "amperity_id", "order_total", "item_count", "order_date"]
 
@@ -132,3 +133,47 @@ def simulate_deliveries(
             sent_at = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
             sent.append(deliver(bucket, spec.delivery, sample_orders(rows), sent_at, parts=parts))
     return sent
+
+
+@dataclass(frozen=True)
+class PgpKeyPair:
+    """A test key pair, ASCII armored: the recipient's public key and its private key."""
+
+    public: str
+    private: str
+
+
+def generate_pgp_key(uid: str = "bq_assets delivery <delivery@bq-assets.local>") -> PgpKeyPair:
+    """A fresh key pair without passphrase (Curve25519: generated in well under a second)."""
+    with gnupg_home() as home:
+        made = gpg(
+            home, "--passphrase", "", "--quick-gen-key", uid, "future-default", "default", "never"
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"gpg could not generate a key: {made.stderr.decode()[-500:]}")
+        public = gpg(home, "--armor", "--export", uid).stdout.decode()
+        private = gpg(home, "--armor", "--export-secret-keys", uid).stdout.decode()
+    return PgpKeyPair(public=public, private=private)
+
+
+def pgp_encryptor(public_key: str) -> Callable[[bytes], bytes]:
+    """Encrypts a file's bytes to ``public_key``, as Amperity's destination does with PGP on."""
+
+    def encrypt(data: bytes) -> bytes:
+        with gnupg_home() as home:
+            key_file = home / "recipient.asc"
+            key_file.write_text(public_key)
+            encrypted = gpg(
+                home,
+                "--trust-model",
+                "always",
+                "--recipient-file",
+                str(key_file),
+                "--encrypt",
+                stdin=data,
+            )
+            if encrypted.returncode != 0:
+                raise RuntimeError(f"gpg could not encrypt: {encrypted.stderr.decode()[-500:]}")
+            return encrypted.stdout
+
+    return encrypt

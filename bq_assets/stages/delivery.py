@@ -22,13 +22,16 @@ from bq_assets.deliveries import (
     DELIVERY_TAG,
     Delivery,
     DeliveryError,
+    decrypt_files,
     find_deliveries,
     inspect_files,
     latest_complete,
+    manifest_prefix,
     write_manifest,
 )
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import StackAwareGCSResource
+from bq_assets.resources.pgp import PgpKeyResource
 from bq_assets.schema import column_schema, schema_to_json
 from bq_assets.stages import NETWORK_RETRY, gcs_key, latest_metadata, reported_as_failure
 from bq_assets.stages.gcs_csv import read_manifest
@@ -69,53 +72,98 @@ def _requested_delivery(
     raise DeliveryError(f"delivery {send} is no longer in gs://…/{spec.delivery.prefix}")
 
 
+def _materialize(
+    context: dg.AssetExecutionContext,
+    spec: ExportSpec,
+    gcs: StackAwareGCSResource,
+    pgp: PgpKeyResource | None,
+) -> dg.MaterializeResult:
+    """Record (and, when encrypted, decrypt) the run's delivery and write its manifest."""
+    options = spec.delivery
+    assert options
+    with reported_as_failure(GCS=gcs):
+        bucket = gcs.get_client().bucket(gcs.get_bucket_name())
+        deliveries = find_deliveries(bucket, options, dt.datetime.now(dt.UTC), gcs.retry())
+        delivery = _requested_delivery(context, spec, deliveries)
+        if pgp is None:
+            files = inspect_files(bucket, delivery.files, options, gcs.retry())
+        else:
+            prefix = manifest_prefix(spec.name, context.run.run_id)
+            context.log.info(f"decrypting {len(delivery.files)} file(s) into {prefix}")
+            with pgp.keyring() as home:
+                files = decrypt_files(
+                    bucket,
+                    delivery.files,
+                    options,
+                    prefix,
+                    lambda source, destination, what: pgp.decrypt_stream(
+                        home, source, destination, what
+                    ),
+                    gcs.retry(),
+                )
+        fields = declared_schema(spec)
+        manifest = write_manifest(
+            bucket,
+            spec.name,
+            context.run.run_id,
+            files,
+            schema_to_json(fields),
+            options,
+            gcs.retry(),
+        )
+        for file in files:
+            context.log.info(f"{file.uri}: {file.rows} rows, {file.bytes} bytes")
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
+                "dagster/row_count": manifest.rows,
+                "dagster/column_schema": column_schema(fields),
+                "manifest_uri": manifest.prefix + "manifest.json",
+                "format": "csv",
+                "delivery": delivery.send,
+                "delivered_files": dg.MetadataValue.json(
+                    [f"gs://{bucket.name}/{name}" for name in delivery.files]
+                ),
+                "objects": dg.MetadataValue.json([asdict(f) for f in files]),
+                "shards": len(files),
+                "bytes": sum(f.bytes for f in files),
+            }
+        )
+
+
 def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     assert spec.delivery
     options = spec.delivery
-
-    @dg.asset(
+    asset = dg.asset(
         key=gcs_key(spec.name),
         group_name=spec.name,
         kinds={"gcs", "csv"},
         owners=spec.owners,
         pool="gcs",
         description=f"{spec.name}: the files delivered to {options.prefix}{options.files}, "
-        "one run per delivery, with a manifest.",
+        "one run per delivery, with a manifest"
+        + (
+            " (PGP encrypted: decrypted into a run-scoped prefix first)."
+            if options.decrypt
+            else "."
+        ),
         retry_policy=NETWORK_RETRY,
     )
+    if options.decrypt == "pgp":
+
+        @asset
+        def _encrypted_delivery(
+            context: dg.AssetExecutionContext, gcs: StackAwareGCSResource, pgp: PgpKeyResource
+        ) -> dg.MaterializeResult:
+            return _materialize(context, spec, gcs, pgp)
+
+        return _encrypted_delivery
+
+    @asset
     def _delivery(
         context: dg.AssetExecutionContext, gcs: StackAwareGCSResource
     ) -> dg.MaterializeResult:
-        with reported_as_failure(GCS=gcs):
-            bucket = gcs.get_client().bucket(gcs.get_bucket_name())
-            deliveries = find_deliveries(bucket, options, dt.datetime.now(dt.UTC), gcs.retry())
-            delivery = _requested_delivery(context, spec, deliveries)
-            files = inspect_files(bucket, delivery.files, options, gcs.retry())
-            fields = declared_schema(spec)
-            manifest = write_manifest(
-                bucket,
-                spec.name,
-                context.run.run_id,
-                files,
-                schema_to_json(fields),
-                options,
-                gcs.retry(),
-            )
-            for file in files:
-                context.log.info(f"{file.uri}: {file.rows} rows, {file.bytes} bytes")
-            return dg.MaterializeResult(
-                metadata={
-                    "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
-                    "dagster/row_count": manifest.rows,
-                    "dagster/column_schema": column_schema(fields),
-                    "manifest_uri": manifest.prefix + "manifest.json",
-                    "format": "csv",
-                    "delivery": delivery.send,
-                    "objects": dg.MetadataValue.json([asdict(f) for f in files]),
-                    "shards": len(files),
-                    "bytes": sum(f.bytes for f in files),
-                }
-            )
+        return _materialize(context, spec, gcs, None)
 
     return _delivery
 
