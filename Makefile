@@ -7,7 +7,10 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install demo dev up down status test faults e2e screenshots bench lint clean
+.PHONY: install gnupg demo dev up down status test faults e2e screenshots bench lint clean
+
+# PGP deliveries are decrypted with gpg (Debian's gnupg package): installed if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +18,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[local,dev]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with the local stack and test tools
+install: $(STAMP) gnupg ## create .venv and install the project with the local stack and test tools
+
+gnupg: ## gpg for PGP-encrypted deliveries (apt-get install gnupg when it is missing)
+	@command -v gpg >/dev/null 2>&1 || { echo "gpg missing: installing Debian's gnupg"; \
+		$(SUDO) apt-get install -y --no-install-recommends gnupg; }
 
 up: install ## start the local cloud stack (idempotent)
 	$(BIN)/python -m bq_assets.local up
