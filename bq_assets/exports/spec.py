@@ -7,6 +7,9 @@ primary key and cadence has a default, so a minimal spec is three lines::
     primary_key: [amperity_id]
     cadence: daily
 
+A *delivered* export (files another system, e.g. Amperity, drops into the bucket) has a
+``delivery:`` block instead of the SQL file; see ``DeliveryOptions``.
+
 Every rule here runs before any asset exists, and a broken spec fails the load with a message
 that names the file, the field and what is allowed (``ExportSpecError``), never mid-run.
 """
@@ -435,7 +438,8 @@ class DeliveryOptions(_Strict):
 
 
 class ExportSpec(_Strict):
-    """One export: a SQL query and where its result goes. Loaded from ``<name>.yaml``."""
+    """One export: a SQL query (or a delivery) and where its result goes. Loaded from
+    ``<name>.yaml``."""
 
     name: str = Field(description="export name: asset keys, group and object prefix use it")
     sql: str = Field("", description="the query's text (from the SQL file); empty when delivered")
