@@ -62,7 +62,8 @@ class DeliveredFile:
     bytes: int
     crc32c: str
     rows: int
-    header: list[str]
+    header: list[str]  # empty when the format has no header
+    columns: int  # fields in the first record
 
 
 def find_deliveries(
@@ -130,14 +131,24 @@ def _compression(options: DeliveryOptions) -> str | None:
     return "gzip" if options.compression == "gzip" else None
 
 
-def read_delivered_file(path: Path, uri: str, options: DeliveryOptions) -> tuple[int, list[str]]:
-    """Data rows and header of one local copy of a delivered file, streamed (memory stays one
-    block, whatever the size). Every value is read as text: only the count matters here,
-    BigQuery parses the types. A malformed file raises ``DeliveryError``."""
+def read_delivered_file(
+    path: Path, uri: str, options: DeliveryOptions
+) -> tuple[int, list[str], int]:
+    """Data rows, header and field count of one local copy of a delivered file, streamed
+    (memory stays a few blocks, whatever the size). Every value is read as text: only the
+    count matters here, BigQuery parses the types. A header-only or empty file has 0 rows; a
+    malformed one (e.g. a row with another number of fields) raises ``DeliveryError``."""
     try:
         first = _first_record(path, options)
-        header = first if options.header else []
-        names = first if options.header else [f"c{i}" for i in range(len(first))]
+    except (UnicodeDecodeError, OSError, EOFError, csv.Error) as exc:
+        raise DeliveryError(
+            f"{uri}: cannot be read as the declared delivery format: {exc}"
+        ) from None
+    header = first if options.header else []
+    if not first or (options.header and _only_one_record(path, options)):
+        return 0, header, len(first)
+    try:
+        names = first
         rows = 0
         with pa.input_stream(str(path), compression=_compression(options)) as stream:
             reader = pacsv.open_csv(
@@ -163,7 +174,16 @@ def read_delivered_file(path: Path, uri: str, options: DeliveryOptions) -> tuple
         raise DeliveryError(
             f"{uri}: cannot be read as the declared delivery format: {exc}"
         ) from None
-    return rows, header
+    return rows, header, len(first)
+
+
+def _only_one_record(path: Path, options: DeliveryOptions) -> bool:
+    """True when the file holds its first record and nothing after it (a header-only file)."""
+    with pa.input_stream(str(path), compression=_compression(options)) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        records = csv.reader(text, delimiter=options.delimiter, quotechar=options.quote)
+        next(records, None)
+        return next(records, None) is None
 
 
 def inspect_files(
@@ -183,8 +203,10 @@ def inspect_files(
                 raise DeliveryError(f"{uri}: the delivered file is gone (deleted or replaced)")
             local = Path(scratch) / "file"
             blob.download_to_filename(str(local), retry=retry, checksum="crc32c")
-            rows, header = read_delivered_file(local, uri, options)
-            found.append(DeliveredFile(uri, int(blob.size or 0), str(blob.crc32c), rows, header))
+            rows, header, columns = read_delivered_file(local, uri, options)
+            found.append(
+                DeliveredFile(uri, int(blob.size or 0), str(blob.crc32c), rows, header, columns)
+            )
             local.unlink()
     return found
 
@@ -234,12 +256,17 @@ def decrypt_files(
                     lambda pipe, blob=blob: blob.download_to_file(pipe, retry=retry), local, uri
                 )
                 target = prefix + plain_name(name)
-                rows, header = read_delivered_file(local, f"{uri} (decrypted)", options)
+                rows, header, columns = read_delivered_file(local, f"{uri} (decrypted)", options)
                 crc = upload(bucket, local, target, "application/octet-stream", retry)
                 written.append(target)
                 found.append(
                     DeliveredFile(
-                        f"gs://{bucket.name}/{target}", local.stat().st_size, crc, rows, header
+                        f"gs://{bucket.name}/{target}",
+                        local.stat().st_size,
+                        crc,
+                        rows,
+                        header,
+                        columns,
                     )
                 )
                 local.unlink()

@@ -16,10 +16,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_assets.deliveries import DELIVERY_TAG, find_deliveries
+import bq_assets.stages.delivery as delivery_stage
+from bq_assets.deliveries import DELIVERY_TAG, DeliveryError, find_deliveries, read_delivered_file
 from bq_assets.exports.spec import ExportSpec, ExportSpecError, load_spec, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.local.delivery import deliver, finish, generate_pgp_key, pgp_encryptor
+from bq_assets.local.limits import unsupported_settings
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.delivery import DELIVERY_HEADER_MATCHES, DELIVERY_ROWS_ADD_UP
@@ -154,6 +156,33 @@ def test_quiet_minutes_completes_a_delivery_only_after_the_quiet_period(tmp_path
     [late] = find_deliveries(bucket, spec.delivery, now + dt.timedelta(minutes=11))
     assert (early.complete, late.complete) == (False, True)
     assert len(late.files) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [
+        ("a,b\n", 0),  # header only
+        ("a,b", 0),  # header only, no final line break
+        ('a,b\n1,"x, and\ny"\n2,3\n', 2),  # a quoted delimiter and line break stay in a value
+        ("a,b\n1,2", 1),
+    ],
+)
+def test_rows_are_counted_as_csv_records_not_lines(tmp_path, text, rows) -> None:
+    options = load_spec(write_spec(tmp_path, SPEC.format(prefix="p/"))).delivery
+    options = options.model_copy(update={"compression": "none"})
+    (tmp_path / "f.csv").write_text(text)
+    assert read_delivered_file(tmp_path / "f.csv", "gs://b/f.csv", options)[:2] == (
+        rows,
+        ["a", "b"],
+    )
+
+
+def test_a_row_with_another_number_of_fields_is_refused_naming_file_and_row(tmp_path) -> None:
+    options = load_spec(write_spec(tmp_path, SPEC.format(prefix="p/"))).delivery
+    options = options.model_copy(update={"compression": "none"})
+    (tmp_path / "f.csv").write_text("a,b\n1,2\n1,2,3\n")
+    with pytest.raises(DeliveryError, match=r"gs://b/f.csv: .*Row #3: Expected 2 columns, got 3"):
+        read_delivered_file(tmp_path / "f.csv", "gs://b/f.csv", options)
 
 
 # --- the sensor and the runs, on the local stack ---------------------------------------------
@@ -320,3 +349,35 @@ def test_a_wrong_key_is_a_clear_error_and_nothing_is_loaded(
     assert not any(theirs.private in line or ours.private in line for line in logs)
     # Never retried: retrying cannot make a wrong key right.
     assert sum("STEP_START" in line for line in logs) == 1
+
+
+def test_an_uncompressed_tsv_completed_by_quiet_time_loads(
+    tmp_path, resources, instance, bucket, monkeypatch
+) -> None:
+    text = (
+        SPEC.format(prefix=f"amperity/{uuid.uuid4().hex}/")
+        .replace('_*.csv.gz"', '.tsv"\n  delimiter: "\\t"\n  compression: none')
+        .replace('    marker: "orders_{send:%Y%m%d_%H%M%S}.done"', "    quiet_minutes: 1")
+    )
+    spec = load_spec(write_spec(tmp_path, text))
+    assert (spec.delivery.delimiter, spec.delivery.compression) == ("\t", "none")
+    rows = orders(30)
+    rows[3][1] = "a value\twith a tab, a comma and a\nline break"
+    deliver(bucket, spec.delivery, rows, SENT)
+    defs = build_definitions([spec], resources, dg.DefaultScheduleStatus.STOPPED)
+    assert evaluate_sensor(spec, defs, resources, instance, None) == ([], None)  # not quiet yet
+    # Two minutes later (the clock the stage judges completeness by) it is quiet, so complete.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
+    monkeypatch.setattr(delivery_stage, "now", lambda: later)
+    [request], _ = evaluate_sensor(spec, defs, resources, instance, None)
+    result = run_request(spec, defs, instance, request)
+    assert result.success, step_errors(result)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    assert bigquery_rows(resources, spec) == expected_rows(rows)
+
+
+def test_a_delivery_without_header_is_refused_on_the_local_stack(tmp_path) -> None:
+    text = SPEC.format(prefix="p/").replace("  columns:", "  header: false\n  columns:")
+    [problem] = unsupported_settings(load_spec(write_spec(tmp_path, text)))
+    assert "delivery.header: false cannot run on the local stack" in problem
+    assert "ignores skipLeadingRows" in problem

@@ -40,6 +40,11 @@ DELIVERY_HEADER_MATCHES = "header_matches_spec"
 DELIVERY_ROWS_ADD_UP = "rows_add_up"
 
 
+def now() -> dt.datetime:
+    """The time deliveries are judged complete at (``quiet_minutes``); a seam for the tests."""
+    return dt.datetime.now(dt.UTC)
+
+
 def declared_schema(spec: ExportSpec) -> list[bq.SchemaField]:
     """The BigQuery schema the spec declares for the delivered columns (never guessed)."""
     assert spec.delivery
@@ -83,7 +88,7 @@ def _materialize(
     assert options
     with reported_as_failure(GCS=gcs):
         bucket = gcs.get_client().bucket(gcs.get_bucket_name())
-        deliveries = find_deliveries(bucket, options, dt.datetime.now(dt.UTC), gcs.retry())
+        deliveries = find_deliveries(bucket, options, now(), gcs.retry())
         delivery = _requested_delivery(context, spec, deliveries)
         if pgp is None:
             files = inspect_files(bucket, delivery.files, options, gcs.retry())
@@ -185,14 +190,17 @@ def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     def header_matches(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         files = latest_metadata(context, key)["objects"]
         if spec.delivery.header:
-            wrong = {f["uri"]: f["header"] for f in files if f["header"] != expected}
+            wrong = {f["uri"]: ",".join(f["header"]) for f in files if f["header"] != expected}
+            what = f"do not start with the declared header {','.join(expected)}"
         else:
-            wrong = {}
+            wrong = {
+                f["uri"]: f"{f['columns']} fields" for f in files if f["columns"] != len(expected)
+            }
+            what = f"do not have the declared {len(expected)} fields"
         return _result(
             not wrong,
-            f"{len(wrong)} file(s) do not start with the declared header "
-            f"{','.join(expected)}: "
-            + "; ".join(f"{uri} has {','.join(h)}" for uri, h in list(wrong.items())[:5]),
+            f"{len(wrong)} file(s) {what}: "
+            + "; ".join(f"{uri} has {found}" for uri, found in list(wrong.items())[:5]),
             {"expected_header": expected, "wrong_files": dg.MetadataValue.json(wrong)},
         )
 
@@ -259,7 +267,7 @@ def build_delivery_sensor(
         cursor = context.cursor or ""
         bucket = gcs.get_client().bucket(gcs.get_bucket_name())
         requests = []
-        for delivery in find_deliveries(bucket, options, dt.datetime.now(dt.UTC), gcs.retry()):
+        for delivery in find_deliveries(bucket, options, now(), gcs.retry()):
             if delivery.key <= cursor:
                 continue
             if not delivery.complete:
