@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install demo dev up down status test postgres deploy-test faults e2e screenshots bench lint clean
+.PHONY: install gnupg demo dev up down status test postgres deploy-test faults e2e screenshots bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[local,dev]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with the local stack and test tools
+install: $(STAMP) gnupg ## create .venv and install the project with the local stack and test tools
+
+gnupg: ## gpg for PGP-encrypted deliveries (Debian's gnupg package), when missing
+	@if ! command -v gpg >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			gnupg </dev/null; \
+	fi
 
 up: install ## start the local cloud stack (idempotent)
 	$(BIN)/python -m bq_assets.local up

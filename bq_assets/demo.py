@@ -54,11 +54,25 @@ def summarize(result: dg.ExecuteInProcessResult, exports: list[str]) -> str:
     return "\n".join(lines)
 
 
+def simulate_deliveries(specs: list) -> None:
+    """Before the run: drop one sample delivery for each delivered export (as Amperity would),
+    so the run loads it (issue 16)."""
+    from bq_assets.local import delivery
+    from bq_assets.settings import local_resources
+
+    gcs = local_resources()["gcs"]
+    bucket = gcs.get_client().bucket(gcs.get_bucket_name())
+    for sent in delivery.simulate_deliveries(specs, bucket):
+        print(f"simulated delivery {sent.send}: {len(sent.files)} file(s), marker {sent.marker}")
+
+
 def main() -> int:
     from bq_assets.definitions import defs
     from bq_assets.exports import exports_dir, load_specs
 
-    exports = [spec.name for spec in load_specs(exports_dir())]
+    specs = load_specs(exports_dir())
+    exports = [spec.name for spec in specs]
+    simulate_deliveries(specs)
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(

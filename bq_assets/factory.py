@@ -6,22 +6,35 @@ import dagster as dg
 
 from bq_assets.checks import build_checks
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors, freshness_policy
 from bq_assets.stages.bigquery import build_bigquery_asset
 from bq_assets.stages.databricks import build_databricks_asset, refuse_unrunnable_specs
+from bq_assets.stages.delivery import (
+    build_delivery_asset,
+    build_delivery_checks,
+    build_delivery_sensor,
+)
 from bq_assets.stages.gcs_csv import build_gcs_asset
 from bq_assets.stages.query import build_query_asset
 
 STAGES = (build_query_asset, build_gcs_asset, build_bigquery_asset, build_databricks_asset)
+#: A delivered export has no query: its ``gcs/`` asset is the delivery itself.
+DELIVERED_STAGES = (build_delivery_asset, build_bigquery_asset, build_databricks_asset)
 
 
 def export_assets(spec: ExportSpec) -> list[dg.AssetsDefinition]:
-    """The export's four assets, in lineage order, each with the cadence's freshness policy."""
+    """The export's assets (four, or three when delivered), in lineage order, each with the
+    cadence's freshness policy."""
     policy = freshness_policy(spec)
     return [
         build(spec).map_asset_specs(lambda asset: asset.replace_attributes(freshness_policy=policy))
-        for build in STAGES
+        for build in (DELIVERED_STAGES if spec.delivered else STAGES)
     ]
+
+
+def export_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    return build_delivery_checks(spec) if spec.delivered else build_checks(spec)
 
 
 def build_definitions(
@@ -30,10 +43,30 @@ def build_definitions(
     schedule_status: dg.DefaultScheduleStatus,
 ) -> dg.Definitions:
     refuse_unrunnable_specs(specs, resources.get("databricks"))
+    if any(s.delivery and s.delivery.decrypt for s in specs) and "pgp" not in resources:
+        # Read when a step decrypts, never at load: a missing variable fails only that step.
+        resources = {**resources, "pgp": PgpKeyResource(private_key=dg.EnvVar(PGP_KEY_VARIABLE))}
     return dg.Definitions(
         assets=[asset for spec in specs for asset in export_assets(spec)],
-        asset_checks=[check for spec in specs for check in build_checks(spec)],
-        schedules=build_schedules(specs, schedule_status),
-        sensors=failure_sensors(),
+        asset_checks=[check for spec in specs for check in export_checks(spec)],
+        # Delivered exports run when a delivery is complete (their sensor), not on a schedule.
+        schedules=build_schedules([s for s in specs if not s.delivered], schedule_status),
+        sensors=[
+            *failure_sensors(),
+            *(
+                build_delivery_sensor(s, _sensor_status(schedule_status))
+                for s in specs
+                if s.delivered
+            ),
+        ],
         resources=resources,
+    )
+
+
+def _sensor_status(schedule_status: dg.DefaultScheduleStatus) -> dg.DefaultSensorStatus:
+    """Delivery sensors start running exactly when the schedules do."""
+    return (
+        dg.DefaultSensorStatus.RUNNING
+        if schedule_status == dg.DefaultScheduleStatus.RUNNING
+        else dg.DefaultSensorStatus.STOPPED
     )

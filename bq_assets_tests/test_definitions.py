@@ -53,11 +53,14 @@ def test_dagster_definitions_validate_passes_on_the_workspace(tmp_path: Path) ->
 def test_every_export_has_four_assets_in_one_group_linked_in_order(defs, shipped_specs) -> None:
     graph = defs.resolve_asset_graph()
     for spec in shipped_specs:
-        keys = [dg.AssetKey([stage, spec.name]) for stage in STAGES]
+        stages = STAGES[1:] if spec.delivered else STAGES  # a delivery has no query asset
+        keys = [dg.AssetKey([stage, spec.name]) for stage in stages]
         for upstream, downstream in itertools.pairwise(keys):
             assert graph.get(downstream).parent_keys == {upstream}
         assert {graph.get(k).group_name for k in keys} == {spec.name}
-    assert len(graph.get_all_asset_keys()) == 4 * len(shipped_specs)
+    assert len(graph.get_all_asset_keys()) == sum(
+        3 if spec.delivered else 4 for spec in shipped_specs
+    )
 
 
 def test_assets_carry_kinds_owners_and_freshness(defs) -> None:
@@ -78,7 +81,9 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("query/customer_360", "primary_key_unique_and_not_null")].blocking
     assert checks[("gcs/customer_360", "objects_match_manifest")].blocking
     assert checks[("bigquery/customer_360", "rows_match_manifest")].blocking
-    assert len(checks) == 30
+    assert checks[("gcs/amperity_orders", "header_matches_spec")].blocking
+    assert checks[("gcs/amperity_orders", "rows_add_up")].blocking
+    assert len(checks) == 30 + 7  # three queried exports, one delivered
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

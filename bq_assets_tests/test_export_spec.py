@@ -47,7 +47,7 @@ def test_a_minimal_spec_is_three_lines_and_gets_sensible_defaults(tmp_path: Path
 
 def test_the_shipped_exports_load() -> None:
     names = {spec.name for spec in load_specs(SHIPPED_EXPORTS_DIR)}
-    assert names == {"customer_360", "unified_transactions", "customer_segments"}
+    assert names == {"customer_360", "unified_transactions", "customer_segments", "amperity_orders"}
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
+from bq_assets.local.delivery import simulate_deliveries
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
@@ -139,10 +140,14 @@ def test_a_second_run_gives_the_same_result(customer_360_run, resources) -> None
 
 
 def test_all_shipped_exports_materialize(local_stack, resources, shipped_specs, instance) -> None:
+    gcs = resources["gcs"]
+    simulate_deliveries(shipped_specs, gcs.get_client().bucket(gcs.get_bucket_name()))
     result = run_exports(shipped_specs, resources, instance)
     assert result.success, step_errors(result)
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    assert len(result.get_asset_materialization_events()) == 4 * len(shipped_specs)
+    assert len(result.get_asset_materialization_events()) == sum(
+        3 if spec.delivered else 4 for spec in shipped_specs
+    )
 
 
 def test_a_sql_file_ending_in_a_comment_runs(local_stack, resources, instance, tmp_path) -> None:

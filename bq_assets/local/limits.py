@@ -21,4 +21,10 @@ def unsupported_settings(spec: ExportSpec) -> list[str]:
             "on the marker's text. Use the default (an empty field) or format: parquet "
             "locally; real BigQuery honours it."
         )
+    if spec.delivery and not spec.delivery.header:
+        problems.append(
+            f"{spec.spec_file}: delivery.header: false cannot run on the local stack: bqemulator "
+            "reads the first line of every CSV file as a header (it ignores skipLeadingRows), "
+            "so each file's first row would be lost. Real BigQuery honours it."
+        )
     return problems

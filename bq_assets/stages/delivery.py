@@ -1,0 +1,288 @@
+"""Stage 2 of a delivered export: the files another system (e.g. Amperity) dropped into the
+bucket, recorded and checked, plus the sensor that starts one run per complete delivery.
+
+A delivered export has no ``query/`` asset: ``gcs/<export>`` *is* the delivery. Its
+materialization records each file's URI, size, crc32c, data rows and header, and writes a
+manifest (``deliveries/<export>/<run id>/manifest.json``) in the format the BigQuery stage
+loads, so the BigQuery and Databricks hops are those of a queried export. Which delivery a run
+takes comes from the run's tags (set by the sensor); without them (a run started by hand) it is
+the latest complete delivery. Materializing again for the same run rewrites the same manifest.
+"""
+
+import datetime as dt
+import json
+from dataclasses import asdict
+
+import dagster as dg
+from google.cloud import bigquery as bq
+
+from bq_assets.checks import _bigquery_checks, _databricks_checks, _result
+from bq_assets.deliveries import (
+    DELIVERY_FILES_TAG,
+    DELIVERY_TAG,
+    Delivery,
+    DeliveryError,
+    decrypt_files,
+    find_deliveries,
+    inspect_files,
+    latest_complete,
+    manifest_prefix,
+    write_manifest,
+)
+from bq_assets.exports.spec import ExportSpec
+from bq_assets.resources.google import StackAwareGCSResource
+from bq_assets.resources.pgp import PgpKeyResource
+from bq_assets.schema import column_schema, schema_to_json
+from bq_assets.stages import NETWORK_RETRY, gcs_key, reported_as_failure, upstream_materialization
+from bq_assets.stages.gcs_csv import read_manifest
+
+DELIVERY_HEADER_MATCHES = "header_matches_spec"
+DELIVERY_ROWS_ADD_UP = "rows_add_up"
+
+
+def now() -> dt.datetime:
+    """The time deliveries are judged complete at (``quiet_minutes``); a seam for the tests."""
+    return dt.datetime.now(dt.UTC)
+
+
+def declared_schema(spec: ExportSpec) -> list[bq.SchemaField]:
+    """The BigQuery schema the spec declares for the delivered columns (never guessed)."""
+    assert spec.delivery
+    return [bq.SchemaField(c.name, c.type, mode="NULLABLE") for c in spec.delivery.columns]
+
+
+def _requested_delivery(
+    context: dg.AssetExecutionContext, spec: ExportSpec, deliveries: list[Delivery]
+) -> Delivery:
+    """The delivery this run was started for (its tags), else the latest complete one."""
+    send = context.run.tags.get(DELIVERY_TAG)
+    if send is None:
+        latest = latest_complete(deliveries)
+        if latest is None:
+            raise DeliveryError(
+                f"no complete delivery under gs://…/{spec.delivery.prefix} matching "
+                f"{spec.delivery.files}; nothing to load"
+            )
+        context.log.info(f"no delivery named in the run's tags: taking the latest, {latest.send}")
+        return latest
+    files = json.loads(context.run.tags.get(DELIVERY_FILES_TAG, "[]"))
+    for delivery in deliveries:
+        if delivery.send == send:
+            if files and sorted(files) != delivery.files:
+                raise DeliveryError(
+                    f"delivery {send}: its files changed since the sensor saw it (then "
+                    f"{len(files)}: {', '.join(files)}; now {', '.join(delivery.files)})"
+                )
+            return delivery
+    raise DeliveryError(f"delivery {send} is no longer in gs://…/{spec.delivery.prefix}")
+
+
+def _materialize(
+    context: dg.AssetExecutionContext,
+    spec: ExportSpec,
+    gcs: StackAwareGCSResource,
+    pgp: PgpKeyResource | None,
+) -> dg.MaterializeResult:
+    """Record (and, when encrypted, decrypt) the run's delivery and write its manifest."""
+    options = spec.delivery
+    assert options
+    with reported_as_failure(GCS=gcs):
+        bucket = gcs.get_client().bucket(gcs.get_bucket_name())
+        deliveries = find_deliveries(bucket, options, now(), gcs.retry())
+        delivery = _requested_delivery(context, spec, deliveries)
+        if pgp is None:
+            files = inspect_files(bucket, delivery.files, options, gcs.retry())
+        else:
+            prefix = manifest_prefix(spec.name, context.run.run_id)
+            context.log.info(f"decrypting {len(delivery.files)} file(s) into {prefix}")
+            with pgp.keyring() as home:
+                files = decrypt_files(
+                    bucket,
+                    delivery.files,
+                    options,
+                    prefix,
+                    lambda source, destination, what: pgp.decrypt_stream(
+                        home, source, destination, what
+                    ),
+                    gcs.retry(),
+                )
+        fields = declared_schema(spec)
+        manifest = write_manifest(
+            bucket,
+            spec.name,
+            context.run.run_id,
+            files,
+            schema_to_json(fields),
+            options,
+            gcs.retry(),
+        )
+        for file in files:
+            context.log.info(f"{file.uri}: {file.rows} rows, {file.bytes} bytes")
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
+                "dagster/row_count": manifest.rows,
+                "dagster/column_schema": column_schema(fields),
+                "manifest_uri": manifest.prefix + "manifest.json",
+                "format": "csv",
+                "delivery": delivery.send,
+                "delivered_files": dg.MetadataValue.json(
+                    [f"gs://{bucket.name}/{name}" for name in delivery.files]
+                ),
+                "objects": dg.MetadataValue.json([asdict(f) for f in files]),
+                "shards": len(files),
+                "bytes": sum(f.bytes for f in files),
+            }
+        )
+
+
+def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
+    assert spec.delivery
+    options = spec.delivery
+    asset = dg.asset(
+        key=gcs_key(spec.name),
+        group_name=spec.name,
+        kinds={"gcs", "csv"},
+        owners=spec.owners,
+        pool="gcs",
+        description=f"{spec.name}: the files delivered to {options.prefix}{options.files}, "
+        "one run per delivery, with a manifest"
+        + (
+            " (PGP encrypted: decrypted into a run-scoped prefix first)."
+            if options.decrypt
+            else "."
+        ),
+        retry_policy=NETWORK_RETRY,
+    )
+    if options.decrypt == "pgp":
+
+        @asset
+        def _encrypted_delivery(
+            context: dg.AssetExecutionContext, gcs: StackAwareGCSResource, pgp: PgpKeyResource
+        ) -> dg.MaterializeResult:
+            return _materialize(context, spec, gcs, pgp)
+
+        return _encrypted_delivery
+
+    @asset
+    def _delivery(
+        context: dg.AssetExecutionContext, gcs: StackAwareGCSResource
+    ) -> dg.MaterializeResult:
+        return _materialize(context, spec, gcs, None)
+
+    return _delivery
+
+
+def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    """The delivery's checks (blocking: a bad delivery never reaches BigQuery), then the
+    BigQuery and Databricks checks every export has."""
+    assert spec.delivery
+    key = gcs_key(spec.name)
+    expected = spec.delivery.column_names
+
+    @dg.asset_check(
+        asset=key,
+        name=DELIVERY_HEADER_MATCHES,
+        blocking=True,
+        description="Every delivered file starts with the declared header (or, without a "
+        "header, has the declared number of columns).",
+    )
+    def header_matches(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        files = upstream_materialization(context, key)["objects"]
+        if spec.delivery.header:
+            wrong = {f["uri"]: ",".join(f["header"]) for f in files if f["header"] != expected}
+            what = f"do not start with the declared header {','.join(expected)}"
+        else:
+            wrong = {
+                f["uri"]: f"{f['columns']} fields" for f in files if f["columns"] != len(expected)
+            }
+            what = f"do not have the declared {len(expected)} fields"
+        return _result(
+            not wrong,
+            f"{len(wrong)} file(s) {what}: "
+            + "; ".join(f"{uri} has {found}" for uri, found in list(wrong.items())[:5]),
+            {"expected_header": expected, "wrong_files": dg.MetadataValue.json(wrong)},
+        )
+
+    @dg.asset_check(
+        asset=key,
+        name=DELIVERY_ROWS_ADD_UP,
+        blocking=True,
+        description="The files' rows add up to the manifest's total, and every file in GCS is "
+        "still the one counted (same crc32c and size).",
+    )
+    def rows_add_up(
+        context: dg.AssetCheckExecutionContext, gcs: StackAwareGCSResource
+    ) -> dg.AssetCheckResult:
+        metadata = upstream_materialization(context, key)
+        manifest = read_manifest(gcs.get_client(), str(metadata["manifest_uri"]), gcs.retry())
+        recorded = int(metadata["dagster/row_count"])
+        file_rows = sum(s.rows for s in manifest.shards)
+        changed = []
+        client = gcs.get_client()
+        for shard in manifest.shards:
+            bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
+            blob = client.bucket(bucket).get_blob(name, retry=gcs.retry())
+            if blob is None or blob.crc32c != shard.crc32c or blob.size != shard.bytes:
+                changed.append(shard.uri)
+        problems = []
+        if not file_rows == manifest.rows == recorded:
+            problems.append(
+                f"the files hold {file_rows} rows, the manifest says {manifest.rows}, "
+                f"the materialization {recorded}"
+            )
+        if changed:
+            problems.append(f"changed or gone since counted: {', '.join(changed[:5])}")
+        return _result(
+            not problems,
+            "; ".join(problems),
+            {"file_rows": file_rows, "manifest_rows": manifest.rows, "changed": changed},
+        )
+
+    return [header_matches, rows_add_up, *_bigquery_checks(spec), *_databricks_checks(spec)]
+
+
+def build_delivery_sensor(
+    spec: ExportSpec, default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED
+) -> dg.SensorDefinition:
+    """Watches the delivery prefix and requests one run per complete delivery, in send order.
+
+    The cursor is the time of the last delivery requested (kept by Dagster with the sensor, so
+    it survives a daemon restart); a delivery at or before it is never requested again (a
+    duplicate marker changes nothing), and the run key ``<export>:<send>`` stops Dagster from
+    launching the same delivery twice even if the cursor were lost. The sensor stops at the
+    first incomplete delivery, so deliveries load in the order they were sent.
+    """
+    assert spec.delivery
+    options = spec.delivery
+
+    @dg.sensor(
+        name=f"{spec.name}_deliveries",
+        asset_selection=dg.AssetSelection.groups(spec.name),
+        minimum_interval_seconds=60,
+        default_status=default_status,
+        description=f"One run of {spec.name} per complete delivery in {options.prefix}.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, gcs: StackAwareGCSResource) -> dg.SensorResult:
+        cursor = context.cursor or ""
+        bucket = gcs.get_client().bucket(gcs.get_bucket_name())
+        requests = []
+        for delivery in find_deliveries(bucket, options, now(), gcs.retry()):
+            if delivery.key <= cursor:
+                continue
+            if not delivery.complete:
+                context.log.info(f"delivery {delivery.send} is not complete yet; waiting")
+                break
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{spec.name}:{delivery.send}",
+                    tags={
+                        DELIVERY_TAG: delivery.send,
+                        DELIVERY_FILES_TAG: json.dumps(delivery.files),
+                    },
+                )
+            )
+            cursor = delivery.key
+        return dg.SensorResult(run_requests=requests, cursor=cursor or None)
+
+    return _sensor
