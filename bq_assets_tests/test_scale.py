@@ -1,0 +1,136 @@
+"""The local Databricks hop at scale: large messages, parallel streams, bounded waits.
+
+The tables here are made inside the BigQuery emulator by a query, wide enough (≈260 bytes a
+row) that one Storage Read message of 65,536 rows is ≈17 MB: over gRPC's 4 MiB default receive
+limit on the client and the emulator's default 11 MiB send limit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bq_assets.local import stack
+from bq_assets.resources.databricks import DatabricksSQLResource, TableName
+from bq_assets.resources.google import StackAwareBigQueryResource
+from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
+
+pytestmark = pytest.mark.stack
+
+DATASET = "scale"
+WIDE_ROWS = 300_000
+STALL_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def bigquery(local_stack: stack.StackState, stack_dir: Path) -> StackAwareBigQueryResource:
+    return StackAwareBigQueryResource(local_stack_dir=str(stack_dir), read_stall_timeout_s=STALL_S)
+
+
+@pytest.fixture(scope="module")
+def wide_table(bigquery: StackAwareBigQueryResource) -> str:
+    with bigquery.get_client() as client:
+        client.query(f"CREATE SCHEMA IF NOT EXISTS {DATASET}").result()
+        client.query(
+            f"CREATE OR REPLACE TABLE {DATASET}.wide AS "
+            "SELECT n AS id, REPEAT('x', 250) AS pad, CAST(n AS STRING) AS label "
+            f"FROM UNNEST(GENERATE_ARRAY(1, {WIDE_ROWS})) AS n"
+        ).result()
+    return "wide"
+
+
+def _stand_in(bigquery: StackAwareBigQueryResource, tmp_path: Path) -> DatabricksSQLResource:
+    return DatabricksSQLResource(local_warehouse_dir=str(tmp_path / "warehouse"), bigquery=bigquery)
+
+
+@contextmanager
+def _paused(pid: int) -> Iterator[None]:
+    """The emulator process frozen (SIGSTOP): its sockets accept, nothing answers."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_large_table_is_read_over_several_streams_with_messages_over_4_mib(
+    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
+) -> None:
+    client = bigquery.read_client()
+    session = create_session(
+        client,
+        bigquery.read_endpoint,
+        local_stack.project,
+        f"projects/{local_stack.project}/datasets/{DATASET}/tables/{wide_table}",
+        max_streams=4,
+        timeout_s=60,
+    )
+    assert len(session.streams) == 4
+    with TableReader(client, session, bigquery.read_endpoint, 30, 120) as rows:
+        table = rows.reader().read_all()
+    assert table.num_rows == WIDE_ROWS
+    assert sorted(table.column("id").to_pylist()) == list(range(1, WIDE_ROWS + 1))
+    assert table.nbytes / (WIDE_ROWS / 65_536) > 4 * 1024 * 1024  # one message > 4 MiB
+
+
+def test_the_stand_in_copies_every_row_of_a_large_table(
+    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack, tmp_path: Path
+) -> None:
+    databricks = _stand_in(bigquery, tmp_path)
+    name = TableName("scale", "s", "wide")
+    copied = databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    assert copied == WIDE_ROWS
+    [(ids, distinct, pads)] = databricks.query(
+        "SELECT sum(id), count(DISTINCT id), count(*) FILTER (WHERE length(pad) = 250) FROM {table}",
+        name,
+    )
+    assert (ids, distinct, pads) == (WIDE_ROWS * (WIDE_ROWS + 1) // 2, WIDE_ROWS, WIDE_ROWS)
+
+
+def test_a_stalled_stream_fails_within_the_stall_timeout_naming_the_api(
+    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
+) -> None:
+    client = bigquery.read_client()
+    session = create_session(
+        client,
+        bigquery.read_endpoint,
+        local_stack.project,
+        f"projects/{local_stack.project}/datasets/{DATASET}/tables/{wide_table}",
+        max_streams=2,
+        timeout_s=60,
+    )
+    started = time.monotonic()
+    with (
+        _paused(local_stack.bigquery_pid),
+        TableReader(client, session, bigquery.read_endpoint, STALL_S, 600) as rows,
+        pytest.raises(StorageReadError) as error,
+    ):
+        rows.reader().read_all()
+    assert time.monotonic() - started < STALL_S + 5
+    message = str(error.value)
+    assert f"BigQuery Storage Read API at {bigquery.read_endpoint}" in message
+    assert f"sent nothing for {STALL_S:g} s" in message
+    assert "2 of 2 read streams" in message
+
+
+def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_table(
+    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack, tmp_path: Path
+) -> None:
+    databricks = _stand_in(bigquery, tmp_path)
+    name = TableName("scale", "s", "kept")
+    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    started = time.monotonic()
+    with _paused(local_stack.bigquery_pid), pytest.raises(dg.Failure) as error:
+        databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    assert time.monotonic() - started < STALL_S + 5
+    assert f"BigQuery Storage Read API at {bigquery.read_endpoint}" in str(error.value)
+    assert "read session" in str(error.value)
+    assert error.value.allow_retries
+    assert databricks.row_count(name) == WIDE_ROWS
