@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from google.cloud import bigquery as bigquery_api
 
 from bq_assets.local import stack
 from bq_assets.resources.databricks import DatabricksSQLResource, TableName
@@ -134,3 +135,22 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
     assert "read session" in str(error.value)
     assert error.value.allow_retries
     assert databricks.row_count(name) == WIDE_ROWS
+
+
+def test_waiting_for_a_load_or_copy_job_has_a_deadline(
+    bigquery: StackAwareBigQueryResource, wide_table: str, monkeypatch
+) -> None:
+    from bq_assets.stages import bigquery as bigquery_stage
+
+    monkeypatch.setattr(bigquery_stage, "JOB_TIMEOUT_S", STALL_S)
+    with bigquery.get_client() as client:
+        done = client.copy_table(f"{DATASET}.{wide_table}", f"{DATASET}.wide_copy").to_api_repr()
+        # The same job as a step sees it when the job never finishes: every poll says RUNNING.
+        copy = bigquery_api.CopyJob.from_api_repr({**done, "status": {"state": "RUNNING"}}, client)
+        monkeypatch.setattr(copy, "reload", lambda *args, **kwargs: None)
+        started = time.monotonic()
+        with pytest.raises(dg.Failure) as error:
+            bigquery_stage._wait(copy, f"{DATASET}.wide_copy", "US")
+    assert time.monotonic() - started < STALL_S + 5
+    assert f"did not finish within {STALL_S:g} s" in str(error.value)
+    assert copy.job_id in str(error.value)
