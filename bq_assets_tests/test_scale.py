@@ -154,3 +154,18 @@ def test_waiting_for_a_load_or_copy_job_has_a_deadline(
     assert time.monotonic() - started < STALL_S + 5
     assert f"did not finish within {STALL_S:g} s" in str(error.value)
     assert copy.job_id in str(error.value)
+
+
+def test_every_run_uses_the_forkserver_multiprocess_executor_with_importable_preloads() -> None:
+    import importlib
+
+    from bq_assets.definitions import defs
+    from bq_assets.factory import EXECUTOR_CONFIG as config
+    from bq_assets.factory import STEP_PRELOAD_MODULES
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.executor_def.name == "bq_assets_multiprocess"
+    assert config["start_method"] == {"forkserver": {"preload_modules": STEP_PRELOAD_MODULES}}
+    assert config["max_concurrent"] >= 2
+    for module in STEP_PRELOAD_MODULES:
+        importlib.import_module(module)
