@@ -8,7 +8,10 @@ limit on the client and the emulator's default 11 MiB send limit.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +31,8 @@ pytestmark = pytest.mark.stack
 DATASET = "scale"
 WIDE_ROWS = 300_000
 STALL_S = 3.0
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +174,54 @@ def test_every_run_uses_the_forkserver_multiprocess_executor_with_importable_pre
     assert config["max_concurrent"] >= 2
     for module in STEP_PRELOAD_MODULES:
         importlib.import_module(module)
+
+
+def _materialize(stack_dir: Path, home: Path, selection: str) -> subprocess.Popen:
+    """``dagster asset materialize`` as a user (or the UI's run worker) runs it."""
+    env = os.environ | {
+        "BQ_ASSETS_LOCAL_DIR": str(stack_dir),
+        "DAGSTER_HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions", "--select", selection],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_line(process: subprocess.Popen, needle: str, timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    for line in process.stdout:
+        lines.append(line)
+        if needle in line or time.monotonic() > deadline:
+            return lines
+    return lines
+
+
+def _step_pids(lines: list[str]) -> set[int]:
+    return {int(match) for line in lines for match in re.findall(r" - (\d+) - \w+__", line)}
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_a_run_whose_step_waits_on_a_frozen_emulator_within_seconds(
+    resources, stack_dir: Path, local_stack: stack.StackState, tmp_path: Path
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    first = _materialize(stack_dir, home, "group:customer_segments")
+    assert first.wait(timeout=240) == 0, first.stdout.read()[-3000:]
+
+    with _paused(local_stack.bigquery_pid):
+        run = _materialize(stack_dir, home, "databricks/customer_segments")
+        lines = _wait_for_line(run, 'Started execution of step "databricks__', timeout_s=120)
+        assert run.poll() is None, "".join(lines)[-3000:]
+        time.sleep(2)  # the step is now waiting for the frozen Storage Read API
+        step_pids = _step_pids(lines) - {run.pid}
+        started = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+    assert stopped_after < 10
+    time.sleep(1)
+    assert step_pids and not any(stack._alive(pid) for pid in step_pids)
