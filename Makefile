@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install demo dev up down status test faults e2e bench lint clean
+.PHONY: install demo dev up down status test faults e2e bench bench-e2e lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,8 @@ dev: up ## the Dagster UI on the local stack
 
 test: install ## the test suite (starts its own local stack)
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/ruff check bq_assets bq_assets_tests
-	$(BIN)/ruff format --check bq_assets bq_assets_tests
+	$(BIN)/ruff check bq_assets bq_assets_tests benchmarks
+	$(BIN)/ruff format --check bq_assets bq_assets_tests benchmarks
 	$(BIN)/pytest
 
 faults: install ## the fault and bad-input suite alone, with its report table
@@ -54,11 +54,16 @@ e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedul
 	$(BIN)/pytest -m e2e bq_assets_tests/test_ui_e2e.py
 
 lint: install
-	$(BIN)/ruff check bq_assets bq_assets_tests
-	$(BIN)/ruff format --check bq_assets bq_assets_tests
+	$(BIN)/ruff check bq_assets bq_assets_tests benchmarks
+	$(BIN)/ruff format --check bq_assets bq_assets_tests benchmarks
 
-bench: install ## export hop vs DuckDB COPY and pandas at 1M and 10M rows (own stack in a temp dir; ~10 min)
-	$(BIN)/python -m bq_assets.bench $(BENCH_ARGS)
+bench: install ## export hop vs DuckDB, then the whole pipeline end to end (own stacks in temp dirs; ~30 min)
+	@mkdir -p $(BQ_ASSETS_LOCAL_DIR)
+	bash -o pipefail -c '$(BIN)/python -m bq_assets.bench $(BENCH_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench.log'
+	$(BIN)/python benchmarks/e2e.py --join $(BQ_ASSETS_LOCAL_DIR)/bench.log $(BENCH_E2E_ARGS)
+
+bench-e2e: install ## customer_360 through all four hops at 1M and 10M rows + a 1,000-row run, through the UI's executor
+	$(BIN)/python benchmarks/e2e.py $(BENCH_E2E_ARGS)
 
 clean: down
 	rm -rf .local
