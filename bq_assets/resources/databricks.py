@@ -32,6 +32,7 @@ from bq_assets.errors import BqAssetsError
 from bq_assets.resources.google import StackAwareBigQueryResource
 from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
+STAND_IN_MEMORY_LIMIT = "256MB"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -192,6 +193,8 @@ class DatabricksSQLResource(dg.ConfigurableResource):
                 ) as rows,
                 self._local_connection(name.catalog) as con,
             ):
+                # DuckDB would otherwise take up to 80% of RAM; past this it spills to disk.
+                con.execute(f"SET memory_limit = '{STAND_IN_MEMORY_LIMIT}'")
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {_alias(name.catalog)}.{name.schema}")
                 con.register("bigquery_rows", rows.reader())
                 try:
