@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg demo dev up down status test postgres deploy-test faults e2e screenshots bench lint clean
+.PHONY: install gnupg demo dev up down status test postgres deploy-test faults e2e screenshots bench bench-e2e lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,8 @@ dev: up ## the Dagster UI on the local stack
 
 test: install postgres ## the test suite (starts its own local stack and PostgreSQL server)
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/ruff check bq_assets bq_assets_tests
-	$(BIN)/ruff format --check bq_assets bq_assets_tests
+	$(BIN)/ruff check bq_assets bq_assets_tests benchmarks
+	$(BIN)/ruff format --check bq_assets bq_assets_tests benchmarks
 	$(BIN)/pytest
 
 postgres: ## Debian's postgresql package, for the deployment suite (`-m deploy`), when missing
@@ -76,11 +76,16 @@ screenshots: ## refresh the README's screenshots in docs/ (runs the browser test
 	$(MAKE) e2e BQ_ASSETS_E2E_SCREENSHOTS=$(CURDIR)/docs
 
 lint: install
-	$(BIN)/ruff check bq_assets bq_assets_tests
-	$(BIN)/ruff format --check bq_assets bq_assets_tests
+	$(BIN)/ruff check bq_assets bq_assets_tests benchmarks
+	$(BIN)/ruff format --check bq_assets bq_assets_tests benchmarks
 
-bench: install ## export hop vs DuckDB COPY and pandas at 1M and 10M rows (own stack in a temp dir; ~10 min)
-	$(BIN)/python -m bq_assets.bench $(BENCH_ARGS)
+bench: install ## export hop vs DuckDB, then the whole pipeline end to end (own stacks in temp dirs; ~30 min)
+	@mkdir -p $(BQ_ASSETS_LOCAL_DIR)
+	bash -o pipefail -c '$(BIN)/python -m bq_assets.bench $(BENCH_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench.log'
+	$(BIN)/python benchmarks/e2e.py --join $(BQ_ASSETS_LOCAL_DIR)/bench.log $(BENCH_E2E_ARGS)
+
+bench-e2e: install ## customer_360 through all four hops at 1M and 10M rows + a 1,000-row run, through the UI's executor
+	$(BIN)/python benchmarks/e2e.py $(BENCH_E2E_ARGS)
 
 clean: down
 	rm -rf .local

@@ -1,27 +1,31 @@
 """``python -m bq_assets.demo``: materialize every export on the local stack and summarize.
 
 Runs all assets and all checks in one run (the same job ``dagster dev`` shows as
-``__ASSET_JOB``) against the instance in ``DAGSTER_HOME``, so the run appears in the UI
-afterwards. Prints rows per hop, the objects, tables and every check's result.
+``__ASSET_JOB``), through the job's own executor as a run launched from the UI does, against
+the instance in ``DAGSTER_HOME``, so the run appears in the UI afterwards. Prints rows per hop,
+the objects, tables and every check's result. SIGTERM stops it like Ctrl-C: the executor
+terminates its step processes and the run ends as canceled.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 
 
-def _metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
+def _metadata(result: dg.ExecuteJobResult, key: dg.AssetKey) -> dict:
     for event in result.get_asset_materialization_events():
         if event.asset_key == key:
             return {k: v.value for k, v in event.materialization.metadata.items()}
     return {}
 
 
-def summarize(result: dg.ExecuteInProcessResult, exports: list[str]) -> str:
+def summarize(result: dg.ExecuteJobResult, exports: list[str]) -> str:
     lines = [f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}"]
     checks = result.get_asset_check_evaluations()
     for export in exports:
@@ -66,21 +70,31 @@ def simulate_deliveries(specs: list) -> None:
         print(f"simulated delivery {sent.send}: {len(sent.files)} file(s), marker {sent.marker}")
 
 
+def demo_job() -> ReconstructableJob:
+    """Every asset and check of the code location (``__ASSET_JOB``), as a step process of the
+    multiprocess executor loads it: from the module, like the UI's run worker."""
+    return ReconstructableRepository.for_module(
+        "bq_assets.definitions", "defs"
+    ).get_reconstructable_job("__ASSET_JOB")
+
+
 def main() -> int:
-    from bq_assets.definitions import defs
     from bq_assets.exports import exports_dir, load_specs
 
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # as Dagster's own CLI does
     specs = load_specs(exports_dir())
     exports = [spec.name for spec in specs]
     simulate_deliveries(specs)
-    job = defs.resolve_implicit_global_asset_job_def()
-    with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
+    with (
+        dg.DagsterInstance.get() as instance,
+        dg.execute_job(
+            demo_job(),
             instance=instance,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        )
-    print(summarize(result, exports))
+        ) as result,
+    ):
+        print(summarize(result, exports))
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
             print(

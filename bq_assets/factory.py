@@ -22,6 +22,32 @@ STAGES = (build_query_asset, build_gcs_asset, build_bigquery_asset, build_databr
 #: A delivered export has no query: its ``gcs/`` asset is the delivery itself.
 DELIVERED_STAGES = (build_delivery_asset, build_bigquery_asset, build_databricks_asset)
 
+# Modules a step's process needs, imported once by the executor's fork server instead of in
+# every step: the code location, and the Dagster storage a step opens its instance with
+# (SQLAlchemy, alembic; 0.7 s per step otherwise).
+STEP_PRELOAD_MODULES = [
+    "bq_assets.definitions",
+    "dagster._core.storage.sqlite_storage",
+    "dagster._core.storage.event_log",
+    "dagster._core.storage.runs",
+    "dagster._core.storage.schedules",
+    "dagster._core.storage.root",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.run_coordinator",
+    "dagster._core.launcher",
+]
+
+# Every run (from the UI, a schedule, `make demo`) uses this executor. Each step keeps its own
+# process, so a crashed step does not take the run's other steps with it; the processes fork
+# from a server that imported STEP_PRELOAD_MODULES once (`forkserver`) instead of starting
+# Python and importing everything per step (see README "Executor" for the measured figures).
+# Four steps at a time: the checks of a hop run side by side.
+EXECUTOR_CONFIG = {
+    "max_concurrent": 4,
+    "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD_MODULES}},
+}
+EXECUTOR = dg.multiprocess_executor.configured(EXECUTOR_CONFIG, name="bq_assets_multiprocess")
+
 
 def export_assets(spec: ExportSpec) -> list[dg.AssetsDefinition]:
     """The export's assets (four, or three when delivered), in lineage order, each with the
@@ -60,6 +86,7 @@ def build_definitions(
             ),
         ],
         resources=resources,
+        executor=EXECUTOR,
     )
 
 

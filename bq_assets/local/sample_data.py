@@ -9,6 +9,7 @@ phones, and empty strings.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -126,7 +127,16 @@ def generate(path: Path, rows: int = DEFAULT_SAMPLE_ROWS, transactions: bool = T
 
 
 def ensure(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
-    """Generate the sample database on first use; an existing one is left as it is."""
-    if not path.exists():
-        generate(path, rows)
+    """Generate the sample database on first use; an existing one is left as it is.
+
+    Safe when several step processes ask at once (the multiprocess executor runs the exports'
+    query steps side by side): one generates it under a file lock, the others wait for it.
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            generate(path, rows)
     return path

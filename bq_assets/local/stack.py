@@ -25,6 +25,10 @@ from bq_assets.errors import BqAssetsError
 LOCAL_PROJECT = "bq-assets-local"
 LOCAL_BUCKET = "bq-assets-local"
 HEALTH_TIMEOUT_S = 60.0
+# bqemulator sends one Storage Read message per 65,536 rows and caps gRPC messages at this
+# setting + 1 MiB (default 10 MiB: too small for a batch of a wide table). It also caps the
+# Write API's requests, which we do not use.
+GRPC_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class StackError(BqAssetsError):
@@ -283,7 +287,10 @@ def up(root: Path | None = None) -> StackState:
                 "--log-level", "warning",
             ],
             bq_log,
-            env={"BQEMU_GCS_LOCAL_ROOT": str(gcs_root)},
+            env={
+                "BQEMU_GCS_LOCAL_ROOT": str(gcs_root),
+                "BQEMU_WRITE_API_MAX_REQUEST_BYTES": str(GRPC_MESSAGE_BYTES),
+            },
         )  # fmt: skip
         state = StackState(**{**asdict(state), "bigquery_pid": bq_pid})
         _state_file(root).write_text(json.dumps(asdict(state), indent=2))

@@ -36,6 +36,11 @@ LOCAL_STACK_FIELD = Field(
     description="Directory of a running local stack (`python -m bq_assets.local up`). "
     "When set, clients go to its emulators with anonymous credentials.",
 )
+# What BigQueryReadGrpcTransport.create_channel sets for Google's endpoint: no message size cap.
+UNLIMITED_MESSAGES = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
 CREDENTIALS_FIELD = Field(
     default=None,
     description="Base64-encoded service-account key JSON. Unset: Application Default Credentials.",
@@ -119,6 +124,24 @@ class StackAwareBigQueryResource(BigQueryResource):
     """dagster-gcp's ``BigQueryResource`` that can also reach the bqemulator of a local stack."""
 
     local_stack_dir: str | None = LOCAL_STACK_FIELD
+    read_max_streams: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Storage Read API: at most this many streams of one table are read in "
+        "parallel (BigQuery and the emulator return a single stream for small tables).",
+    )
+    read_stall_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Storage Read API: a read fails when no stream has delivered a message for "
+        "this long (a stalled server or network), instead of waiting forever.",
+    )
+    read_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Storage Read API: deadline for reading one whole table, all streams together.",
+    )
 
     def local_stack(self) -> StackState | None:
         return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
@@ -176,10 +199,14 @@ class StackAwareBigQueryResource(BigQueryResource):
             client.close()
 
     def read_client(self) -> bigquery_storage.BigQueryReadClient:
-        """A BigQuery Storage Read API client (insecure gRPC to the emulator when local)."""
+        """A BigQuery Storage Read API client (insecure gRPC to the emulator when local).
+
+        The emulator's channel lifts gRPC's 4 MiB receive limit, as the client library's own
+        channel to Google does (one Arrow batch of a wide table is larger than that).
+        """
         stack = self.local_stack()
         if stack is not None:
-            channel = grpc.insecure_channel(stack.bigquery_grpc_target)
+            channel = grpc.insecure_channel(stack.bigquery_grpc_target, options=UNLIMITED_MESSAGES)
             return bigquery_storage.BigQueryReadClient(
                 transport=BigQueryReadGrpcTransport(channel=channel)
             )

@@ -6,6 +6,7 @@ The load job has an explicit schema (from the snapshot's types), ``WRITE_TRUNCAT
 of loading twice, and a job id that already failed gets a new generation.
 """
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
@@ -33,6 +34,8 @@ from bq_assets.stages import (
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
 
 MAX_GENERATIONS = 20
+# A load or copy job that has not finished by then fails the step (and its retry re-attaches).
+JOB_TIMEOUT_S = 3600.0
 # Only transient failures are retried: rate limits and server errors, with exponential backoff.
 TRANSIENT = Retry(
     predicate=lambda exc: isinstance(
@@ -327,8 +330,15 @@ def _wait(
     location: str,
     table_existed: bool,
 ) -> None:
-    with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors are reported below
-        job.result(retry=TRANSIENT)
+    try:
+        with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors: see below
+            job.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise dg.Failure(
+            f"BigQuery job {job.job_id} (location {job.location or location}) for {table_id} "
+            f"did not finish within {JOB_TIMEOUT_S:g} s (JOB_TIMEOUT_S).",
+            allow_retries=True,
+        ) from None
     if job.error_result:
         kind = "load" if isinstance(job, bigquery.LoadJob) else "copy"
         kept = "the table keeps its previous data" if table_existed else "the table was not created"
