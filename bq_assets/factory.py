@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from bq_assets.checks import build_checks
-from bq_assets.exports.spec import ExportSpec
+from bq_assets.exports.spec import ExportSpec, check_sources
 from bq_assets.schedules import build_failure_sensor, build_schedules, freshness_policy
 from bq_assets.stages.bigquery import build_bigquery_asset
 from bq_assets.stages.databricks import build_databricks_asset, refuse_unrunnable_specs
@@ -30,6 +30,9 @@ def build_definitions(
     schedule_status: dg.DefaultScheduleStatus,
 ) -> dg.Definitions:
     refuse_unrunnable_specs(specs, resources.get("databricks"))
+    source = resources.get("source")
+    if source is not None and hasattr(source, "source_names"):
+        check_sources(specs, source.source_names())
     return dg.Definitions(
         assets=[asset for spec in specs for asset in export_assets(spec)],
         asset_checks=[check for spec in specs for check in build_checks(spec)],

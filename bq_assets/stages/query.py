@@ -48,7 +48,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         with reported_as_failure():
             path = source.staging_path(spec.name, context.run.run_id)
-            parquet = source.snapshot(spec.sql, spec.sql_file, path)
+            parquet = source.snapshot(spec.sql, spec.sql_file, path, spec.source)
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             context.log.info(f"{spec.name}: {parquet.num_rows} rows snapshotted to {path}")
             delete_old_snapshots(path.parent.parent, KEEP_RUNS, path.parent)
