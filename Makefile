@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install demo dev up down status test faults e2e bench lint clean
+.PHONY: install demo dev up down status test test-deps faults e2e bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +34,21 @@ dev: up ## the Dagster UI on the local stack
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml
 
-test: install ## the test suite (starts its own local stack)
+test-deps: ## PostgreSQL for the source tests (Debian's package; installed when missing)
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			postgresql </dev/null; \
+	fi
+
+test: install test-deps ## the test suite (starts its own local stack and PostgreSQL)
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/ruff check bq_assets bq_assets_tests
 	$(BIN)/ruff format --check bq_assets bq_assets_tests
 	$(BIN)/pytest
 
-faults: install ## the fault and bad-input suite alone, with its report table
+faults: install test-deps ## the fault and bad-input suite alone, with its report table
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/pytest -m faults
 

@@ -140,10 +140,14 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def execute(self, sql: str, database: str | None = None) -> None:
-        """Run ``sql`` (one or more statements) and commit."""
-        with psycopg2.connect(self.dsn(database)) as con, con.cursor() as cursor:
-            cursor.execute(sql)
-        con.close()
+        """Run ``sql`` (one or more statements) in autocommit mode (CREATE DATABASE works)."""
+        con = psycopg2.connect(self.dsn(database))
+        try:
+            con.autocommit = True
+            with con.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            con.close()
 
     def fetch(self, sql: str, database: str | None = None) -> tuple[list[str], list[tuple]]:
         """Column names and rows of ``sql``."""

@@ -40,7 +40,11 @@ class SourceDeclaration(dg.Config):
     password: str | None = Field(default=None, description="postgres / mysql: dg.EnvVar only")
 
     def to_source(self) -> sources.Source:
-        return sources.Source(**self.model_dump())  # type: ignore[arg-type]
+        """The engine's view of this declaration, the password read now (at run time)."""
+        fields = self.model_dump()
+        if isinstance(self.password, dg.EnvVar):  # a resource used outside a run
+            fields["password"] = self.password.get_value()
+        return sources.Source(**fields)
 
 
 class DuckDBSourceResource(dg.ConfigurableResource):
