@@ -40,6 +40,7 @@ DEFAULT_SOURCE = "default"
 SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: The catalog name an attached database gets inside DuckDB.
 ATTACHED_AS = "src"
+SECRET_NAME = "bq_assets_source"
 #: DuckDB extension (as LOADed) → the PyPI package that ships it.
 EXTENSION_PACKAGES = {
     "postgres_scanner": "duckdb-extension-postgres-scanner",
@@ -124,24 +125,21 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _libpq_value(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def connection_string(source: Source) -> str:
-    """The ATTACH string of a postgres / mysql source (holds the password: never log it)."""
+def create_secret_sql(source: Source) -> str:
+    """A TEMPORARY (in-memory, this connection only) DuckDB secret holding a postgres / mysql
+    source's connection details, so the ATTACH string (which DuckDB may echo in an error)
+    carries no password. Holds the password: never log it."""
     port = source.port or DEFAULT_PORTS[source.kind]
     parts = {
-        "host": source.host or "localhost",
-        "port": str(port),
-        "user": source.user or "",
-        ("dbname" if source.kind == "postgres" else "database"): source.database or "",
+        "HOST": _sql_string(source.host or "localhost"),
+        "PORT": str(int(port)),
+        "DATABASE": _sql_string(source.database or ""),
+        "USER": _sql_string(source.user or ""),
     }
     if source.password:
-        parts["password"] = source.password
-    if source.kind == "postgres":
-        parts["connect_timeout"] = "10"
-    return " ".join(f"{k}={_libpq_value(v)}" for k, v in parts.items())
+        parts["PASSWORD"] = _sql_string(source.password)
+    options = ", ".join(f"{k} {v}" for k, v in parts.items())
+    return f"CREATE OR REPLACE TEMPORARY SECRET {SECRET_NAME} (TYPE {source.kind}, {options})"
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -183,14 +181,17 @@ def apply_settings(con: duckdb.DuckDBPyConnection, settings: EngineSettings) -> 
 
 
 def _attach(con: duckdb.DuckDBPyConnection, source: Source) -> None:
-    target = connection_string(source) if source.kind in ("postgres", "mysql") else source.path
-    assert target is not None
+    server = source.kind in ("postgres", "mysql")
+    target = "" if server else str(source.path)
     if source.kind == "sqlite" and not Path(target).exists():
         raise SourceError(f"source {source.name!r}: the SQLite file {target} does not exist")
+    secret = f", SECRET {SECRET_NAME}" if server else ""
     try:
+        if server:
+            con.execute(create_secret_sql(source))
         con.execute(
             f"ATTACH {_sql_string(target)} AS {ATTACHED_AS} "
-            f"(TYPE {ATTACH_TYPE[source.kind]}, READ_ONLY)"
+            f"(TYPE {ATTACH_TYPE[source.kind]}{secret}, READ_ONLY)"
         )
     except duckdb.Error as exc:
         message = blank_secret(str(exc).strip().splitlines()[0], source)
