@@ -66,7 +66,9 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         description="further named sources; the DuckDB file above is the source `default`",
     )
     # Bounded memory: DuckDB spills to temp_directory beyond memory_limit.
-    memory_limit: str = Field(default="1GB", description="DuckDB memory_limit of the query step")
+    memory_limit: str = Field(
+        default="256MB", description="DuckDB memory_limit of the query step (spills beyond it)"
+    )
     threads: int = Field(default=2, description="DuckDB threads of the query step")
     temp_directory: str | None = Field(
         default=None,
