@@ -59,7 +59,7 @@ postgres: ## Debian's postgresql package, for the deployment suite (`-m deploy`)
 deploy-test: install postgres ## the deployment suite alone: Postgres-backed instance, daemon, code server
 	$(BIN)/pytest -m deploy bq_assets_tests/test_deploy.py
 
-faults: install ## the fault and bad-input suite alone, with its report table
+faults: install postgres ## the fault and bad-input suite alone, with its report table
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/pytest -m faults
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from bq_assets.checks import build_checks
-from bq_assets.exports.spec import ExportSpec
+from bq_assets.exports.spec import ExportSpec, check_sources
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors, freshness_policy
 from bq_assets.stages.bigquery import build_bigquery_asset
@@ -72,6 +72,9 @@ def build_definitions(
     if any(s.delivery and s.delivery.decrypt for s in specs) and "pgp" not in resources:
         # Read when a step decrypts, never at load: a missing variable fails only that step.
         resources = {**resources, "pgp": PgpKeyResource(private_key=dg.EnvVar(PGP_KEY_VARIABLE))}
+    source = resources.get("source")
+    if source is not None and hasattr(source, "source_names"):
+        check_sources(specs, source.source_names())
     return dg.Definitions(
         assets=[asset for spec in specs for asset in export_assets(spec)],
         asset_checks=[check for spec in specs for check in export_checks(spec)],

@@ -7,6 +7,8 @@ derived from it.
 
 from __future__ import annotations
 
+import re
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -163,3 +165,152 @@ def csv_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 def parquet_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """A snapshot batch in the Parquet transfer schema (see ``parquet_schema``)."""
     return _conform(batch, schema)
+
+
+# -- source types → snapshot columns --------------------------------------------------------
+#
+# The query's result types (DuckDB ``DESCRIBE``) decide, before the COPY, how each column is
+# written to the snapshot. Every DuckDB type is listed in exactly one place below: carried as
+# it is, converted to a type that holds every value exactly, or refused naming the cast to
+# write. See the README table "What each source type becomes".
+
+#: DuckDB types written as they are (the BigQuery type follows from the Arrow type).
+AS_IS = {
+    "BOOLEAN": "BOOL",
+    "TINYINT": "INT64",
+    "SMALLINT": "INT64",
+    "INTEGER": "INT64",
+    "BIGINT": "INT64",
+    "UTINYINT": "INT64",
+    "USMALLINT": "INT64",
+    "UINTEGER": "INT64",
+    "DOUBLE": "FLOAT64",
+    "VARCHAR": "STRING",
+    "TIME": "TIME",
+}
+#: DuckDB types converted exactly: type → (DuckDB SQL template, BigQuery type).
+CONVERTED = {
+    "FLOAT": ("CAST({c} AS DOUBLE)", "FLOAT64"),  # every float32 is a double, exactly
+    "UBIGINT": ("CAST({c} AS DECIMAL(20, 0))", "NUMERIC"),
+    "UUID": ("CAST({c} AS VARCHAR)", "STRING"),
+    "JSON": ("CAST({c} AS VARCHAR)", "STRING"),
+    "TIMESTAMP_S": ("CAST({c} AS TIMESTAMP)", "DATETIME"),
+    "TIMESTAMP_MS": ("CAST({c} AS TIMESTAMP)", "DATETIME"),
+}
+#: DuckDB types refused: type → the cast to write in the query (``{c}`` is the column).
+REFUSED = {
+    "INTERVAL": "epoch({c}) (seconds, FLOAT64) or CAST({c} AS VARCHAR)",
+    "BLOB": "base64({c}) or hex({c}) (STRING)",
+    "BIT": "CAST({c} AS VARCHAR)",
+    "TIMESTAMP_NS": "CAST({c} AS TIMESTAMP) (microseconds, BigQuery's precision) if dropping "
+    "the nanoseconds is acceptable",
+    "TIME WITH TIME ZONE": "CAST({c} AS TIME) (in UTC) or CAST({c} AS VARCHAR)",
+    "TIME_NS": "CAST({c} AS TIME) (microseconds) if dropping the nanoseconds is acceptable",
+    "BIGNUM": "CAST({c} AS DECIMAL(38, 0)) or CAST({c} AS VARCHAR)",
+    "VARINT": "CAST({c} AS DECIMAL(38, 0)) or CAST({c} AS VARCHAR)",
+}
+# BigQuery's DATE / DATETIME / TIMESTAMP range; DuckDB's is wider (and has ±infinity).
+_RANGE = {
+    "DATE": ("DATE '0001-01-01'", "DATE '9999-12-31'", "DATE"),
+    "TIMESTAMP": (
+        "TIMESTAMP '0001-01-01 00:00:00'",
+        "TIMESTAMP '9999-12-31 23:59:59.999999'",
+        "DATETIME",
+    ),
+    "TIMESTAMP WITH TIME ZONE": (
+        "TIMESTAMPTZ '0001-01-01 00:00:00+00'",
+        "TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'",
+        "TIMESTAMP",
+    ),
+}
+_DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
+# 10^38: the first integer with 39 digits, beyond DECIMAL(38, 0).
+_HUGE_LIMIT = "CAST('1" + "0" * 38 + "' AS {t})"
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _nested(duckdb_type: str) -> bool:
+    """LIST (``T[]``), ARRAY (``T[n]``), STRUCT and MAP; not UNION, whose JSON would lose
+    which member a value is."""
+    return duckdb_type.endswith("]") or duckdb_type.startswith(("STRUCT(", "MAP("))
+
+
+def _refusal(name: str, duckdb_type: str, cast: str) -> str:
+    column = quote_identifier(name)
+    return f"column {name!r} is {duckdb_type}: cast it in the query, e.g. {cast.format(c=column)}"
+
+
+def _guarded(column: str, name: str, low: str, high: str) -> str:
+    """``column``, or a query error naming the column when a value lies outside BigQuery's
+    range (infinity included): the run fails at the query step, nothing is written."""
+    message = _sql_literal(
+        f"column {name!r} holds a value outside BigQuery's range (0001-01-01 to 9999-12-31): "
+    )
+    hint = _sql_literal("; filter or clamp it in the query")
+    return (
+        f"CASE WHEN {column} < {low} OR {column} > {high} "
+        f"THEN error({message} || CAST({column} AS VARCHAR) || {hint}) ELSE {column} END"
+    )
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def snapshot_column(name: str, duckdb_type: str) -> tuple[str, str]:
+    """``(select expression, BigQuery type)`` of one result column of DuckDB type
+    ``duckdb_type``; ``UnsupportedTypeError`` naming the column and the cast to write when the
+    type cannot be carried exactly."""
+    column = quote_identifier(name)
+    alias = f" AS {column}"
+    if duckdb_type in AS_IS:
+        return column + alias, AS_IS[duckdb_type]
+    if duckdb_type in CONVERTED:
+        template, bigquery = CONVERTED[duckdb_type]
+        return template.format(c=column) + alias, bigquery
+    if duckdb_type in _RANGE:
+        low, high, bigquery = _RANGE[duckdb_type]
+        return _guarded(column, name, low, high) + alias, bigquery
+    decimal = _DECIMAL.match(duckdb_type)
+    if decimal:
+        precision, scale = int(decimal[1]), int(decimal[2])
+        fits_numeric = scale <= 9 and precision - scale <= 29
+        return column + alias, "NUMERIC" if fits_numeric else "BIGNUMERIC"
+    if duckdb_type in ("HUGEINT", "UHUGEINT"):
+        # Exact as DECIMAL(38, 0) (BIGNUMERIC) up to 38 digits; a 39-digit value fails the
+        # query naming the column, never rounds.
+        limit = _HUGE_LIMIT.format(t="HUGEINT")
+        message = _sql_literal(
+            f"column {name!r} holds an integer of 39 digits, beyond BIGNUMERIC's 38: "
+        )
+        hint = _sql_literal(f"; cast it to VARCHAR in the query (CAST({column} AS VARCHAR))")
+        return (
+            f"CASE WHEN {column} >= {limit} OR {column} <= -{limit} "
+            f"THEN error({message} || CAST({column} AS VARCHAR) || {hint}) "
+            f"ELSE CAST({column} AS DECIMAL(38, 0)) END" + alias,
+            "BIGNUMERIC",
+        )
+    if duckdb_type.startswith("ENUM("):
+        return f"CAST({column} AS VARCHAR)" + alias, "STRING"
+    if _nested(duckdb_type):
+        # Lists, structs and maps travel as their JSON text: every value exactly, one column.
+        return f"CAST(to_json({column}) AS VARCHAR)" + alias, "STRING"
+    cast = REFUSED.get(duckdb_type, "CAST({c} AS VARCHAR)")
+    raise UnsupportedTypeError(_refusal(name, duckdb_type, cast))
+
+
+def snapshot_query(query: str, columns: list[tuple[str, str]]) -> str:
+    """The query the snapshot is written from: ``query``'s columns, each carried exactly (see
+    ``snapshot_column``). Raises one ``UnsupportedTypeError`` listing every refused column."""
+    selects, refused = [], []
+    for name, duckdb_type in columns:
+        try:
+            selects.append(snapshot_column(name, duckdb_type)[0])
+        except UnsupportedTypeError as exc:
+            refused.append(str(exc))
+    if refused:
+        raise UnsupportedTypeError("; ".join(refused))
+    return f"SELECT {', '.join(selects)} FROM ({query}) AS export_query"

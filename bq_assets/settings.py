@@ -26,6 +26,8 @@ from bq_assets.resources import (
     StackAwareBigQueryResource,
     StackAwareGCSResource,
 )
+from bq_assets.resources.source import SourceDeclaration
+from bq_assets.sources import DEFAULT_SOURCE, SOURCE_KINDS, SOURCE_NAME, Source
 
 ENVIRONMENTS = ("local", "prod")
 
@@ -51,6 +53,14 @@ PROD_OPTIONAL = {
     "DATABRICKS_CLIENT_SECRET": "Databricks OAuth M2M client secret",
     "DATABRICKS_BIGQUERY_SECRET_SCOPE": "secret scope holding the BigQuery key (federation)",
     "DATABRICKS_BIGQUERY_SECRET_NAME": "secret holding the BigQuery key JSON (federation)",
+}
+#: Per declared source NAME, ``BQ_ASSETS_SOURCE_<NAME>_<FIELD>``; see README, Sources.
+SOURCE_FIELDS = ("KIND", "PATH", "HOST", "PORT", "DATABASE", "USER", "PASSWORD")
+#: The query step's DuckDB limits (env variable → resource field).
+QUERY_ENGINE_VARIABLES = {
+    "BQ_ASSETS_QUERY_MEMORY_LIMIT": "memory_limit",
+    "BQ_ASSETS_QUERY_THREADS": "threads",
+    "BQ_ASSETS_QUERY_TEMP_DIR": "temp_directory",
 }
 
 
@@ -108,6 +118,55 @@ def staging_settings() -> dict[str, object]:
     return settings
 
 
+def declared_sources() -> list[SourceDeclaration]:
+    """The sources named in ``BQ_ASSETS_SOURCES`` (comma-separated), each from its
+    ``BQ_ASSETS_SOURCE_<NAME>_*`` variables; the password only as ``dg.EnvVar`` (read when a
+    run connects). Every problem is reported at once."""
+    names = [n.strip() for n in os.environ.get("BQ_ASSETS_SOURCES", "").split(",") if n.strip()]
+    declarations, problems = [], []
+    for name in names:
+        prefix = f"BQ_ASSETS_SOURCE_{name.upper()}_"
+        value = {f.lower(): os.environ.get(prefix + f) or None for f in SOURCE_FIELDS}
+        if not SOURCE_NAME.fullmatch(name) or name == DEFAULT_SOURCE:
+            problems.append(f"BQ_ASSETS_SOURCES: {name!r} is not a valid source name")
+            continue
+        if value["kind"] not in SOURCE_KINDS:
+            problems.append(
+                f"{prefix}KIND={value['kind']!r} is not one of {', '.join(SOURCE_KINDS)}"
+            )
+            continue
+        if value["port"] is not None and not value["port"].isdigit():
+            problems.append(f"{prefix}PORT={value['port']!r} must be a port number")
+            continue
+        fields = {
+            "name": name,
+            "kind": value["kind"],
+            "path": value["path"],
+            "host": value["host"],
+            "port": int(value["port"]) if value["port"] else None,
+            "database": value["database"],
+            "user": value["user"],
+        }
+        problems += [f"{prefix}*: {p}" for p in Source(**fields).problems()]
+        password = dg.EnvVar(prefix + "PASSWORD") if value["password"] else None
+        declarations.append(SourceDeclaration(**fields, password=password))
+    if problems:
+        raise ConfigurationError("Sources are misconfigured:\n  " + "\n  ".join(problems))
+    return declarations
+
+
+def query_engine_settings() -> dict[str, str | int]:
+    """The query step's DuckDB limits set in the environment (others keep their defaults)."""
+    found: dict[str, str | int] = {}
+    for variable, name in QUERY_ENGINE_VARIABLES.items():
+        value = os.environ.get(variable)
+        if value:
+            if name == "threads" and not value.isdigit():
+                raise ConfigurationError(f"{variable}={value!r} must be a positive integer")
+            found[name] = int(value) if name == "threads" else value
+    return found
+
+
 def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources wired to the local stack under ``root`` (default ``BQ_ASSETS_LOCAL_DIR``)."""
     root = root or local_dir()
@@ -121,6 +180,8 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
             staging_dir=str(root / "staging"),
             sample_rows=int(rows),
             **staging_settings(),
+            sources=declared_sources(),
+            **query_engine_settings(),
         ),
         # The emulator is on this machine: if it has not answered in 10 s it is down.
         "gcs": StackAwareGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
@@ -169,6 +230,8 @@ def prod_resources() -> dict[str, dg.ConfigurableResource]:
             database=dg.EnvVar("BQ_ASSETS_SOURCE_DATABASE"),
             staging_dir=os.environ.get("BQ_ASSETS_STAGING_DIR") or None,
             **staging_settings(),
+            sources=declared_sources(),
+            **query_engine_settings(),
         ),
         "gcs": StackAwareGCSResource(
             project=dg.EnvVar("GCP_PROJECT"),

@@ -13,6 +13,7 @@ from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpec, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.local import stack
 from bq_assets.settings import local_resources
+from bq_assets_tests.postgres import PostgresServer
 
 SAMPLE_ROWS = 500
 
@@ -36,6 +37,15 @@ def local_stack(stack_dir: Path) -> Iterator[stack.StackState]:
 @pytest.fixture(scope="session")
 def resources(local_stack: stack.StackState, stack_dir: Path) -> dict[str, dg.ConfigurableResource]:
     return local_resources(stack_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's package), started once per session in a temp dir on a
+    free port, stopped and deleted at the end."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

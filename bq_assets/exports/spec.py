@@ -41,6 +41,7 @@ LOCATION = re.compile(r"^[A-Za-z0-9-]{2,40}$")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 OWNER = re.compile(r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 #: Options the pipeline sets itself (compared case-insensitively, like Databricks option keys).
 GENERATED_OPTIONS = {"googleserviceaccountkeyjson", "dataprojectid"}
@@ -452,6 +453,11 @@ class ExportSpec(_Strict):
     cadence: str = Field(description="`daily`, `weekly` or a cron string")
     timezone: str = Field("UTC", description="IANA timezone of the schedule")
     owners: list[str] = Field(default_factory=list)
+    source: str = Field(
+        "default",
+        description="the declared source the query runs on (`default`: the DuckDB file; see "
+        "README, Sources)",
+    )
     format: Literal["csv", "parquet"] = Field(
         "csv",
         description="transfer format of the GCS objects BigQuery loads: `csv` (gzip or plain, "
@@ -470,6 +476,11 @@ class ExportSpec(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         return _matching(EXPORT_NAME, "export name", value)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return _matching(SOURCE_NAME, "source name", value)
 
     @field_validator("primary_key", "required")
     @classmethod
@@ -646,6 +657,20 @@ def _validated(path: Path, **fields: Any) -> ExportSpec:
         raise ExportSpecError(f"{path}: invalid export spec:\n  {details}") from None
     except TypeError as exc:
         raise ExportSpecError(f"{path}: {exc}") from None
+
+
+def check_sources(specs: list[ExportSpec], declared: list[str]) -> list[ExportSpec]:
+    """The specs, if each names a declared source; otherwise one error naming every spec
+    file at fault and the sources that are declared."""
+    errors = [
+        f"{spec.spec_file}: source: {spec.source!r} is not a declared source "
+        f"(declared: {', '.join(declared)}; see BQ_ASSETS_SOURCES)"
+        for spec in specs
+        if spec.source not in declared
+    ]
+    if errors:
+        raise ExportSpecError("\n".join(errors))
+    return specs
 
 
 def load_specs(folder: Path) -> list[ExportSpec]:

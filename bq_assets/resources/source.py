@@ -10,9 +10,12 @@ import duckdb
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from bq_assets import sources
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import executable_query
 from bq_assets.local import sample_data
+from bq_assets.schema import UnsupportedTypeError
+from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError
 
 # Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
 # result over both cores, large enough to keep Parquet overhead negligible.
@@ -22,6 +25,27 @@ SNAPSHOT_OBJECT = "snapshot.parquet"
 
 class SourceQueryError(BqAssetsError):
     """The source database rejected an export's query."""
+
+
+class SourceDeclaration(dg.Config):
+    """A named source an export can pick with ``source: <name>`` (see ``bq_assets.sources``).
+    ``password`` is set through ``dg.EnvVar`` only, and read only when a run connects."""
+
+    name: str = Field(description="the name specs use (`source: <name>`)")
+    kind: str = Field(description="duckdb, postgres, mysql, sqlite or files")
+    path: str | None = Field(default=None, description="duckdb / sqlite: the database file")
+    host: str | None = Field(default=None, description="postgres / mysql: server host")
+    port: int | None = Field(default=None, description="postgres / mysql: server port")
+    database: str | None = Field(default=None, description="postgres / mysql: database name")
+    user: str | None = Field(default=None, description="postgres / mysql: user name")
+    password: str | None = Field(default=None, description="postgres / mysql: dg.EnvVar only")
+
+    def to_source(self) -> sources.Source:
+        """The engine's view of this declaration, the password read now (at run time)."""
+        fields = self.model_dump()
+        if isinstance(self.password, dg.EnvVar):  # a resource used outside a run
+            fields["password"] = self.password.get_value()
+        return sources.Source(**fields)
 
 
 class DuckDBSourceResource(dg.ConfigurableResource):
@@ -61,6 +85,44 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         description="Generate the sample source with this many customers when the database "
         "does not exist (local only; unset in production).",
     )
+    sources: list[SourceDeclaration] = Field(
+        default_factory=list,
+        description="further named sources; the DuckDB file above is the source `default`",
+    )
+    # Bounded memory: DuckDB spills to temp_directory beyond memory_limit.
+    memory_limit: str = Field(
+        default="256MB", description="DuckDB memory_limit of the query step (spills beyond it)"
+    )
+    threads: int = Field(default=2, description="DuckDB threads of the query step")
+    temp_directory: str | None = Field(
+        default=None,
+        description="where DuckDB spills beyond memory_limit (default: <staging_dir>/.spill)",
+    )
+
+    def source_names(self) -> list[str]:
+        """Every source an export may name: ``default`` first, then the declared ones."""
+        return [DEFAULT_SOURCE, *(s.name for s in self.sources)]
+
+    def source(self, name: str) -> sources.Source:
+        """The declared source ``name`` (``default``: the DuckDB file ``database``)."""
+        if name == DEFAULT_SOURCE:
+            return sources.Source(name=name, kind="duckdb", path=str(self._database_path()))
+        for declaration in self.sources:
+            if declaration.name == name:
+                source = declaration.to_source()
+                problems = source.problems()
+                if problems:
+                    raise SourceQueryError(f"source {name!r}: " + "; ".join(problems))
+                return source
+        raise SourceQueryError(
+            f"source {name!r} is not declared; declared: {', '.join(self.source_names())}"
+        )
+
+    def engine_settings(self) -> sources.EngineSettings:
+        spill = self.temp_directory or str(Path(self.staging_dir) / ".spill")
+        return sources.EngineSettings(
+            memory_limit=self.memory_limit, threads=self.threads, temp_directory=spill
+        )
 
     def _database_path(self) -> Path:
         path = Path(self.database)
@@ -70,27 +132,39 @@ class DuckDBSourceResource(dg.ConfigurableResource):
             raise SourceQueryError(f"The source database {path} does not exist.")
         return path
 
-    def snapshot(self, sql: str, sql_file: Path, destination: Path) -> pq.FileMetaData:
-        """Run ``sql`` and write its result to ``destination`` as Parquet, all or nothing.
+    def snapshot(
+        self, sql: str, sql_file: Path, destination: Path, source_name: str = DEFAULT_SOURCE
+    ) -> pq.FileMetaData:
+        """Run ``sql`` on the source ``source_name`` and write its result to ``destination`` as
+        Parquet, all or nothing, streamed (DuckDB's COPY; the result is never held in memory).
 
-        The snapshot is written beside its final name and renamed into place, so a failed query
-        leaves no partial file. Returns the Parquet footer (rows, schema, row groups).
+        Every result column's type is checked before the COPY: carried exactly or refused
+        naming the column and the cast to write. The snapshot is written beside its final name
+        and renamed into place, so a failed query leaves no partial file. Returns the Parquet
+        footer (rows, schema, row groups). A source server that does not answer fails naming
+        its host and port, and may be retried; a refused login is not retried.
         """
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".partial")
         query = executable_query(sql)
+        source = self.source(source_name)
         try:
-            with duckdb.connect(str(self._database_path()), read_only=True) as con:
-                con.execute("SET TimeZone = 'UTC'")
+            with sources.connect(source, self.engine_settings(), query) as con:
+                snapshot_query = sources.check_result_types(con, query, source)
                 con.execute(
-                    f"COPY ({query}) TO '{partial}' "
+                    f"COPY ({snapshot_query}) TO '{partial}' "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
                 )
+        except SourceUnreachableError as exc:
+            raise dg.Failure(description=f"{sql_file}: {exc}", allow_retries=True) from None
+        except UnsupportedTypeError as exc:
+            raise UnsupportedTypeError(f"{sql_file}: {exc}") from None
         except duckdb.Error as exc:
             partial.unlink(missing_ok=True)
-            message = str(exc).strip().splitlines()[0]
+            message = sources.blank_secret(str(exc).strip().splitlines()[0], source)
             raise SourceQueryError(
-                f"{sql_file}: the source database {self.database} rejected the query: {message}"
+                f"{sql_file}: the source {source.name!r} ({source.address}) rejected the query: "
+                f"{message}"
             ) from None
         os.replace(partial, destination)
         return pq.read_metadata(destination)
