@@ -179,18 +179,27 @@ def _describe_errors(job: bigquery.LoadJob) -> str:
     return "\n".join(lines)
 
 
-def ensure_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> bigquery.Dataset:
-    dataset = bigquery.Dataset(f"{project}.{spec.bigquery.dataset}")
+def _ensure_in_location(
+    client: bigquery.Client, dataset: bigquery.Dataset, spec: ExportSpec, what: str, fix: str
+) -> bigquery.Dataset:
+    """Create ``dataset`` in the spec's location with its labels, unless it exists; an existing
+    one in another location is a ``LocationError`` (``what`` names it, ``fix`` says what to do).
+    Idempotent."""
     dataset.location = spec.bigquery.location
     dataset.labels = dict(spec.bigquery.labels)
-    dataset.description = "Exports written by bq_assets."
     dataset = client.create_dataset(dataset, exists_ok=True, retry=TRANSIENT)
     if (dataset.location or "").upper() != spec.bigquery.location.upper():
         raise LocationError(
-            f"{spec.spec_file}: dataset {dataset.full_dataset_id} already exists in "
-            f"{dataset.location}, not in bigquery.location {spec.bigquery.location}."
+            f"{spec.spec_file}: {what} {dataset.full_dataset_id} already exists in "
+            f"{dataset.location}, not in bigquery.location {spec.bigquery.location}{fix}"
         )
     return dataset
+
+
+def ensure_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> bigquery.Dataset:
+    dataset = bigquery.Dataset(f"{project}.{spec.bigquery.dataset}")
+    dataset.description = "Exports written by bq_assets."
+    return _ensure_in_location(client, dataset, spec, "dataset", ".")
 
 
 #: Staging tables left behind (a run killed mid-load) expire after a day by themselves.
@@ -203,18 +212,10 @@ def ensure_staging_dataset(client: bigquery.Client, project: str, spec: ExportSp
     over that dataset never shows them; same location; tables expire after a day by default.
     Idempotent."""
     dataset = bigquery.Dataset(f"{project}.{spec.bigquery_staging_dataset}")
-    dataset.location = spec.bigquery.location
     dataset.default_table_expiration_ms = STAGING_TABLE_EXPIRATION_MS
-    dataset.labels = dict(spec.bigquery.labels)
     dataset.description = "Staging tables of bq_assets loads; each is deleted after its load."
-    dataset = client.create_dataset(dataset, exists_ok=True, retry=TRANSIENT)
-    if (dataset.location or "").upper() != spec.bigquery.location.upper():
-        raise LocationError(
-            f"{spec.spec_file}: staging dataset {dataset.full_dataset_id} exists in "
-            f"{dataset.location}, not in bigquery.location {spec.bigquery.location}; set "
-            "bigquery.staging_dataset to a dataset in that location."
-        )
-    return dataset.dataset_id
+    fix = "; set bigquery.staging_dataset to a dataset in that location."
+    return _ensure_in_location(client, dataset, spec, "staging dataset", fix).dataset_id
 
 
 def _start_or_reattach(
