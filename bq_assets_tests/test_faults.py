@@ -380,78 +380,72 @@ GOOGLE_REJECTS = 400, {"error": "invalid_grant", "error_description": "Invalid J
 DATABRICKS_REJECTS = 403, {"error_code": "PERMISSION_DENIED", "message": "Invalid access token."}
 
 
-class FakeRejectingEndpoint(ThreadingHTTPServer):
-    """A fake of the two services that check credentials, answering as they do when rejecting
-    them: Google's token endpoint (400 invalid_grant for the signed JWT) and the Databricks
-    statement API (403 for the token). It records what each request presented."""
+class FakeEndpoint(ThreadingHTTPServer):
+    """A fake HTTP service on 127.0.0.1 that records what each request presented (its
+    Authorization header and body) and answers with ``answer(path, body)``."""
 
     def __init__(self) -> None:
         self.presented: list[str] = []
-        super().__init__(("127.0.0.1", 0), self._Handler)
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    class _Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            self.server.presented.append(f"{self.headers.get('Authorization', '')} {body}")
-            status, answer = GOOGLE_REJECTS if self.path == "/token" else DATABRICKS_REJECTS
-            payload = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args) -> None:
-            pass
+    def answer(self, path: str, body: str) -> tuple[int, dict]:
+        raise NotImplementedError
 
 
-class FakeAcceptingEndpoint(ThreadingHTTPServer):
+class _RecordingHandler(BaseHTTPRequestHandler):
+    server: FakeEndpoint
+
+    def _handle(self, body: str) -> None:
+        self.server.presented.append(f"{self.headers.get('Authorization', '')} {body}")
+        status, answer = self.server.answer(self.path, body)
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_POST(self) -> None:
+        self._handle(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+
+    def do_GET(self) -> None:
+        self._handle("")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class FakeRejectingEndpoint(FakeEndpoint):
+    """A fake of the two services that check credentials, answering as they do when rejecting
+    them: Google's token endpoint (400 invalid_grant for the signed JWT) and the Databricks
+    statement API (403 for the token)."""
+
+    def answer(self, path: str, body: str) -> tuple[int, dict]:
+        return GOOGLE_REJECTS if path == "/token" else DATABRICKS_REJECTS
+
+
+class FakeAcceptingEndpoint(FakeEndpoint):
     """A fake of the same two services answering as they do when they accept the credentials:
     Google's token endpoint grants an access token for the signed JWT, and the Databricks
-    Statement Execution API runs every statement (a ``count(*)`` answers ``rows``). It records
-    what each request presented, so a test can tell the credentials were really used."""
+    Statement Execution API runs every statement (a ``count(*)`` answers ``rows``)."""
 
     def __init__(self, rows: int) -> None:
-        self.presented: list[str] = []
         self.rows = rows
-        super().__init__(("127.0.0.1", 0), self._Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    class _Handler(BaseHTTPRequestHandler):
-        def _answer(self, body: str) -> None:
-            self.server.presented.append(f"{self.headers.get('Authorization', '')} {body}")
-            if self.path == "/token":
-                answer = {"access_token": "ya29.fake-access-token", "expires_in": 3600,
-                          "token_type": "Bearer"}  # fmt: skip
-            else:
-                statement = json.loads(body or "{}").get("statement", "")
-                counted = "count(*)" in statement.lower()
-                answer = {"statement_id": "fake-statement", "status": {"state": "SUCCEEDED"},
-                          "result": {"data_array": [[str(self.server.rows)]] if counted else []}}  # fmt: skip
-            payload = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_POST(self) -> None:
-            self._answer(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
-
-        def do_GET(self) -> None:
-            self._answer("")
-
-        def log_message(self, *args) -> None:
-            pass
+    def answer(self, path: str, body: str) -> tuple[int, dict]:
+        if path == "/token":
+            return 200, {"access_token": "ya29.fake-access-token", "expires_in": 3600,
+                         "token_type": "Bearer"}  # fmt: skip
+        counted = "count(*)" in json.loads(body or "{}").get("statement", "").lower()
+        rows = [[str(self.rows)]] if counted else []
+        return 200, {"statement_id": "fake-statement", "status": {"state": "SUCCEEDED"},
+                     "result": {"data_array": rows}}  # fmt: skip
 
 
 def production_wired_env(
