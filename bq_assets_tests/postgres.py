@@ -1,7 +1,7 @@
 """A real PostgreSQL server for tests: Debian's ``postgresql`` package, a temp dir, a free port.
 
 ``PostgresServer.start()`` runs ``initdb`` and ``pg_ctl`` from ``/usr/lib/postgresql/*/bin``
-(installed by ``make test-deps`` when missing) as the ``postgres`` user when we are root,
+(installed by ``make postgres`` when missing) as the ``postgres`` user when we are root,
 since PostgreSQL refuses to run as root. Host connections need a password (scram-sha-256),
 so a wrong password is a real authentication failure. ``stop()`` stops the server and
 deletes its directory. Nothing here is specific to one test: any test that needs a Postgres
@@ -68,7 +68,7 @@ class PostgresServer:
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise RuntimeError(
-                "PostgreSQL is not installed: run `make test-deps` (apt-get install -y postgresql)"
+                "PostgreSQL is not installed: run `make postgres` (apt-get install -y postgresql)"
             )
         password_file = self.root / "pwfile"
         password_file.write_text(self.password + "\n")

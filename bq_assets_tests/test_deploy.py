@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpec, load_specs
 from bq_assets.schedules import EXPORT_TAG
 from bq_assets.settings import local_resources
 from bq_assets.stages import gcs_key, query_key
+from bq_assets_tests.postgres import PostgresServer, free_port
 from bq_assets_tests.test_pipeline import normalized, source_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,77 +46,18 @@ pytestmark = pytest.mark.deploy
 # --- the PostgreSQL server -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def postgres_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: `make postgres` installs Debian's package")
-    return found[-1].parent
-
-
-def as_postgres_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run its tools as the package's user."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.getuid() == 0 else command
-
-
-@dataclass(frozen=True)
-class Postgres:
-    port: int
-    database: str = "dagster"
-    user: str = "dagster"
-    password: str = "a-test-only-password"
-
-    def env(self) -> dict[str, str]:
-        return {
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(self.port),
-            "DAGSTER_PG_DB": self.database,
-            "DAGSTER_PG_USERNAME": self.user,
-            "DAGSTER_PG_PASSWORD": self.password,
-        }
-
-
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """A real PostgreSQL server from the machine's package, in a temp dir, on a free port."""
-    tools = postgres_bin()
-    server = Postgres(port=free_port())
-    home = Path(tempfile.mkdtemp(prefix="bq_assets_pg_"))
-    data, password = home / "data", home / "password"
-    password.write_text(server.password)
-    if os.getuid() == 0:
-        shutil.chown(home, "postgres")
-        shutil.chown(password, "postgres")
-    run = {"check": True, "capture_output": True, "timeout": 120}
-    subprocess.run(
-        as_postgres_user([str(tools / "initdb"), "-D", str(data), "-U", server.user,
-                          f"--pwfile={password}", "--auth=scram-sha-256", "-E", "UTF8"]),
-        **run,
-    )  # fmt: skip
-    subprocess.run(
-        as_postgres_user([str(tools / "pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-w",
-                          "-o", f"-p {server.port} -k {home} -c listen_addresses=127.0.0.1",
-                          "start"]),
-        **run,
-    )  # fmt: skip
-    try:
-        subprocess.run(
-            [str(tools / "createdb"), "-h", "127.0.0.1", "-p", str(server.port), "-U",
-             server.user, server.database],
-            env={**os.environ, "PGPASSWORD": server.password}, **run,
-        )  # fmt: skip
-        yield server
-    finally:
-        subprocess.run(
-            as_postgres_user([str(tools / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            capture_output=True, timeout=60,
-        )  # fmt: skip
-        shutil.rmtree(home, ignore_errors=True)
+def dagster_postgres(postgres: PostgresServer) -> dict[str, str]:
+    """A database of its own on the suite's PostgreSQL server (conftest), as the ``DAGSTER_PG_*``
+    variables deploy/dagster.yaml reads."""
+    postgres.execute("CREATE DATABASE dagster")
+    return {
+        "DAGSTER_PG_HOST": postgres.host,
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_USERNAME": postgres.user,
+        "DAGSTER_PG_PASSWORD": postgres.password,
+    }
 
 
 # --- the deployment: instance, code server, daemon -------------------------------------------
@@ -191,7 +132,7 @@ def wait_for_grpc(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 
 @pytest.fixture(scope="session")
-def deployment(postgres, local_stack, stack_dir, tmp_path_factory) -> Iterator[Deployment]:
+def deployment(dagster_postgres, local_stack, stack_dir, tmp_path_factory) -> Iterator[Deployment]:
     base = tmp_path_factory.mktemp("deployment")
     home = base / "dagster_home"
     home.mkdir()
@@ -203,7 +144,7 @@ def deployment(postgres, local_stack, stack_dir, tmp_path_factory) -> Iterator[D
     (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
     env = {
         **os.environ,
-        **postgres.env(),
+        **dagster_postgres,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONPATH": str(ROOT),
         "DAGSTER_HOME": str(home),
