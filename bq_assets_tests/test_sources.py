@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -163,3 +164,10 @@ def test_a_password_is_blanked_from_messages() -> None:
     text = "Unable to connect: host='h' password='pw-123' and pw-123 again"
     assert "pw-123" not in sources.blank_secret(text, source)
     assert "pw-123" not in repr(source)
+
+
+def test_without_a_staging_dir_the_query_step_spills_to_the_system_temp_dir(tmp_path) -> None:
+    # Production may leave BQ_ASSETS_STAGING_DIR unset: the spill directory must still exist.
+    resource = DuckDBSourceResource(database=str(tmp_path / "source.duckdb"))
+    spill = Path(resource.engine_settings().temp_directory)
+    assert spill == Path(tempfile.gettempdir()) / "bq_assets" / ".spill"

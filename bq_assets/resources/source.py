@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -96,7 +97,8 @@ class DuckDBSourceResource(dg.ConfigurableResource):
     threads: int = Field(default=2, description="DuckDB threads of the query step")
     temp_directory: str | None = Field(
         default=None,
-        description="where DuckDB spills beyond memory_limit (default: <staging_dir>/.spill)",
+        description="where DuckDB spills beyond memory_limit (default: <staging_dir>/.spill, "
+        "or <system temp dir>/bq_assets/.spill without a staging_dir)",
     )
 
     def source_names(self) -> list[str]:
@@ -119,7 +121,8 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         )
 
     def engine_settings(self) -> sources.EngineSettings:
-        spill = self.temp_directory or str(Path(self.staging_dir) / ".spill")
+        scratch = Path(self.staging_dir or Path(tempfile.gettempdir()) / "bq_assets")
+        spill = self.temp_directory or str(scratch / ".spill")
         return sources.EngineSettings(
             memory_limit=self.memory_limit, threads=self.threads, temp_directory=spill
         )
