@@ -146,3 +146,15 @@ def test_a_null_marker_is_refused_locally_with_the_reason(monkeypatch, tmp_path:
     assert "bqemulator ignores a load's null_marker" in str(error.value)
     monkeypatch.setenv("BQ_ASSETS_ENV", "prod")
     assert check_specs_for_environment(specs) == specs
+
+
+def test_a_csv_without_header_is_refused_locally_since_the_emulator_drops_line_one(
+    monkeypatch, tmp_path: Path
+) -> None:
+    (tmp_path / "orders.sql").write_text("SELECT 1 AS id")
+    (tmp_path / "orders.yaml").write_text(
+        "primary_key: [id]\ncadence: daily\ncsv: {header: false}\n"
+    )
+    monkeypatch.setenv("BQ_ASSETS_ENV", "local")
+    with pytest.raises(ConfigurationError, match=r"orders.yaml: csv.header: false cannot run"):
+        check_specs_for_environment(load_specs(tmp_path))

@@ -21,6 +21,13 @@ def unsupported_settings(spec: ExportSpec) -> list[str]:
             "on the marker's text. Use the default (an empty field) or format: parquet "
             "locally; real BigQuery honours it."
         )
+    if not spec.delivery and spec.format == "csv" and not spec.csv.header:
+        problems.append(
+            f"{spec.spec_file}: csv.header: false cannot run on the local stack: bqemulator "
+            "reads the first line of every CSV file as a header (it ignores skipLeadingRows), "
+            "so each object's first row would be lost. Keep the header (the default) or use "
+            "format: parquet locally; real BigQuery honours it."
+        )
     if spec.delivery and not spec.delivery.header:
         problems.append(
             f"{spec.spec_file}: delivery.header: false cannot run on the local stack: bqemulator "
