@@ -221,3 +221,25 @@ def test_repairing_an_altered_table_loads_it_again(spec, resources, instance) ->
         == loaded["dagster/row_count"]
     )
     assert metadata(repair, bigquery_key(spec.name))["job_id"] != loaded["job_id"]
+
+
+def test_a_deleted_table_fails_the_databricks_step_once_naming_the_bigquery_asset(
+    spec, resources, instance
+) -> None:
+    loaded = run_exports(
+        [spec],
+        resources,
+        instance,
+        ["query/customer_360", "gcs/customer_360", "bigquery/customer_360"],
+    )
+    assert loaded.success, step_errors(loaded)
+    table_id = metadata(loaded, bigquery_key(spec.name))["dagster/table_name"]
+    with resources["bigquery"].get_client() as client:
+        client.delete_table(table_id)
+
+    published = run_exports([spec], resources, instance, "databricks/customer_360")
+
+    message = step_errors(published)["databricks__customer_360"]
+    assert f"The table {table_id}" in message
+    assert "re-materialize bigquery/customer_360" in message
+    assert attempts(published, "databricks__customer_360") == 1

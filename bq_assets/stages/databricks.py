@@ -34,6 +34,7 @@ from bq_assets.stages import (
     NETWORK_RETRY,
     bigquery_key,
     databricks_key,
+    reading_input,
     reported_as_failure,
     upstream_materialization,
 )
@@ -297,7 +298,8 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 databricks.bigquery_key_secret_name,
             )
             if databricks.is_local:
-                databricks.publish(statements, source, name)
+                with reading_input(upstream, "The table", table_id):
+                    databricks.publish(statements, source, name)
                 notes = ["local stand-in: the statements are recorded, not run"]
             else:
                 notes = run_publication(
