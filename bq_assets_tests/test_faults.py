@@ -482,7 +482,9 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
     # grant, the access token goes to GCS and BigQuery, the Databricks token to the fake.
     home = tmp_path / "home"
     home.mkdir()
-    env = production_wired_env(fault_stack, fault_dir, home, accepting, token, encoded_key)
+    # The stack as it runs now: an earlier case may have restarted it on new ports.
+    running = stack.read_state(fault_dir)
+    env = production_wired_env(running, fault_dir, home, accepting, token, encoded_key)
     run = subprocess.run(
         [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions", "--select", ",".join(f"{stage}/customer_360" for stage in ("query", "gcs", "bigquery", "databricks"))],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=480,
