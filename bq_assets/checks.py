@@ -43,7 +43,7 @@ DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
 SAMPLE = 5
 
 
-def _result(passed: bool, why: str, metadata: dict) -> dg.AssetCheckResult:
+def check_result(passed: bool, why: str, metadata: dict) -> dg.AssetCheckResult:
     """The check's result; a failure says why in one line (shown in the UI, the run's failure
     report and alerts), with the details in ``metadata``."""
     return dg.AssetCheckResult(
@@ -82,7 +82,7 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     )
     def has_rows(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         rows = int(upstream_materialization(context, key)["dagster/row_count"])
-        return _result(
+        return check_result(
             rows > 0 or spec.allow_empty,
             "the query returned no rows (set allow_empty: true if that can be right)",
             {"rows": rows, "allow_empty": spec.allow_empty},
@@ -115,7 +115,7 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             f"SELECT count(*) FROM (SELECT 1 FROM {{snapshot}} GROUP BY {columns} HAVING count(*) > 1)",
         )[0][0]
         sample = [[str(v) for v in row[:-1]] for row in duplicates]
-        return _result(
+        return check_result(
             nulls == 0 and duplicate_count == 0,
             f"{duplicate_count} duplicated key(s)"
             + (f", e.g. {', '.join('/'.join(key) for key in sample)}" if sample else "")
@@ -145,7 +145,7 @@ def _query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             with _snapshot(context, spec, gcs) as path:
                 row = _scan(path, f"SELECT {counts} FROM {{snapshot}}")[0]
             nulls = dict(zip(spec.required, row, strict=True))
-            return _result(
+            return check_result(
                 not any(nulls.values()),
                 "NULLs in required columns: "
                 + ", ".join(f"{column} ({n})" for column, n in nulls.items() if n),
@@ -183,7 +183,7 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
                     f"{shard.uri}: size {blob.size} crc32c {blob.crc32c}, "
                     f"manifest says {shard.bytes} / {shard.crc32c}"
                 )
-        return _result(
+        return check_result(
             not problems,
             f"{len(problems)} of {len(manifest.shards)} object(s) differ from the manifest: "
             + "; ".join(problems[:SAMPLE]),
@@ -199,7 +199,7 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         written = int(upstream_materialization(context, key)["dagster/row_count"])
         snapshot = int(upstream_materialization(context, query_key(spec.name))["dagster/row_count"])
-        return _result(
+        return check_result(
             written == snapshot,
             f"the manifest holds {written} rows, the snapshot {snapshot}",
             {"manifest_rows": written, "snapshot_rows": snapshot},
@@ -208,7 +208,7 @@ def _gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     return [objects_match, rows_match]
 
 
-def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     key = bigquery_key(spec.name)
 
     @dg.asset_check(
@@ -224,7 +224,7 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         expected = int(upstream_materialization(context, gcs_key(spec.name))["dagster/row_count"])
         with bigquery.get_client() as client:
             actual = count_rows(client, table_id)
-        return _result(
+        return check_result(
             actual == expected,
             f"the table holds {actual} rows, the loaded manifest {expected}",
             {"table_rows": actual, "manifest_rows": expected},
@@ -250,7 +250,7 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         with bigquery.get_client() as client:
             actual = client.get_table(table_id).schema
         diff = schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))
-        return _result(
+        return check_result(
             not diff,
             "the table's schema differs from the snapshot's: " + "; ".join(diff),
             {"differences": dg.MetadataValue.json(diff)},
@@ -259,7 +259,7 @@ def _bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     return [rows_match, schema_matches]
 
 
-def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     key = databricks_key(spec.name)
     name = table_name(spec)
 
@@ -286,7 +286,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         with bigquery.get_client() as client:
             expected = count_rows(client, table_id)
         actual = databricks.row_count(name)
-        return _result(
+        return check_result(
             actual == expected,
             f"Databricks shows {actual} rows, BigQuery holds {expected}",
             {"databricks_rows": actual, "bigquery_rows": expected},
@@ -304,7 +304,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         expected = [f.name for f in _bigquery_table(context, bigquery).schema]
         actual = databricks.column_names(name)
-        return _result(
+        return check_result(
             same_column_names(actual, expected),
             f"Databricks shows the columns {actual}, BigQuery has {expected}",
             {"databricks_columns": actual, "bigquery_columns": expected},
@@ -329,7 +329,7 @@ def _databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             key_checksum_sql(databricks.dialect, "{table}", spec.primary_key), name
         )
         actual = tuple(int(v) if v is not None else None for v in actual)
-        return _result(
+        return check_result(
             actual == expected,
             f"the primary keys differ: (rows, checksum) is {actual} in Databricks, "
             f"{expected} in BigQuery",
@@ -377,6 +377,6 @@ def build_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     return [
         *_query_checks(spec),
         *_gcs_checks(spec),
-        *_bigquery_checks(spec),
-        *_databricks_checks(spec),
+        *bigquery_checks(spec),
+        *databricks_checks(spec),
     ]

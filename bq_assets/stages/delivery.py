@@ -16,7 +16,7 @@ from dataclasses import asdict
 import dagster as dg
 from google.cloud import bigquery as bq
 
-from bq_assets.checks import _bigquery_checks, _databricks_checks, _result
+from bq_assets.checks import bigquery_checks, check_result, databricks_checks
 from bq_assets.deliveries import (
     DELIVERY_FILES_TAG,
     DELIVERY_TAG,
@@ -197,7 +197,7 @@ def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
                 f["uri"]: f"{f['columns']} fields" for f in files if f["columns"] != len(expected)
             }
             what = f"do not have the declared {len(expected)} fields"
-        return _result(
+        return check_result(
             not wrong,
             f"{len(wrong)} file(s) {what}: "
             + "; ".join(f"{uri} has {found}" for uri, found in list(wrong.items())[:5]),
@@ -233,13 +233,13 @@ def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             )
         if changed:
             problems.append(f"changed or gone since counted: {', '.join(changed[:5])}")
-        return _result(
+        return check_result(
             not problems,
             "; ".join(problems),
             {"file_rows": file_rows, "manifest_rows": manifest.rows, "changed": changed},
         )
 
-    return [header_matches, rows_add_up, *_bigquery_checks(spec), *_databricks_checks(spec)]
+    return [header_matches, rows_add_up, *bigquery_checks(spec), *databricks_checks(spec)]
 
 
 def build_delivery_sensor(
