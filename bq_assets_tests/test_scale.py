@@ -66,18 +66,26 @@ def _paused(pid: int) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-def test_a_large_table_is_read_over_several_streams_with_messages_over_4_mib(
-    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
-) -> None:
+def wide_session(
+    bigquery: StackAwareBigQueryResource, local_stack: stack.StackState, table: str, streams: int
+):
+    """A read client and a Storage Read session of ``table`` with up to ``streams`` streams."""
     client = bigquery.read_client()
     session = create_session(
         client,
         bigquery.read_endpoint,
         local_stack.project,
-        f"projects/{local_stack.project}/datasets/{DATASET}/tables/{wide_table}",
-        max_streams=4,
+        f"projects/{local_stack.project}/datasets/{DATASET}/tables/{table}",
+        max_streams=streams,
         timeout_s=60,
     )
+    return client, session
+
+
+def test_a_large_table_is_read_over_several_streams_with_messages_over_4_mib(
+    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
+) -> None:
+    client, session = wide_session(bigquery, local_stack, wide_table, streams=4)
     assert len(session.streams) == 4
     with TableReader(client, session, bigquery.read_endpoint, 30, 120) as rows:
         table = rows.reader().read_all()
@@ -103,15 +111,7 @@ def test_the_stand_in_copies_every_row_of_a_large_table(
 def test_a_stalled_stream_fails_within_the_stall_timeout_naming_the_api(
     bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
 ) -> None:
-    client = bigquery.read_client()
-    session = create_session(
-        client,
-        bigquery.read_endpoint,
-        local_stack.project,
-        f"projects/{local_stack.project}/datasets/{DATASET}/tables/{wide_table}",
-        max_streams=2,
-        timeout_s=60,
-    )
+    client, session = wide_session(bigquery, local_stack, wide_table, streams=2)
     started = time.monotonic()
     with (
         _paused(local_stack.bigquery_pid),
