@@ -17,6 +17,7 @@ from dagster_databricks import DatabricksClientResource
 from dagster_databricks.resources import OauthCredentials
 
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.limits import unsupported_settings
 from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
 from bq_assets.local.stack import local_dir
@@ -186,7 +187,7 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
         # The emulator is on this machine: if it has not answered in 10 s it is down.
         "gcs": StackAwareGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
         "bigquery": bigquery,
-        "databricks": DatabricksSQLResource(
+        "databricks": LocalDatabricksResource(
             local_warehouse_dir=str(root / "databricks"), bigquery=bigquery
         ),
     }

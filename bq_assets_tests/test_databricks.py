@@ -11,6 +11,7 @@ DDL on a real SQL warehouse."""
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,12 +24,15 @@ from databricks.sdk.service.sql import StatementState
 from bq_assets.checks import key_checksum_sql, same_column_names
 from bq_assets.exports.spec import ExportSpecError, load_spec
 from bq_assets.factory import build_definitions
+from bq_assets.local.databricks import LocalDatabricksResource
+from bq_assets.resources import databricks as production_databricks
 from bq_assets.resources.databricks import (
     BigQueryTable,
     DatabricksSQLResource,
     StatementError,
     TableName,
 )
+from bq_assets.resources.google import StackAwareBigQueryResource
 from bq_assets.stages.databricks import (
     DriftError,
     build_databricks_asset,
@@ -150,7 +154,21 @@ def test_production_refuses_external_mode_when_the_code_location_loads(tmp_path:
     assert str(spec.spec_file) in message and "databricks.mode: external" in message
     assert "legacy" in message and "mode: federation" in message
     # The local stand-in runs no DDL, so it takes either mode.
-    refuse_unrunnable_specs([spec], DatabricksSQLResource(local_warehouse_dir=str(tmp_path)))
+    stand_in = LocalDatabricksResource(
+        local_warehouse_dir=str(tmp_path), bigquery=StackAwareBigQueryResource()
+    )
+    refuse_unrunnable_specs([spec], stand_in)
+
+
+def test_the_stand_in_is_a_local_subclass_and_production_holds_none_of_it() -> None:
+    """Stages and checks type-hint the production resource; the stand-in is one of it. The
+    production module imports neither the local stack nor DuckDB."""
+    tree = ast.parse(Path(production_databricks.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not [m for m in imported if m.startswith(("bq_assets.local", "duckdb"))]
+    assert issubclass(LocalDatabricksResource, DatabricksSQLResource)
+    assert not DatabricksSQLResource().is_local
 
 
 def tokens(statement: str) -> list[tuple[str, str]]:

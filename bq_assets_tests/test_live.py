@@ -19,6 +19,7 @@ import dagster as dg
 import pytest
 
 from bq_assets.exports import load_specs
+from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.resources import (
     DatabricksSQLResource,
     DuckDBSourceResource,
@@ -71,7 +72,7 @@ def live_resources(tmp_path: Path, databricks: DatabricksSQLResource | None = No
         ),
         "bigquery": bigquery,
         "databricks": databricks
-        or DatabricksSQLResource(local_warehouse_dir=str(tmp_path / "dbx"), bigquery=bigquery),
+        or LocalDatabricksResource(local_warehouse_dir=str(tmp_path / "dbx"), bigquery=bigquery),
     }
 
 

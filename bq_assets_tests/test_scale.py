@@ -21,8 +21,10 @@ import dagster as dg
 import pytest
 from google.cloud import bigquery as bigquery_api
 
+from bq_assets.local import databricks as local_databricks
 from bq_assets.local import stack
-from bq_assets.resources.databricks import DatabricksSQLResource, TableName
+from bq_assets.local.databricks import LocalDatabricksResource
+from bq_assets.resources.databricks import TableName
 from bq_assets.resources.google import StackAwareBigQueryResource
 from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
@@ -52,8 +54,10 @@ def wide_table(bigquery: StackAwareBigQueryResource) -> str:
     return "wide"
 
 
-def _stand_in(bigquery: StackAwareBigQueryResource, tmp_path: Path) -> DatabricksSQLResource:
-    return DatabricksSQLResource(local_warehouse_dir=str(tmp_path / "warehouse"), bigquery=bigquery)
+def _stand_in(bigquery: StackAwareBigQueryResource, tmp_path: Path) -> LocalDatabricksResource:
+    return LocalDatabricksResource(
+        local_warehouse_dir=str(tmp_path / "warehouse"), bigquery=bigquery
+    )
 
 
 @contextmanager
@@ -140,6 +144,30 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
     assert "read session" in str(error.value)
     assert error.value.allow_retries
     assert databricks.row_count(name) == WIDE_ROWS
+
+
+def test_a_read_stalling_after_the_session_opened_keeps_the_previous_table_and_no_staged_file(
+    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack, tmp_path: Path, monkeypatch
+) -> None:
+    databricks = _stand_in(bigquery, tmp_path)
+    name = TableName("scale", "s", "midway")
+    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+
+    class FreezesOnceTheStreamsOpen(TableReader):
+        def batches(self):
+            os.kill(local_stack.bigquery_pid, signal.SIGSTOP)
+            yield from super().batches()
+
+    monkeypatch.setattr(local_databricks, "TableReader", FreezesOnceTheStreamsOpen)
+    try:
+        with pytest.raises(dg.Failure) as error:
+            databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    finally:
+        os.kill(local_stack.bigquery_pid, signal.SIGCONT)
+    assert f"sent nothing for {STALL_S:g} s" in str(error.value)
+    assert databricks.row_count(name) == WIDE_ROWS
+    warehouse = Path(databricks.local_warehouse_dir)
+    assert not [*warehouse.glob("*.parquet"), *warehouse.glob(".*.parquet")]
 
 
 def test_waiting_for_a_load_or_copy_job_has_a_deadline(

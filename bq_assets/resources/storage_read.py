@@ -115,9 +115,11 @@ class TableReader:
 
     def reader(self) -> pa.RecordBatchReader:
         """The table's rows, batch by batch, streams interleaved in arrival order."""
-        return pa.RecordBatchReader.from_batches(self.schema, self._batches())
+        return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The table's rows as an iterator of batches (what ``reader`` wraps); raises
+        ``StorageReadError`` as soon as a read stalls, runs late or fails."""
         try:
             yield from self._drain()
         except StorageReadError as exc:
