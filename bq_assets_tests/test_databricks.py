@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 import sqlglot
 from databricks.sdk.service.sql import StatementState
@@ -24,7 +25,7 @@ from databricks.sdk.service.sql import StatementState
 from bq_assets.checks import key_checksum_sql, same_column_names
 from bq_assets.exports.spec import ExportSpecError, load_spec
 from bq_assets.factory import build_definitions
-from bq_assets.local.databricks import LocalDatabricksResource
+from bq_assets.local.databricks import LocalDatabricksResource, refuse_what_duckdb_cannot_hold
 from bq_assets.resources import databricks as production_databricks
 from bq_assets.resources.databricks import (
     BigQueryTable,
@@ -169,6 +170,17 @@ def test_the_stand_in_is_a_local_subclass_and_production_holds_none_of_it() -> N
     assert not [m for m in imported if m.startswith(("bq_assets.local", "duckdb"))]
     assert issubclass(LocalDatabricksResource, DatabricksSQLResource)
     assert not DatabricksSQLResource().is_local
+
+
+def test_the_stand_in_refuses_bignumeric_columns_rather_than_turn_them_into_doubles() -> None:
+    schema = pa.schema(
+        [("id", pa.int64()), ("big", pa.decimal256(76, 38)), ("n", pa.decimal128(38, 9))]
+    )
+    with pytest.raises(StatementError) as error:
+        refuse_what_duckdb_cannot_hold(schema, "projects/p/datasets/d/tables/t")
+    assert "BIGNUMERIC columns big have more digits" in str(error.value)
+    assert "projects/p/datasets/d/tables/t" in str(error.value)
+    refuse_what_duckdb_cannot_hold(pa.schema([("n", pa.decimal128(38, 9))]), "t")
 
 
 def tokens(statement: str) -> list[tuple[str, str]]:

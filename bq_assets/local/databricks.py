@@ -37,6 +37,7 @@ from pydantic import Field
 from bq_assets.resources.databricks import (
     BigQueryTable,
     DatabricksSQLResource,
+    StatementError,
     TableName,
 )
 from bq_assets.resources.google import UNLIMITED_MESSAGES, StackAwareBigQueryResource
@@ -136,14 +137,13 @@ class LocalDatabricksResource(DatabricksSQLResource):
                 bq.read_max_streams,
                 bq.read_stall_timeout_s,
             )
-            with (
-                TableReader(
-                    client, session, bq.read_endpoint, bq.read_stall_timeout_s, bq.read_timeout_s
-                ) as rows,
-                pq.ParquetWriter(path, rows.schema, **STAGED_PARQUET) as out,
-            ):
-                for batch in rows.batches():
-                    out.write_batch(batch)
+            with TableReader(
+                client, session, bq.read_endpoint, bq.read_stall_timeout_s, bq.read_timeout_s
+            ) as rows:
+                refuse_what_duckdb_cannot_hold(rows.schema, table_path)
+                with pq.ParquetWriter(path, rows.schema, **STAGED_PARQUET) as out:
+                    for batch in rows.batches():
+                        out.write_batch(batch)
         except StorageReadError as exc:
             raise dg.Failure(description=str(exc), allow_retries=True) from None
 
@@ -188,6 +188,20 @@ class LocalDatabricksResource(DatabricksSQLResource):
                     f"ATTACH {_literal(str(folder / f'{catalog}.duckdb'))} AS {_alias(catalog)}"
                 )
                 yield con
+
+
+def refuse_what_duckdb_cannot_hold(schema: pa.Schema, table_path: str) -> None:
+    """Fail, naming the columns, if the table has BIGNUMERIC columns (Arrow decimal256):
+    DuckDB's decimals stop at 38 digits, and its Parquet reader would silently turn them into
+    DOUBLE. (bqemulator cannot create such columns; real BigQuery can.)"""
+    wide = [field.name for field in schema if pa.types.is_decimal256(field.type)]
+    if wide:
+        raise StatementError(
+            f"The local Databricks stand-in cannot copy {table_path}: its BIGNUMERIC columns "
+            f"{', '.join(wide)} have more digits than DuckDB's decimals hold (38). Cast them "
+            "to NUMERIC or STRING in the export's query to try the export locally; a SQL "
+            "warehouse reads them through Lakehouse Federation."
+        )
 
 
 def _alias(catalog: str) -> str:
