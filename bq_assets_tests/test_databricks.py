@@ -22,7 +22,7 @@ import pytest
 import sqlglot
 from databricks.sdk.service.sql import StatementState
 
-from bq_assets.checks import key_checksum_sql, same_column_names
+from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
 from bq_assets.exports.spec import ExportSpecError, load_spec
 from bq_assets.factory import build_definitions
 from bq_assets.local.databricks import LocalDatabricksResource, refuse_what_duckdb_cannot_hold
@@ -33,7 +33,7 @@ from bq_assets.resources.databricks import (
     StatementError,
     TableName,
 )
-from bq_assets.resources.google import StackAwareBigQueryResource
+from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.stages.databricks import (
     DriftError,
     build_databricks_asset,
@@ -156,7 +156,7 @@ def test_production_refuses_external_mode_when_the_code_location_loads(tmp_path:
     assert "legacy" in message and "mode: federation" in message
     # The local stand-in runs no DDL, so it takes either mode.
     stand_in = LocalDatabricksResource(
-        local_warehouse_dir=str(tmp_path), bigquery=StackAwareBigQueryResource()
+        local_warehouse_dir=str(tmp_path), bigquery=ExportBigQueryResource()
     )
     refuse_unrunnable_specs([spec], stand_in)
 

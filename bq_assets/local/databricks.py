@@ -40,7 +40,7 @@ from bq_assets.resources.databricks import (
     StatementError,
     TableName,
 )
-from bq_assets.resources.google import UNLIMITED_MESSAGES, StackAwareBigQueryResource
+from bq_assets.resources.google import UNLIMITED_MESSAGES, ExportBigQueryResource
 from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 #: DuckDB would otherwise take up to 80% of RAM; past this it spills to ``<catalog>.tmp``.
@@ -59,7 +59,7 @@ class LocalDatabricksResource(DatabricksSQLResource):
     """The local stand-in for a SQL warehouse: BigQuery tables copied into DuckDB catalogs."""
 
     local_warehouse_dir: str = Field(description="Directory of the stand-in's DuckDB catalogs.")
-    bigquery: StackAwareBigQueryResource = Field(
+    bigquery: ExportBigQueryResource = Field(
         description="Where the stand-in reads BigQuery tables from (Storage Read API)."
     )
 
@@ -150,11 +150,11 @@ class LocalDatabricksResource(DatabricksSQLResource):
     def _read_client(self) -> bigquery_storage.BigQueryReadClient:
         """The BigQuery resource's read client; for the emulator, its channel (no message size
         cap) with bandwidth-delay probing off, so that memory does not grow with the table."""
-        stack = self.bigquery.local_stack()
-        if stack is None:
+        emulator = self.bigquery.emulator()
+        if emulator is None:
             return self.bigquery.read_client()
         channel = grpc.insecure_channel(
-            stack.bigquery_grpc_target, options=[*UNLIMITED_MESSAGES, NO_BDP_PROBE]
+            emulator.bigquery_grpc_target, options=[*UNLIMITED_MESSAGES, NO_BDP_PROBE]
         )
         return bigquery_storage.BigQueryReadClient(
             transport=BigQueryReadGrpcTransport(channel=channel)

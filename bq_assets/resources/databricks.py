@@ -12,53 +12,19 @@ with a DuckDB stand-in. Stages and checks type-hint this class and work with eit
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
 
 import dagster as dg
 from dagster_databricks import DatabricksClientResource
 from databricks.sdk.service.sql import StatementExecutionAPI, StatementResponse, StatementState
 from pydantic import Field
 
+from bq_assets.engine.databricks_sql import BigQueryTable, TableName
 from bq_assets.errors import BqAssetsError
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class StatementError(BqAssetsError):
     """A Databricks SQL statement failed, was canceled, or did not finish in time."""
-
-
-@dataclass(frozen=True)
-class TableName:
-    """A Unity Catalog three-part name. Parts are validated identifiers (see the export spec)."""
-
-    catalog: str
-    schema: str
-    table: str
-
-    def __post_init__(self) -> None:
-        for part in (self.catalog, self.schema, self.table):
-            if not _IDENTIFIER.fullmatch(part):
-                raise ValueError(f"{part!r} is not a valid Databricks identifier")
-
-    @property
-    def quoted(self) -> str:
-        return f"`{self.catalog}`.`{self.schema}`.`{self.table}`"
-
-    def __str__(self) -> str:
-        return f"{self.catalog}.{self.schema}.{self.table}"
-
-
-@dataclass(frozen=True)
-class BigQueryTable:
-    project: str
-    dataset: str
-    table: str
-
-    def __str__(self) -> str:
-        return f"{self.project}.{self.dataset}.{self.table}"
 
 
 class DatabricksSQLResource(dg.ConfigurableResource):
