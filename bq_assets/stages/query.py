@@ -24,7 +24,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import StackAwareGCSResource
-from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
+from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema, column_schema
 from bq_assets.stages import NETWORK_RETRY, query_key, reported_as_failure
 from bq_assets.stages.gcs_csv import CONTENT_TYPES, upload
@@ -99,7 +99,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
             local = scratch / SNAPSHOT_OBJECT
-            parquet = source.snapshot(spec.sql, spec.sql_file, local, spec.source)
+            parquet = source.snapshot(spec.sql, spec.sql_file, local, spec.source, gcs_access(gcs))
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             size = local.stat().st_size
             bucket = gcs.get_client().bucket(source.staging_bucket or gcs.get_bucket_name())
