@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg demo dev up down status test postgres deploy-test faults e2e screenshots bench bench-e2e lint clean
+.PHONY: install gnupg demo dev up down status test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ dev: up ## the Dagster UI on the local stack
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml
 
-test: install postgres ## the test suite (starts its own local stack and PostgreSQL server)
+test: install postgres mariadb ## the test suite (starts its own local stack, PostgreSQL and MariaDB servers)
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/ruff check bq_assets bq_assets_tests benchmarks
 	$(BIN)/ruff format --check bq_assets bq_assets_tests benchmarks
@@ -54,6 +54,14 @@ postgres: ## Debian's postgresql package, for the deployment suite (`-m deploy`)
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			postgresql </dev/null; \
+	fi
+
+mariadb: ## Debian's mariadb-server, for the MySQL source tests, when missing (not started as a service)
+	@if [ ! -x /usr/sbin/mariadbd ]; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			mariadb-server </dev/null; \
 	fi
 
 deploy-test: install postgres ## the deployment suite alone: Postgres-backed instance, daemon, code server
