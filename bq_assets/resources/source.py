@@ -15,7 +15,7 @@ from bq_assets import sources
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import executable_query
 from bq_assets.local import sample_data
-from bq_assets.schema import UnsupportedTypeError
+from bq_assets.schema import UnsupportedTypeError, values_out_of_range
 from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError
 
 # Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
@@ -176,8 +176,13 @@ class DuckDBSourceResource(dg.ConfigurableResource):
                 f"{sql_file}: the source {source.name!r} ({source.address}) rejected the query: "
                 f"{message}"
             ) from None
+        footer = pq.read_metadata(partial)
+        out_of_range = values_out_of_range(footer)
+        if out_of_range:
+            partial.unlink(missing_ok=True)
+            raise SourceQueryError(f"{sql_file}: " + "; ".join(out_of_range))
         os.replace(partial, destination)
-        return pq.read_metadata(destination)
+        return footer
 
     def staging_export_prefix(self, export: str) -> str:
         """The object prefix under which every run's snapshot of ``export`` lives."""
