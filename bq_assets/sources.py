@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,8 +323,13 @@ def _refuse_delta_on_gcs(sql: str) -> None:
         )
 
 
+#: How ``gs://`` paths are read: the access itself, or what makes it (called only when a
+#: query reads ``gs://``, so a query that does not never builds a GCS client).
+GcsAccessLike = GcsAccess | Callable[[], GcsAccess] | None
+
+
 def register_gcs(
-    con: duckdb.DuckDBPyConnection, source: Source, sql: str, gcs: GcsAccess | None
+    con: duckdb.DuckDBPyConnection, source: Source, sql: str, gcs: GcsAccessLike
 ) -> None:
     """When ``sql`` reads ``gs://`` paths: register a gcsfs filesystem with the GCS resource's
     credentials on ``con`` and check every literal path exists. Idempotent."""
@@ -332,6 +337,8 @@ def register_gcs(
     if not paths:
         return
     _refuse_delta_on_gcs(sql)
+    if callable(gcs):
+        gcs = gcs()
     if gcs is None:
         raise SourceError(
             f"source {source.name!r}: the query reads {paths[0]} but no GCS access was given "
@@ -347,7 +354,7 @@ def prepare_connection(
     source: Source,
     sql: str = "",
     attempts: int = 3,
-    gcs: GcsAccess | None = None,
+    gcs: GcsAccessLike = None,
 ) -> None:
     """Make ``con`` (an in-memory DuckDB, or the ``duckdb`` source's file) query ``source``:
     its extension loaded from the wheel, the database attached READ_ONLY and in use.
@@ -371,7 +378,7 @@ def prepare_connection(
 
 @contextmanager
 def connect(
-    source: Source, settings: EngineSettings, sql: str = "", gcs: GcsAccess | None = None
+    source: Source, settings: EngineSettings, sql: str = "", gcs: GcsAccessLike = None
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection on which the export's SQL runs against ``source``; closed after."""
     if source.kind == "duckdb":

@@ -141,7 +141,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         sql_file: Path,
         destination: Path,
         source_name: str = DEFAULT_SOURCE,
-        gcs: sources.GcsAccess | None = None,
+        gcs: sources.GcsAccessLike = None,
     ) -> pq.FileMetaData:
         """Run ``sql`` on the source ``source_name`` and write its result to ``destination`` as
         Parquet, all or nothing, streamed (DuckDB's COPY; the result is never held in memory).
@@ -151,8 +151,10 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         and renamed into place, so a failed query leaves no partial file. Returns the Parquet
         footer (rows, schema, row groups). A source server that does not answer fails naming
         its host and port, and may be retried; a refused login is not retried. ``gs://`` paths
-        in the query are read with ``gcs`` (see ``gcs_access``); one that matches nothing
-        fails naming it.
+        in the query are read with ``gcs`` (see ``gcs_access``; a callable is called only then);
+        one that matches nothing fails naming it.
+        A date or timestamp outside BigQuery's range fails naming the column and the value
+        (from the snapshot's Parquet statistics); nothing is kept.
         """
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".partial")

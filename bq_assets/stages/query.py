@@ -99,7 +99,9 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
             local = scratch / SNAPSHOT_OBJECT
-            parquet = source.snapshot(spec.sql, spec.sql_file, local, spec.source, gcs_access(gcs))
+            parquet = source.snapshot(
+                spec.sql, spec.sql_file, local, spec.source, lambda: gcs_access(gcs)
+            )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             size = local.stat().st_size
             bucket = gcs.get_client().bucket(source.staging_bucket or gcs.get_bucket_name())
