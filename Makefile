@@ -89,7 +89,7 @@ lint: install
 
 bench: install postgres ## export hop vs DuckDB, the query step (memory, PostgreSQL vs COPY), then the whole pipeline end to end (~35 min)
 	@mkdir -p $(BQ_ASSETS_LOCAL_DIR)
-	bash -o pipefail -c '$(BIN)/python -m bq_assets.bench $(BENCH_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench.log'
+	bash -o pipefail -c '$(BIN)/python benchmarks/export_step.py $(BENCH_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench.log'
 	bash -o pipefail -c '$(BIN)/python -m benchmarks.query_step --join $(BQ_ASSETS_LOCAL_DIR)/bench.log $(BENCH_QUERY_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench-query.log'
 	$(BIN)/python benchmarks/e2e.py --join $(BQ_ASSETS_LOCAL_DIR)/bench-query.log $(BENCH_E2E_ARGS)
 

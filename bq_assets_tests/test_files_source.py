@@ -22,6 +22,7 @@ from google.oauth2.credentials import Credentials
 
 from bq_assets import sources
 from bq_assets.exports import load_specs
+from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration, gcs_access
 from bq_assets.sources import GcsAccess, SourceError
 from bq_assets.stages import bigquery_key, query_key
@@ -93,7 +94,7 @@ def lake(local_stack, resources) -> str:
 
 def lake_resources(resources: dict) -> dict:
     local = resources["source"]
-    source = DuckDBSourceResource(
+    source = SampleSourceResource(
         database=local.database,
         staging_dir=local.staging_dir,
         sample_rows=local.sample_rows,

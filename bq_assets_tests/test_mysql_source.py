@@ -22,6 +22,7 @@ import pytest
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
 from bq_assets.local import sample_data
+from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration
 from bq_assets.schema import UnsupportedTypeError
 from bq_assets.sources import SourceError, load_extension
@@ -168,7 +169,7 @@ def my_resources(shop: MariaDBServer, resources) -> Iterator[dict[str, dg.Config
     """The local stack's resources with the source ``shop`` declared (password from the env)."""
     os.environ[PASSWORD_VARIABLE] = shop.password
     local = resources["source"]
-    source = DuckDBSourceResource(
+    source = SampleSourceResource(
         database=local.database,
         staging_dir=local.staging_dir,
         sample_rows=local.sample_rows,
