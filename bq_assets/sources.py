@@ -253,7 +253,7 @@ def gcs_paths(sql: str) -> list[str]:
     try:
         parsed = sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.ParseError:
-        return sorted(set(re.findall(r"'(gcs?://[^']*)'", sql)), key=sql.find)
+        return sorted(set(re.findall(r"'((?:gs|gcs)://[^']*)'", sql)), key=sql.find)
     found = {
         str(literal.this)
         for literal in parsed.find_all(exp.Literal)
@@ -311,16 +311,23 @@ def check_gcs_paths(fs, source: Source, paths: list[str]) -> None:
             raise SourceError(f"source {source.name!r}: {path}: no object matches this path")
 
 
+DELTA_ON_GCS = (
+    "delta_scan cannot read gs:// paths here: the delta extension reads through its own "
+    "object store, not DuckDB's file system, and asks for a GCS secret (HMAC keys of the "
+    "S3-interoperability API) instead of the GCS resource's credentials. Read the table's "
+    "Parquet files with read_parquet, or keep the Delta table on a local or mounted path."
+)
+_DELTA_ON_GCS = re.compile(r"delta_scan\s*\(\s*'(?:gs|gcs)://", re.IGNORECASE)
+
+
+def reads_delta_on_gcs(sql: str) -> bool:
+    """Whether ``sql`` calls ``delta_scan`` on a ``gs://`` path (which cannot work here)."""
+    return bool(_DELTA_ON_GCS.search(sql))
+
+
 def _refuse_delta_on_gcs(sql: str) -> None:
-    lowered = sql.lower()
-    if "delta_scan" in lowered and any(scheme in lowered for scheme in GCS_SCHEMES):
-        raise SourceError(
-            "delta_scan cannot read gs:// paths here: the delta extension reads through its "
-            "own object store, not DuckDB's file system, and asks for a GCS secret (HMAC keys "
-            "of the S3-interoperability API) instead of the GCS resource's credentials. Read "
-            "the table's Parquet files with read_parquet, or keep the Delta table on a local "
-            "or mounted path."
-        )
+    if reads_delta_on_gcs(sql):
+        raise SourceError(DELTA_ON_GCS)
 
 
 #: How ``gs://`` paths are read: the access itself, or what makes it (called only when a
