@@ -30,7 +30,7 @@ from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import ExportGCSResource
-from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
+from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema
 from bq_assets.stages import (
     NETWORK_RETRY,
@@ -116,7 +116,9 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
             local = scratch / SNAPSHOT_OBJECT
-            parquet = source.snapshot(spec.sql, spec.sql_file, local, spec.source)
+            parquet = source.snapshot(
+                spec.sql, spec.sql_file, local, spec.source, lambda: gcs_access(gcs)
+            )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             size = local.stat().st_size
             bucket = gcs.get_client().bucket(source.staging_bucket or gcs.get_bucket_name())
