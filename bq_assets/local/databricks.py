@@ -14,7 +14,7 @@ whatever DuckDB's ``memory_limit``. The stand-in writes the streams' batches to 
 next to the catalogs as they arrive (a row group per batch), then loads that file in one
 ``CREATE OR REPLACE TABLE … AS FROM read_parquet(…)``, which DuckDB reads within its memory
 limit. And its gRPC channel to the emulator does without bandwidth-delay probing (see
-``NO_BDP_PROBE``). Measurements: docs/performance.md.
+``ExportBigQueryResource.read_client``). Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -27,13 +27,8 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.cloud import bigquery_storage
-from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
-    BigQueryReadGrpcTransport,
-)
 from pydantic import Field
 
 from bq_assets.resources.databricks import (
@@ -42,7 +37,7 @@ from bq_assets.resources.databricks import (
     StatementError,
     TableName,
 )
-from bq_assets.resources.google import UNLIMITED_MESSAGES, ExportBigQueryResource
+from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 #: DuckDB would otherwise take up to 80% of RAM; past this it spills to ``<catalog>.tmp``.
@@ -50,11 +45,6 @@ STAND_IN_MEMORY_LIMIT = "256MB"
 #: How the staged copy is written: the fastest of the codecs both ends know; no dictionary
 #: encoding, which cost time and ~70 MB of peak memory for a copy that is read once.
 STAGED_PARQUET = {"compression": "lz4", "use_dictionary": False}
-#: gRPC's bandwidth-delay probing grows a stream's receive window while the reader lags, so on
-#: loopback the transport buffered hundreds of MB of the emulator's 12 MB messages (5M rows:
-#: 1,255 MB peak with it, 773 MB without, same speed). Without it the window stays gRPC's
-#: default and the emulator waits for the reader.
-NO_BDP_PROBE = ("grpc.http2.bdp_probe", 0)
 
 
 class LocalDatabricksResource(DatabricksSQLResource):
@@ -129,7 +119,7 @@ class LocalDatabricksResource(DatabricksSQLResource):
         file ``path``, one row group per Storage Read message, as the messages arrive; the
         read session is billed to ``project``."""
         bq = self.bigquery
-        client = self._read_client()
+        client = self.bigquery.read_client()
         try:
             session = create_session(
                 client,
@@ -148,19 +138,6 @@ class LocalDatabricksResource(DatabricksSQLResource):
                         out.write_batch(batch)
         except StorageReadError as exc:
             raise dg.Failure(description=str(exc), allow_retries=True) from None
-
-    def _read_client(self) -> bigquery_storage.BigQueryReadClient:
-        """The BigQuery resource's read client; for the emulator, its channel (no message size
-        cap) with bandwidth-delay probing off, so that memory does not grow with the table."""
-        emulator = self.bigquery.emulator()
-        if emulator is None:
-            return self.bigquery.read_client()
-        channel = grpc.insecure_channel(
-            emulator.bigquery_grpc_target, options=[*UNLIMITED_MESSAGES, NO_BDP_PROBE]
-        )
-        return bigquery_storage.BigQueryReadClient(
-            transport=BigQueryReadGrpcTransport(channel=channel)
-        )
 
     def _folder(self) -> Path:
         folder = Path(self.local_warehouse_dir)

@@ -31,6 +31,8 @@ from pydantic import Field
 
 from bq_assets.errors import BqAssetsError
 
+#: The emulator's read channel: no bandwidth-delay probing (see ``read_client``).
+NO_BDP_PROBE = ("grpc.http2.bdp_probe", 0)
 # What BigQueryReadGrpcTransport.create_channel sets for Google's endpoint: no message size cap.
 UNLIMITED_MESSAGES = [
     ("grpc.max_send_message_length", -1),
@@ -211,12 +213,15 @@ class ExportBigQueryResource(BigQueryResource):
         """A BigQuery Storage Read API client (insecure gRPC to the emulator when local).
 
         The emulator's channel lifts gRPC's 4 MiB receive limit, as the client library's own
-        channel to Google does (one Arrow batch of a wide table is larger than that).
+        channel to Google does (one Arrow batch of a wide table is larger than that), and turns
+        bandwidth-delay probing off: on loopback it grew the receive window while the reader
+        lagged, buffering hundreds of MB of the emulator's 12 MB messages (5M rows: 1,255 MB
+        peak with it, 773 MB without, same speed).
         """
         emulator = self.emulator()
         if emulator is not None:
             channel = grpc.insecure_channel(
-                emulator.bigquery_grpc_target, options=UNLIMITED_MESSAGES
+                emulator.bigquery_grpc_target, options=[*UNLIMITED_MESSAGES, NO_BDP_PROBE]
             )
             return bigquery_storage.BigQueryReadClient(
                 transport=BigQueryReadGrpcTransport(channel=channel)
