@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import dagster as dg
 from google.api_core import exceptions as gexc
@@ -21,6 +22,7 @@ from google.cloud import bigquery, storage
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.partitioning import Window, aligned_with_bigquery, bigquery_partitioning, decorator
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
 from bq_assets.schema import column_schema, schema_diff, schema_from_json
 from bq_assets.stages import (
@@ -32,6 +34,7 @@ from bq_assets.stages import (
     upstream_materialization,
 )
 from bq_assets.stages.gcs_csv import Manifest, read_manifest
+from bq_assets.stages.partitions import run_window, window_metadata
 
 MAX_GENERATIONS = 20
 # A load or copy job that has not finished by then fails the step (and its retry re-attaches).
@@ -153,8 +156,11 @@ def load_job_config(spec: ExportSpec, manifest: Manifest) -> bigquery.LoadJobCon
             config.null_marker = csv["null_marker"]
     if spec.bigquery.schema_update_options and spec.bigquery.write_disposition == "WRITE_APPEND":
         config.schema_update_options = list(spec.bigquery.schema_update_options)
-    if spec.bigquery.partition_field:
-        config.time_partitioning = bigquery.TimePartitioning(field=spec.bigquery.partition_field)
+    if spec.bigquery_partition_field:
+        config.time_partitioning = bigquery.TimePartitioning(
+            type_=bigquery_partitioning(spec.partitioning.by) if spec.partitioning else "DAY",
+            field=spec.bigquery_partition_field,
+        )
     if spec.bigquery.clustering_fields:
         config.clustering_fields = spec.bigquery.clustering_fields
     return config
@@ -468,6 +474,275 @@ def console_url(table_id: str) -> str:
     )
 
 
+# --- Partitioned exports (issue 14) -----------------------------------------------------------
+#: How a partition's rows replace that partition of the table:
+#: ``decorator``: copy jobs to ``table$YYYYMMDD`` / ``table$YYYYMM`` with WRITE_TRUNCATE
+#: (BigQuery replaces exactly that partition, atomically); ``transaction``: one multi-statement
+#: transaction deleting the window's rows and inserting the staging table's. The emulator knows
+#: no partition decorators, so it always uses ``transaction``; so does BigQuery when the
+#: export's partitions are not BigQuery's own (weeks; TIMESTAMP days outside UTC).
+PartitionOverwrite = Literal["decorator", "transaction"]
+
+
+class PartitionBoundsError(BqAssetsError):
+    """Rows of a partition's load fall outside the partition's window."""
+
+
+@dataclass(frozen=True)
+class PartitionLoad:
+    """What one run loaded into a partitioned table: the run's window, one load job, how the
+    partitions were replaced, and how many rows each partition of the window now holds
+    (exactly the rows loaded, or the load fails)."""
+
+    result: LoadResult
+    window: Window
+    mechanism: PartitionOverwrite
+    rows_by_partition: dict[str, int]
+    publish_jobs: list[str]
+
+
+def partition_overwrite(resource: object) -> PartitionOverwrite:
+    """The mechanism the BigQuery resource supports: ``decorator`` for BigQuery, unless the
+    resource says otherwise (the local stack's resource says ``transaction``)."""
+    declared = getattr(resource, "partition_overwrite", None)
+    if declared in ("decorator", "transaction"):
+        return declared
+    return "transaction" if getattr(resource, "local_stack_dir", None) else "decorator"
+
+
+def _column_type(config: bigquery.LoadJobConfig, column: str) -> str:
+    return next(f.field_type for f in config.schema if f.name == column).upper()
+
+
+def _bound(value: dt.datetime | dt.date, column_type: str) -> bigquery.ScalarQueryParameter:
+    """A window bound as a query parameter of the column's type (a TIMESTAMP is an instant;
+    a DATETIME holds UTC wall time, as the query step compared it; a DATE the local date)."""
+    if column_type == "DATE":
+        day = value.date() if isinstance(value, dt.datetime) else value
+        return bigquery.ScalarQueryParameter(None, "DATE", day)
+    assert isinstance(value, dt.datetime)
+    utc = value.astimezone(dt.UTC)
+    if column_type == "DATETIME":
+        return bigquery.ScalarQueryParameter(None, "DATETIME", utc.replace(tzinfo=None))
+    return bigquery.ScalarQueryParameter(None, "TIMESTAMP", utc)
+
+
+def _literal(value: dt.datetime | dt.date, column_type: str) -> str:
+    """The same bound as a SQL literal, for the transaction script (the emulator binds no
+    parameters in scripts). Only ever a date or time we computed, never user text."""
+    parameter = _bound(value, column_type)
+    if column_type == "DATE":
+        return f"DATE '{parameter.value.isoformat()}'"
+    text = parameter.value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"{column_type} '{text}{'+00' if column_type == 'TIMESTAMP' else ''}'"
+
+
+def _window_bounds(window: Window, column_type: str) -> tuple[dt.date | dt.datetime, ...]:
+    if column_type == "DATE":
+        return window.start_date, window.end_date
+    return window.start, window.end
+
+
+def partition_row_counts(
+    client: bigquery.Client, table_id: str, column: str, column_type: str, window: Window
+) -> tuple[dict[str, int], int]:
+    """Rows of ``table_id`` in each partition of ``window``, and rows outside the window
+    (or with a NULL partition column). One query; read-only."""
+    parts = window.split()
+    counts = [f"COUNTIF(`{column}` >= ? AND `{column}` < ?) AS p{i}" for i, _ in enumerate(parts)]
+    params = [_bound(b, column_type) for part in parts for b in _window_bounds(part, column_type)]
+    start, end = _window_bounds(window, column_type)
+    sql = (
+        f"SELECT {', '.join(counts)}, "
+        f"COUNTIF(`{column}` IS NULL OR `{column}` < ? OR `{column}` >= ?) AS outside "
+        f"FROM `{table_id}`"
+    )
+    params += [_bound(start, column_type), _bound(end, column_type)]
+    job = client.query(
+        sql, job_config=bigquery.QueryJobConfig(query_parameters=params), retry=TRANSIENT
+    )
+    row = next(iter(job.result()))
+    return {part.keys[0]: int(row[f"p{i}"]) for i, part in enumerate(parts)}, int(row["outside"])
+
+
+def _transaction_script(
+    table_id: str,
+    staging_id: str,
+    column: str,
+    column_type: str,
+    window: Window,
+    columns: list[str],
+) -> str:
+    start, end = (_literal(b, column_type) for b in _window_bounds(window, column_type))
+    names = ", ".join(f"`{c}`" for c in columns)
+    return (
+        "BEGIN TRANSACTION;\n"
+        f"DELETE FROM `{table_id}` WHERE `{column}` >= {start} AND `{column}` < {end};\n"
+        f"INSERT INTO `{table_id}` ({names}) SELECT {names} FROM `{staging_id}`;\n"
+        "COMMIT TRANSACTION;"
+    )
+
+
+def _ensure_partitioned_table(
+    client: bigquery.Client, table_id: str, config: bigquery.LoadJobConfig
+) -> None:
+    """Create the partitioned table (schema, partitioning, clustering) unless it exists, so a
+    partition can be written into it. Idempotent."""
+    table = bigquery.Table(table_id, schema=config.schema)
+    table.time_partitioning = config.time_partitioning
+    table.clustering_fields = config.clustering_fields
+    client.create_table(table, exists_ok=True, retry=TRANSIENT)
+
+
+def run_partition_load(
+    client: bigquery.Client,
+    project: str,
+    spec: ExportSpec,
+    manifest: Manifest,
+    window: Window,
+    overwrite: PartitionOverwrite,
+    log: dg.DagsterLogManager,
+) -> PartitionLoad:
+    """Replace exactly the partitions of ``window`` in the export's table with the manifest's
+    rows; every other partition stays as it was.
+
+    The objects are loaded into a staging table first; the load fails (nothing published) when
+    any of its rows falls outside the window. Then each partition of the window is replaced:
+    by a copy job to its decorator (``table$YYYYMMDD`` or ``$YYYYMM``, WRITE_TRUNCATE) when the
+    export's partitions are BigQuery's own and ``overwrite`` is ``decorator``, else by one
+    transaction (delete the window's rows, insert the staging table's). Idempotent: running it
+    again with the same manifest gives the same table.
+    """
+    assert spec.partitioning is not None
+    column = spec.partitioning.column
+    ensure_dataset(client, project, spec)
+    table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+    config = load_job_config(spec, manifest)
+    column_type = _column_type(config, column)
+    existing = _existing_table(client, bigquery.TableReference.from_string(table_id))
+    if existing is not None:
+        drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
+        if drift:
+            log.info(f"{table_id}: allowed schema changes: {'; '.join(drift)}")
+    _ensure_partitioned_table(client, table_id, config)
+    aligned = aligned_with_bigquery(spec.partitioning.by, column_type, spec.timezone)
+    mechanism: PartitionOverwrite = (
+        "decorator" if overwrite == "decorator" and aligned else ("transaction")
+    )
+    base = job_id_base(spec, manifest, config)
+    location = spec.bigquery.location
+    staging_dataset = ensure_staging_dataset(client, project, spec)
+    staging_id = f"{project}.{staging_dataset}.{spec.bigquery_table}__staging_{base[-16:]}"
+    config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
+    staged: list[str] = [staging_id]
+    publish_jobs: list[str] = []
+    try:
+        _ensure_partitioned_table(client, staging_id, config)
+        log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {staging_id}")
+        job = _start_or_reattach(
+            client, base, project, location,
+            lambda job_id: client.load_table_from_uri(
+                manifest.uris, staging_id, job_id=job_id, location=location, job_config=config,
+                retry=TRANSIENT,
+            ),
+            log,
+        )  # fmt: skip
+        _wait(job, table_id, location, True)
+        loaded, outside = partition_row_counts(client, staging_id, column, column_type, window)
+        if outside:
+            raise PartitionBoundsError(
+                f"{spec.sql_file}: {outside} row(s) of {window.describe()} have {column} outside "
+                f"the partition (or NULL); nothing was published. The query must return only "
+                "the window's rows: WHERE <column> >= $partition_start AND <column> < "
+                "$partition_end (partitioning.column must be the column the query filters on)."
+            )
+        if mechanism == "decorator":
+            for part in window.split():
+                source_id = staging_id
+                if len(window.keys) > 1:
+                    source_id = f"{staging_id}_{part.keys[0].replace('-', '')}"
+                    staged.append(source_id)
+                    _select_partition(client, staging_id, source_id, column, column_type, part)
+                target = f"{table_id}{decorator(part.keys[0], part.by)}"
+                copy = _start_or_reattach(
+                    client, f"{job.job_id}_publish_{part.keys[0].replace('-', '')}", project,
+                    location,
+                    lambda job_id, source_id=source_id, target=target: client.copy_table(
+                        source_id, target, job_id=job_id, location=location, retry=TRANSIENT,
+                        job_config=bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE"),
+                    ),
+                    log,
+                )  # fmt: skip
+                _wait(copy, target, location, True)
+                publish_jobs.append(copy.job_id)
+        else:
+            script = _transaction_script(
+                table_id, staging_id, column, column_type, window, [f.name for f in config.schema]
+            )
+            log.info(f"replacing {window.describe()} of {table_id} in one transaction")
+            query = client.query(
+                script, job_id_prefix=f"{job.job_id}_publish_", location=location, retry=TRANSIENT
+            )
+            query.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+            publish_jobs.append(query.job_id)
+    finally:
+        for staging in staged:
+            _drop_quietly(client, staging, log)
+    table = client.get_table(table_id, retry=TRANSIENT)
+    if spec.bigquery.labels or spec.description:
+        table.labels = dict(spec.bigquery.labels)
+        table.description = spec.description
+        table = client.update_table(table, ["labels", "description"], retry=TRANSIENT)
+    published, _ = partition_row_counts(client, table_id, column, column_type, window)
+    result = LoadResult(
+        table_id=table_id,
+        job_id=job.job_id,
+        location=job.location or location,
+        rows=sum(published.values()),
+        bytes=int(table.num_bytes or 0),
+        schema=list(table.schema),
+    )
+    if published != loaded:
+        raise PartitionBoundsError(
+            f"{table_id}: after publishing {window.describe()} the table holds {published} "
+            f"row(s) per partition, but {loaded} were loaded; re-materialize the partition(s)."
+        )
+    return PartitionLoad(result, window, mechanism, published, publish_jobs)
+
+
+def partition_load_metadata(loaded: PartitionLoad) -> dict[str, object]:
+    """The materialization metadata of a partitioned load, besides the unpartitioned ones
+    (where ``dagster/row_count`` counts the rows of this run's partitions, not the table)."""
+    return {
+        **window_metadata(loaded.window),
+        "partition_overwrite": loaded.mechanism,
+        "rows_by_partition": dg.MetadataValue.json(loaded.rows_by_partition),
+        "publish_job_ids": dg.MetadataValue.json(loaded.publish_jobs),
+    }
+
+
+def _select_partition(
+    client: bigquery.Client,
+    staging_id: str,
+    destination: str,
+    column: str,
+    column_type: str,
+    part: Window,
+) -> None:
+    """Write the rows of one partition of the staging table to a table of their own, the
+    source of that partition's copy job (a copy to a decorator needs exactly its rows)."""
+    start, end = (_bound(b, column_type) for b in _window_bounds(part, column_type))
+    config = bigquery.QueryJobConfig(
+        destination=destination,
+        write_disposition="WRITE_TRUNCATE",
+        query_parameters=[start, end],
+    )
+    sql = f"SELECT * FROM `{staging_id}` WHERE `{column}` >= ? AND `{column}` < ?"
+    client.query(sql, job_config=config, retry=TRANSIENT).result(
+        retry=TRANSIENT, timeout=JOB_TIMEOUT_S
+    )
+
+
 def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=bigquery_key(spec.name),
@@ -494,8 +769,18 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
             location = bucket_location(storage_client, bucket, gcs.retry())
             check_bucket_location(bucket, location, spec)
+            window = run_window(context, spec)
+            partition_metadata: dict[str, object] = {}
             with bigquery.get_client() as client:
-                result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
+                if window is None:
+                    result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
+                else:
+                    loaded = run_partition_load(
+                        client, bigquery.project_id(), spec, manifest, window,
+                        partition_overwrite(bigquery), context.log,
+                    )  # fmt: skip
+                    result = loaded.result
+                    partition_metadata = partition_load_metadata(loaded)
             context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
             return dg.MaterializeResult(
                 metadata={
@@ -508,6 +793,7 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "source_manifest": manifest_uri,
                     "input_run_id": upstream.run_id,
                     "console": dg.MetadataValue.url(console_url(result.table_id)),
+                    **partition_metadata,
                 }
             )
 

@@ -22,12 +22,13 @@ from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from bq_assets.exports.spec import ExportSpec
+from bq_assets.exports.spec import ExportSpec, partition_parameters
 from bq_assets.resources.google import StackAwareGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
 from bq_assets.schema import bigquery_schema, column_schema
 from bq_assets.stages import NETWORK_RETRY, query_key, reported_as_failure
 from bq_assets.stages.gcs_csv import CONTENT_TYPES, upload
+from bq_assets.stages.partitions import run_window, window_metadata
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,18 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
             local = scratch / SNAPSHOT_OBJECT
-            parquet = source.snapshot(spec.sql, spec.sql_file, local, spec.source)
+            window = run_window(context, spec)
+            parameters = window.parameters(partition_parameters(spec.sql)) if window else None
+            if window is not None:
+                context.log.info(f"{spec.name}: exporting {window.describe()}")
+            parquet = source.snapshot(
+                spec.sql,
+                spec.sql_file,
+                local,
+                spec.source,
+                parameters=parameters,
+                partition_column=spec.partitioning.column if spec.partitioning else None,
+            )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             size = local.stat().st_size
             bucket = gcs.get_client().bucket(source.staging_bucket or gcs.get_bucket_name())
@@ -125,6 +137,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "snapshot_uri": uri,
                     "snapshot_crc32c": crc32c,
                     "bytes": size,
+                    **(window_metadata(window) if window else {}),
                 }
             )
 
