@@ -122,7 +122,7 @@ def upstream_materialization(
             upstream = _upstream(key, entry, own_run=True)
             break
     else:
-        if context.has_partition_key_range:
+        if context.has_partition_key or context.has_partition_key_range:
             entry = _latest_of_partitions(context.instance, key, list(context.partition_keys))
         else:
             entry = context.instance.get_latest_materialization_event(key)

@@ -60,7 +60,7 @@ def run_window(
     """The partitions this step's run covers (None when the export is not partitioned)."""
     if spec.partitioning is None:
         return None
-    if not context.has_partition_key_range:
+    if not (context.has_partition_key or context.has_partition_key_range):
         raise NoPartitionError(
             f"{spec.name} is partitioned by {spec.partitioning.by}: materialize one partition "
             "or a range of them (in the UI: Materialize, then pick the partitions; a backfill "
