@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
-from bq_assets.factory import build_definitions, export_assets
+from bq_assets.factory import export_assets
 from bq_assets.resources.source import DuckDBSourceResource
 from bq_assets.stages import bigquery_key, databricks_key
 from bq_assets.stages.databricks import table_name
@@ -73,7 +73,8 @@ def materialize(
 ) -> dg.ExecuteInProcessResult:
     """One run of the export's four assets and their checks over partitions first…last."""
     return dg.materialize(
-        export_assets(spec), resources=resources,
+        export_assets(spec),
+        resources=resources,
         instance=instance,
         raise_on_error=False,
         tags={
