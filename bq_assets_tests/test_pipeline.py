@@ -10,7 +10,9 @@ import duckdb
 import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
+from bq_assets.exports.spec import partition_parameters
 from bq_assets.local.delivery import simulate_deliveries
+from bq_assets.partitioning import Window
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
@@ -38,10 +40,14 @@ def sorted_rows(rows: list[tuple], key_index: int = 0) -> list[tuple]:
     )
 
 
-def source_rows(spec: ExportSpec, database: str) -> tuple[list[str], list[tuple]]:
+def source_rows(
+    spec: ExportSpec, database: str, window: Window | None = None
+) -> tuple[list[str], list[tuple]]:
+    """The export query's result on the source (a partitioned export's: of ``window``)."""
+    parameters = window.parameters(partition_parameters(spec.sql)) if window else None
     with duckdb.connect(database, read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
-        cursor = con.execute(spec.sql)
+        cursor = con.execute(spec.sql, parameters)
         return [d[0] for d in cursor.description], cursor.fetchall()
 
 
