@@ -114,3 +114,34 @@ def decorator(key: str, by: Granularity) -> str:
     ``$202601``)."""
     day = partition_start(key)
     return "$" + day.strftime("%Y%m" if by == "month" else "%Y%m%d")
+
+
+#: SQL literals of a window bound per engine and BigQuery column type (DATE, TIMESTAMP: an
+#: instant, DATETIME: UTC wall time, as the query step compared it).
+_LITERALS = {
+    ("bigquery", "DATE"): "DATE '{date}'",
+    ("bigquery", "TIMESTAMP"): "TIMESTAMP '{utc}+00'",
+    ("bigquery", "DATETIME"): "DATETIME '{utc}'",
+    ("databricks", "DATE"): "DATE'{date}'",
+    ("databricks", "TIMESTAMP"): "CAST('{utc}Z' AS TIMESTAMP)",
+    ("databricks", "DATETIME"): "CAST('{utc}' AS TIMESTAMP_NTZ)",
+    ("duckdb", "DATE"): "DATE '{date}'",
+    ("duckdb", "TIMESTAMP"): "TIMESTAMPTZ '{utc}+00'",
+    ("duckdb", "DATETIME"): "TIMESTAMP '{utc}'",
+}
+
+
+def bound_literal(dialect: str, column_type: str, bound: dt.datetime) -> str:
+    """A window bound (midnight in the export's timezone) as a literal of the column's type."""
+    utc = bound.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+    return _LITERALS[(dialect, column_type)].format(date=bound.date().isoformat(), utc=utc)
+
+
+def window_predicate(dialect: str, column: str, column_type: str, window: Window) -> str:
+    """``<column> >= <start> AND <column> < <end>`` in ``dialect`` (``bigquery``,
+    ``databricks`` or ``duckdb``): the rows of the window. Only computed dates in it, and the
+    column is a validated identifier."""
+    quoted = f'"{column}"' if dialect == "duckdb" else f"`{column}`"
+    start = bound_literal(dialect, column_type, window.start)
+    end = bound_literal(dialect, column_type, window.end)
+    return f"{quoted} >= {start} AND {quoted} < {end}"

@@ -22,7 +22,13 @@ from google.cloud import bigquery, storage
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.partitioning import Window, aligned_with_bigquery, bigquery_partitioning, decorator
+from bq_assets.partitioning import (
+    Window,
+    aligned_with_bigquery,
+    bigquery_partitioning,
+    decorator,
+    window_predicate,
+)
 from bq_assets.resources.google import StackAwareBigQueryResource, StackAwareGCSResource
 from bq_assets.schema import column_schema, schema_diff, schema_from_json
 from bq_assets.stages import (
@@ -527,16 +533,6 @@ def _bound(value: dt.datetime | dt.date, column_type: str) -> bigquery.ScalarQue
     return bigquery.ScalarQueryParameter(None, "TIMESTAMP", utc)
 
 
-def _literal(value: dt.datetime | dt.date, column_type: str) -> str:
-    """The same bound as a SQL literal, for the transaction script (the emulator binds no
-    parameters in scripts). Only ever a date or time we computed, never user text."""
-    parameter = _bound(value, column_type)
-    if column_type == "DATE":
-        return f"DATE '{parameter.value.isoformat()}'"
-    text = parameter.value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return f"{column_type} '{text}{'+00' if column_type == 'TIMESTAMP' else ''}'"
-
-
 def _window_bounds(window: Window, column_type: str) -> tuple[dt.date | dt.datetime, ...]:
     if column_type == "DATE":
         return window.start_date, window.end_date
@@ -573,11 +569,12 @@ def _transaction_script(
     window: Window,
     columns: list[str],
 ) -> str:
-    start, end = (_literal(b, column_type) for b in _window_bounds(window, column_type))
+    """Replace the window's rows of ``table_id`` with the staging table's, all or nothing. The
+    bounds are literals (the emulator binds no parameters in scripts): computed dates only."""
     names = ", ".join(f"`{c}`" for c in columns)
     return (
         "BEGIN TRANSACTION;\n"
-        f"DELETE FROM `{table_id}` WHERE `{column}` >= {start} AND `{column}` < {end};\n"
+        f"DELETE FROM `{table_id}` WHERE {window_predicate('bigquery', column, column_type, window)};\n"
         f"INSERT INTO `{table_id}` ({names}) SELECT {names} FROM `{staging_id}`;\n"
         "COMMIT TRANSACTION;"
     )

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.exports.spec import ExportSpec, partition_parameters
+from bq_assets.partitioning import Window, window_predicate
 from bq_assets.resources.google import StackAwareGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
 from bq_assets.schema import bigquery_schema, column_schema
@@ -113,6 +115,14 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 partition_column=spec.partitioning.column if spec.partitioning else None,
             )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
+            rows_by_partition = None
+            if window is not None and spec.partitioning is not None:
+                column_type = next(
+                    f.field_type for f in fields if f.name == spec.partitioning.column
+                )
+                rows_by_partition = snapshot_rows_by_partition(
+                    local, spec.partitioning.column, column_type, window
+                )
             size = local.stat().st_size
             bucket = gcs.get_client().bucket(source.staging_bucket or gcs.get_bucket_name())
             name = source.staging_object(spec.name, run_id)
@@ -138,10 +148,32 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "snapshot_crc32c": crc32c,
                     "bytes": size,
                     **(window_metadata(window) if window else {}),
+                    **(
+                        {"rows_by_partition": dg.MetadataValue.json(rows_by_partition)}
+                        if rows_by_partition is not None
+                        else {}
+                    ),
                 }
             )
 
     return _query
+
+
+def snapshot_rows_by_partition(
+    snapshot: Path, column: str, column_type: str, window: Window
+) -> dict[str, int]:
+    """Rows of the local snapshot in each partition of ``window`` (the per-partition counts
+    the later hops' checks compare with). Read-only."""
+    parts = window.split()
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE {window_predicate('duckdb', column, column_type, part)})"
+        for part in parts
+    )
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        row = con.execute(f"SELECT {counts} FROM read_parquet(?)", [str(snapshot)]).fetchone()
+    assert row is not None
+    return {part.keys[0]: int(n) for part, n in zip(parts, row, strict=True)}
 
 
 @contextmanager
