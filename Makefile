@@ -81,7 +81,7 @@ lint: install
 
 bench: install ## export hop vs DuckDB, then the whole pipeline end to end (own stacks in temp dirs; ~30 min)
 	@mkdir -p $(BQ_ASSETS_LOCAL_DIR)
-	bash -o pipefail -c '$(BIN)/python -m bq_assets.bench $(BENCH_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench.log'
+	bash -o pipefail -c '$(BIN)/python benchmarks/export_step.py $(BENCH_ARGS) | tee $(BQ_ASSETS_LOCAL_DIR)/bench.log'
 	$(BIN)/python benchmarks/e2e.py --join $(BQ_ASSETS_LOCAL_DIR)/bench.log $(BENCH_E2E_ARGS)
 
 bench-e2e: install ## customer_360 through all four hops at 1M and 10M rows + a 1,000-row run, through the UI's executor

@@ -17,7 +17,7 @@ Standalone (generates the samples, starts a PostgreSQL of its own, prints the cl
 
     query_step: rss_mb_query_1m=<n> rss_mb_query_10m=<n> pg_rows_per_s=<n> pg_copy_rows_per_s=<n>
 
-To add the figures to ``bq_assets.bench``'s closing line, call ``query_step`` for the 1M and 10M
+To add the figures to ``benchmarks/export_step.py``'s closing line, call ``query_step`` for the 1M and 10M
 databases the bench already generates, and ``load_postgres`` + ``query_step(..., source=…)`` +
 ``postgres_copy_rows_per_s`` once on a PostgreSQL started with ``bq_assets_tests.postgres``.
 """

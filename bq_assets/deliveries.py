@@ -25,9 +25,10 @@ from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from bq_assets.engine.manifest import MANIFEST, Manifest, Shard
+from bq_assets.engine.upload import upload
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, delivery_regex, send_format
-from bq_assets.stages.gcs_csv import MANIFEST, Manifest, Shard, upload
 
 DELIVERY_TAG = "bq_assets/delivery"
 DELIVERY_FILES_TAG = "bq_assets/delivery_files"

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import dagster as dg
 
-from bq_assets.checks import build_checks
 from bq_assets.exports.spec import ExportSpec, check_sources
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors, freshness_policy
-from bq_assets.stages.bigquery import build_bigquery_asset
-from bq_assets.stages.databricks import build_databricks_asset, refuse_unrunnable_specs
+from bq_assets.stages.bigquery import bigquery_checks, build_bigquery_asset
+from bq_assets.stages.databricks import (
+    build_databricks_asset,
+    databricks_checks,
+    refuse_unrunnable_specs,
+)
 from bq_assets.stages.delivery import (
     build_delivery_asset,
     build_delivery_checks,
     build_delivery_sensor,
 )
-from bq_assets.stages.gcs_csv import build_gcs_asset
+from bq_assets.stages.gcs import build_gcs_asset, gcs_checks
 from bq_assets.stages.partitions import partitioned
-from bq_assets.stages.query import build_query_asset
+from bq_assets.stages.query import build_query_asset, query_checks
 
 STAGES = (build_query_asset, build_gcs_asset, build_bigquery_asset, build_databricks_asset)
 #: A delivered export has no query: its ``gcs/`` asset is the delivery itself.
 DELIVERED_STAGES = (build_delivery_asset, build_bigquery_asset, build_databricks_asset)
+CHECKS = (query_checks, gcs_checks, bigquery_checks, databricks_checks)
 
 # Modules a step's process needs, imported once by the executor's fork server instead of in
 # every step: the code location, and the Dagster storage a step opens its instance with
@@ -67,7 +71,10 @@ def export_assets(spec: ExportSpec) -> list[dg.AssetsDefinition]:
 
 
 def export_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
-    return build_delivery_checks(spec) if spec.delivered else build_checks(spec)
+    """Every check of the export's assets, each hop's from the hop's module."""
+    if spec.delivered:
+        return build_delivery_checks(spec)
+    return [check for build in CHECKS for check in build(spec)]
 
 
 def build_definitions(

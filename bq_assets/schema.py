@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 from google.cloud import bigquery
@@ -52,11 +51,6 @@ def bigquery_schema(schema: pa.Schema) -> list[bigquery.SchemaField]:
         except UnsupportedTypeError as exc:
             raise UnsupportedTypeError(f"column {field.name!r}: {exc}") from None
     return fields
-
-
-def column_schema(fields: list[bigquery.SchemaField]) -> dg.TableSchema:
-    """The ``dagster/column_schema`` of a table with these BigQuery fields."""
-    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=f.field_type) for f in fields])
 
 
 def schema_to_json(fields: list[bigquery.SchemaField]) -> list[dict]:

@@ -17,14 +17,11 @@ from dagster_databricks import DatabricksClientResource
 from dagster_databricks.resources import OauthCredentials
 
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.local.limits import unsupported_settings
-from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
-from bq_assets.local.stack import local_dir
 from bq_assets.resources import (
     DatabricksSQLResource,
     DuckDBSourceResource,
-    StackAwareBigQueryResource,
-    StackAwareGCSResource,
+    ExportBigQueryResource,
+    ExportGCSResource,
 )
 from bq_assets.resources.source import SourceDeclaration
 from bq_assets.sources import DEFAULT_SOURCE, SOURCE_KINDS, SOURCE_NAME, Source
@@ -97,6 +94,8 @@ def check_specs_for_environment(specs: list[ExportSpec]) -> list[ExportSpec]:
     """The specs, if the environment can run every one of them; locally, settings the
     emulators cannot honour fail the load, all named at once."""
     if environment() == "local":
+        from bq_assets.local.limits import unsupported_settings
+
         problems = [line for spec in specs for line in unsupported_settings(spec)]
         if problems:
             raise ConfigurationError(
@@ -169,13 +168,22 @@ def query_engine_settings() -> dict[str, str | int]:
 
 def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources wired to the local stack under ``root`` (default ``BQ_ASSETS_LOCAL_DIR``)."""
+    # The local stack's modules are imported here only: production never loads them.
+    from bq_assets.local.resources import (
+        LocalBigQueryResource,
+        LocalGCSResource,
+        SampleSourceResource,
+    )
+    from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
+    from bq_assets.local.stack import local_dir
+
     root = root or local_dir()
     rows = os.environ.get("BQ_ASSETS_SAMPLE_ROWS", str(DEFAULT_SAMPLE_ROWS))
     if not rows.isdigit() or int(rows) < 1:
         raise ConfigurationError(f"BQ_ASSETS_SAMPLE_ROWS={rows!r} must be a positive integer")
-    bigquery = StackAwareBigQueryResource(local_stack_dir=str(root))
+    bigquery = LocalBigQueryResource(local_stack_dir=str(root))
     return {
-        "source": DuckDBSourceResource(
+        "source": SampleSourceResource(
             database=str(root / "source.duckdb"),
             staging_dir=str(root / "staging"),
             sample_rows=int(rows),
@@ -184,7 +192,7 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
             **query_engine_settings(),
         ),
         # The emulator is on this machine: if it has not answered in 10 s it is down.
-        "gcs": StackAwareGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
+        "gcs": LocalGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
         "bigquery": bigquery,
         "databricks": DatabricksSQLResource(
             local_warehouse_dir=str(root / "databricks"), bigquery=bigquery
@@ -222,9 +230,7 @@ def prod_resources() -> dict[str, dg.ConfigurableResource]:
     credentials = (
         dg.EnvVar("GCP_CREDENTIALS_B64") if os.environ.get("GCP_CREDENTIALS_B64") else None
     )
-    bigquery = StackAwareBigQueryResource(
-        project=dg.EnvVar("GCP_PROJECT"), gcp_credentials=credentials
-    )
+    bigquery = ExportBigQueryResource(project=dg.EnvVar("GCP_PROJECT"), gcp_credentials=credentials)
     return {
         "source": DuckDBSourceResource(
             database=dg.EnvVar("BQ_ASSETS_SOURCE_DATABASE"),
@@ -233,7 +239,7 @@ def prod_resources() -> dict[str, dg.ConfigurableResource]:
             sources=declared_sources(),
             **query_engine_settings(),
         ),
-        "gcs": StackAwareGCSResource(
+        "gcs": ExportGCSResource(
             project=dg.EnvVar("GCP_PROJECT"),
             bucket=dg.EnvVar("BQ_ASSETS_GCS_BUCKET"),
             gcp_credentials=credentials,

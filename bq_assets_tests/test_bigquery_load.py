@@ -17,20 +17,21 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from bq_assets.exports.spec import load_spec
-from bq_assets.schema import schema_to_json
-from bq_assets.stages import reported_as_failure
-from bq_assets.stages.bigquery import (
+from bq_assets.engine.bigquery_jobs import retryable
+from bq_assets.engine.bigquery_load import (
     LocationError,
     SchemaDriftError,
     bucket_location,
     check_bucket_location,
     check_schema_drift,
     locations_compatible,
-    retryable,
     run_load,
 )
-from bq_assets.stages.gcs_csv import Manifest, Shard
+from bq_assets.engine.manifest import Manifest, Shard
+from bq_assets.errors import BqAssetsError
+from bq_assets.exports.spec import load_spec
+from bq_assets.schema import schema_to_json
+from bq_assets.stages import reported_as_failure
 
 pytestmark = pytest.mark.stack
 
@@ -96,19 +97,20 @@ def test_a_failed_load_keeps_the_previous_data_and_names_job_location_and_line(
     table_id = f"{local_stack.project}.amperity_exports.atomic"
     with resources["bigquery"].get_client() as client:
         run_load(client, local_stack.project, spec, good, log)
-        with pytest.raises(dg.Failure) as failure:
+        with pytest.raises(BqAssetsError) as failure:
             run_load(client, local_stack.project, spec, bad, log)
         assert table_rows(resources, table_id) == [(1, "a"), (2, "b")]
-        message = failure.value.description
+        message = str(failure.value)
         assert "_1 (location US)" in message and table_id in message
         assert "not-a-number" in message
-        assert failure.value.metadata["job_id"].value.endswith("_1")
-        assert failure.value.metadata["errors"].value
+        assert not failure.value.retryable  # bad data: a new attempt cannot fix it
+        assert failure.value.metadata["job_id"].endswith("_1")
+        assert failure.value.metadata["errors"]
 
         # The same manifest again: the failed job id is not reused, a new generation runs.
-        with pytest.raises(dg.Failure) as again:
+        with pytest.raises(BqAssetsError) as again:
             run_load(client, local_stack.project, spec, bad, log)
-        assert again.value.metadata["job_id"].value.endswith("_2")
+        assert again.value.metadata["job_id"].endswith("_2")
 
 
 def test_schema_drift_fails_with_a_column_by_column_diff(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from bq_assets.stages.bigquery import STAGING_TABLE_EXPIRATION_MS, run_load
+from bq_assets.engine.bigquery_load import STAGING_TABLE_EXPIRATION_MS, run_load
+from bq_assets.errors import BqAssetsError
 from bq_assets_tests.test_bigquery_load import manifest_of, spec_for, table_rows
 
 pytestmark = pytest.mark.stack
@@ -28,7 +28,7 @@ def test_failed_loads_leave_no_staging_table_and_the_published_dataset_holds_onl
         run_load(client, local_stack.project, spec, good, log)
         for bad_value in ("not-a-number", "also-not-a-number"):  # as a new user did: twice
             bad = manifest_of(local_stack, resources, f"id,name\n3,c\n{bad_value},d\n")
-            with pytest.raises(dg.Failure):
+            with pytest.raises(BqAssetsError):
                 run_load(client, local_stack.project, spec, bad, log)
 
         published = f"{local_stack.project}.amperity_exports"

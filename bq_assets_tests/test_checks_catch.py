@@ -17,13 +17,16 @@ import duckdb
 import pytest
 from google.cloud import bigquery
 
-from bq_assets import checks
+from bq_assets.engine.manifest import read_manifest
 from bq_assets.exports import load_specs
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.factory import build_definitions
+from bq_assets.stages import bigquery as bigquery_hop
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+from bq_assets.stages import databricks as databricks_hop
+from bq_assets.stages import gcs as gcs_hop
+from bq_assets.stages import query as query_hop
 from bq_assets.stages.databricks import table_name
-from bq_assets.stages.gcs_csv import read_manifest
 from bq_assets_tests.conftest import run_exports, step_errors
 
 pytestmark = pytest.mark.stack
@@ -116,7 +119,7 @@ def test_has_rows_fails_when_the_query_returns_nothing(exported: Materialized) -
     exported.source(f"DELETE FROM {SOURCE_TABLE}")
     try:
         exported.materialize(query_key(EXPORT), checks_pass=False)
-        check = exported.check(query_key(EXPORT), checks.QUERY_HAS_ROWS)
+        check = exported.check(query_key(EXPORT), query_hop.QUERY_HAS_ROWS)
         assert not check.passed
         assert check.metadata["rows"].value == 0
     finally:
@@ -131,7 +134,7 @@ def test_primary_key_check_fails_on_a_duplicate_and_a_null_key(exported: Materia
     )
     try:
         exported.materialize(query_key(EXPORT), checks_pass=False)
-        check = exported.check(query_key(EXPORT), checks.QUERY_PRIMARY_KEY_UNIQUE)
+        check = exported.check(query_key(EXPORT), query_hop.QUERY_PRIMARY_KEY_UNIQUE)
         assert not check.passed
         assert check.metadata["null_keys"].value == 1
         assert check.metadata["duplicated_keys"].value == 1
@@ -147,7 +150,7 @@ def test_required_columns_check_fails_on_a_null_email(exported: Materialized) ->
     exported.source(f"UPDATE {SOURCE_TABLE} SET email = NULL WHERE \"order\" = 'o-3'")
     try:
         exported.materialize(query_key(EXPORT), checks_pass=False)
-        check = exported.check(query_key(EXPORT), checks.QUERY_REQUIRED_NOT_NULL)
+        check = exported.check(query_key(EXPORT), query_hop.QUERY_REQUIRED_NOT_NULL)
         assert not check.passed
         assert check.metadata["null_counts"].value == {"email": 1}
     finally:
@@ -172,14 +175,14 @@ def test_objects_check_fails_when_an_object_differs_from_the_manifest(
     original = blob.download_as_bytes()
     blob.upload_from_string(original + b"\n")
     try:
-        check = exported.check(gcs_key(EXPORT), checks.GCS_OBJECTS_MATCH_MANIFEST)
+        check = exported.check(gcs_key(EXPORT), gcs_hop.GCS_OBJECTS_MATCH_MANIFEST)
         assert not check.passed
         (problem,) = check.metadata["problems"].value
         assert problem.startswith(f"{shard.uri}: size {shard.bytes + 1} crc32c ")
         assert problem.endswith(f"manifest says {shard.bytes} / {shard.crc32c}")
     finally:
         blob.upload_from_string(original)
-    assert exported.check(gcs_key(EXPORT), checks.GCS_OBJECTS_MATCH_MANIFEST).passed
+    assert exported.check(gcs_key(EXPORT), gcs_hop.GCS_OBJECTS_MATCH_MANIFEST).passed
 
 
 def test_objects_check_fails_when_an_object_is_missing(exported: Materialized) -> None:
@@ -190,7 +193,7 @@ def test_objects_check_fails_when_an_object_is_missing(exported: Materialized) -
     original = blob.download_as_bytes()
     blob.delete()
     try:
-        check = exported.check(gcs_key(EXPORT), checks.GCS_OBJECTS_MATCH_MANIFEST)
+        check = exported.check(gcs_key(EXPORT), gcs_hop.GCS_OBJECTS_MATCH_MANIFEST)
         assert not check.passed
         assert check.metadata["problems"].value == [f"{manifest.shards[0].uri}: missing"]
     finally:
@@ -203,7 +206,7 @@ def test_rows_check_fails_when_the_snapshot_has_a_row_the_objects_lack(
     exported.source(f"INSERT INTO {SOURCE_TABLE} VALUES ('o-extra', 'x@example.com', 0)")
     try:
         exported.materialize(query_key(EXPORT), checks_pass=False)
-        check = exported.check(gcs_key(EXPORT), checks.GCS_ROWS_MATCH_SNAPSHOT)
+        check = exported.check(gcs_key(EXPORT), gcs_hop.GCS_ROWS_MATCH_SNAPSHOT)
         assert not check.passed
         assert check.metadata["manifest_rows"].value == ROWS
         assert check.metadata["snapshot_rows"].value == ROWS + 1
@@ -223,13 +226,13 @@ def test_rows_check_fails_when_the_table_has_a_row_too_many(exported: Materializ
     table = bigquery_table(exported)
     exported.bigquery(f"INSERT INTO `{table}` (`order`, email, amount) VALUES ('o-x', 'x', 1)")
     try:
-        check = exported.check(bigquery_key(EXPORT), checks.BIGQUERY_ROWS_MATCH_MANIFEST)
+        check = exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST)
         assert not check.passed
         assert check.metadata["table_rows"].value == ROWS + 1
         assert check.metadata["manifest_rows"].value == ROWS
     finally:
         exported.bigquery(f"DELETE FROM `{table}` WHERE `order` = 'o-x'")
-    assert exported.check(bigquery_key(EXPORT), checks.BIGQUERY_ROWS_MATCH_MANIFEST).passed
+    assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST).passed
 
 
 def test_schema_check_fails_when_a_column_changed_type(exported: Materialized) -> None:
@@ -245,7 +248,7 @@ def test_schema_check_fails_when_a_column_changed_type(exported: Materialized) -
         client.create_table(bigquery.Table(table, schema=changed))
         client.insert_rows_json(table, [{**r, "amount": str(r["amount"])} for r in rows])
         try:
-            check = exported.check(bigquery_key(EXPORT), checks.BIGQUERY_SCHEMA_MATCHES)
+            check = exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_SCHEMA_MATCHES)
             assert not check.passed
             (difference,) = check.metadata["differences"].value
             assert "amount" in difference and "STRING" in difference
@@ -253,8 +256,8 @@ def test_schema_check_fails_when_a_column_changed_type(exported: Materialized) -
             client.delete_table(table)
             client.create_table(bigquery.Table(table, schema=original.schema))
             client.insert_rows_json(table, [{**r, "amount": float(r["amount"])} for r in rows])
-    assert exported.check(bigquery_key(EXPORT), checks.BIGQUERY_SCHEMA_MATCHES).passed
-    assert exported.check(bigquery_key(EXPORT), checks.BIGQUERY_ROWS_MATCH_MANIFEST).passed
+    assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_SCHEMA_MATCHES).passed
+    assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST).passed
 
 
 # -- databricks/<export> (the local stand-in's copy) ----------------------------------------
@@ -269,7 +272,7 @@ def restore_databricks_copy(exported: Materialized) -> Iterator[None]:
 @pytest.mark.usefixtures("restore_databricks_copy")
 def test_rows_check_fails_when_the_databricks_copy_lost_a_row(exported: Materialized) -> None:
     exported.standin("DELETE FROM {table} WHERE \"order\" = 'o-5'")
-    check = exported.check(databricks_key(EXPORT), checks.DATABRICKS_ROWS_MATCH_BIGQUERY)
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_ROWS_MATCH_BIGQUERY)
     assert not check.passed
     assert check.metadata["databricks_rows"].value == ROWS - 1
     assert check.metadata["bigquery_rows"].value == ROWS
@@ -280,12 +283,12 @@ def test_columns_check_follows_unity_catalog_case_rules_and_fails_on_a_renamed_c
     exported: Materialized,
 ) -> None:
     exported.standin('ALTER TABLE {table} RENAME COLUMN email TO "EMAIL"')
-    check = exported.check(databricks_key(EXPORT), checks.DATABRICKS_COLUMNS_MATCH_BIGQUERY)
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_COLUMNS_MATCH_BIGQUERY)
     assert check.passed  # Unity Catalog compares column names case-insensitively
     assert check.metadata["databricks_columns"].value == ["order", "EMAIL", "amount"]
 
     exported.standin('ALTER TABLE {table} RENAME COLUMN "EMAIL" TO mail')
-    check = exported.check(databricks_key(EXPORT), checks.DATABRICKS_COLUMNS_MATCH_BIGQUERY)
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_COLUMNS_MATCH_BIGQUERY)
     assert not check.passed
     assert check.metadata["databricks_columns"].value == ["order", "mail", "amount"]
     assert check.metadata["bigquery_columns"].value == ["order", "email", "amount"]
@@ -296,9 +299,11 @@ def test_key_checksum_check_fails_when_a_key_changed_but_the_count_did_not(
     exported: Materialized,
 ) -> None:
     exported.standin("UPDATE {table} SET \"order\" = 'o-changed' WHERE \"order\" = 'o-9'")
-    rows = exported.check(databricks_key(EXPORT), checks.DATABRICKS_ROWS_MATCH_BIGQUERY)
+    rows = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_ROWS_MATCH_BIGQUERY)
     assert rows.passed  # the count alone cannot see it
-    check = exported.check(databricks_key(EXPORT), checks.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY)
+    check = exported.check(
+        databricks_key(EXPORT), databricks_hop.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY
+    )
     assert not check.passed
     databricks = check.metadata["databricks_rows_and_checksum"].value
     bigquery = check.metadata["bigquery_rows_and_checksum"].value
@@ -308,9 +313,9 @@ def test_key_checksum_check_fails_when_a_key_changed_but_the_count_did_not(
 
 def test_the_module_leaves_every_check_passing(exported: Materialized) -> None:
     for key, name in [
-        (query_key(EXPORT), checks.QUERY_PRIMARY_KEY_UNIQUE),
-        (gcs_key(EXPORT), checks.GCS_ROWS_MATCH_SNAPSHOT),
-        (bigquery_key(EXPORT), checks.BIGQUERY_ROWS_MATCH_MANIFEST),
-        (databricks_key(EXPORT), checks.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY),
+        (query_key(EXPORT), query_hop.QUERY_PRIMARY_KEY_UNIQUE),
+        (gcs_key(EXPORT), gcs_hop.GCS_ROWS_MATCH_SNAPSHOT),
+        (bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST),
+        (databricks_key(EXPORT), databricks_hop.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY),
     ]:
         assert exported.check(key, name).passed, name

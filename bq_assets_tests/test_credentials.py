@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bq_assets.resources.google import (
     CredentialsError,
-    StackAwareBigQueryResource,
-    StackAwareGCSResource,
+    ExportBigQueryResource,
+    ExportGCSResource,
     service_account_credentials,
 )
 
@@ -44,9 +44,9 @@ def test_a_base64_key_becomes_service_account_credentials(encoded_key: str) -> N
 
 
 def test_both_google_clients_use_the_configured_key(encoded_key: str) -> None:
-    gcs = StackAwareGCSResource(project="acme-prod", bucket="b", gcp_credentials=encoded_key)
+    gcs = ExportGCSResource(project="acme-prod", bucket="b", gcp_credentials=encoded_key)
     assert gcs.get_client()._credentials.service_account_email.startswith("exporter@")
-    bigquery = StackAwareBigQueryResource(project="acme-prod", gcp_credentials=encoded_key)
+    bigquery = ExportBigQueryResource(project="acme-prod", gcp_credentials=encoded_key)
     with bigquery.get_client() as client:
         assert client._credentials.service_account_email.startswith("exporter@")
 
@@ -74,5 +74,5 @@ def test_without_a_key_the_clients_use_application_default_credentials(monkeypat
         return AnonymousCredentials(), "adc-project"
 
     monkeypatch.setattr("google.auth.default", fake_default)
-    StackAwareGCSResource(project="acme-prod", bucket="b").get_client()
+    ExportGCSResource(project="acme-prod", bucket="b").get_client()
     assert calls == ["adc"]

@@ -25,29 +25,22 @@ from google.cloud import storage
 from google.cloud.storage._media.requests import upload as resumable_media
 from google.cloud.storage.exceptions import DataCorruption
 
+from bq_assets.engine import export as export_engine
+from bq_assets.engine import upload as upload_engine
+from bq_assets.engine.export import export_snapshot
+from bq_assets.engine.layout import ObjectLayout
+from bq_assets.engine.manifest import MANIFEST, SUCCESS_MARKER
+from bq_assets.engine.planning import plan_shard_rows, shard_ranges
+from bq_assets.engine.retention import tidy_runs
+from bq_assets.engine.snapshot import READ_BATCH_ROWS, Snapshot
+from bq_assets.engine.upload import UploadIntegrityError, upload
+from bq_assets.engine.writers import NullMarkerCollisionError, write_csv, write_parquet
 from bq_assets.exports.spec import CsvOptions
 from bq_assets.schema import (
     UnsupportedTypeError,
     bigquery_schema,
     bigquery_type,
     plain_decimal_text,
-)
-from bq_assets.stages import gcs_csv
-from bq_assets.stages.gcs_csv import (
-    MANIFEST,
-    READ_BATCH_ROWS,
-    SUCCESS_MARKER,
-    NullMarkerCollisionError,
-    ObjectLayout,
-    Snapshot,
-    UploadIntegrityError,
-    export_snapshot,
-    plan_shard_rows,
-    shard_ranges,
-    tidy_runs,
-    upload,
-    write_csv,
-    write_parquet,
 )
 
 
@@ -358,7 +351,7 @@ def test_uploads_are_resumable_in_chunks_whatever_the_size(
         storage.Blob, "_do_multipart_upload", lambda *a, **k: calls.append("multipart")
     )
     monkeypatch.setattr(resumable_media.ResumableUpload, "transmit_next_chunk", spy_transmit)
-    monkeypatch.setattr(gcs_csv, "UPLOAD_CHUNK_BYTES", 256 * 1024)
+    monkeypatch.setattr(upload_engine, "UPLOAD_CHUNK_BYTES", 256 * 1024)
     data = random.Random(size).randbytes(size)
     (tmp_path / "f").write_bytes(data)
     name = f"tests/resumable/{size}"
@@ -418,7 +411,7 @@ def test_a_failed_shard_stops_the_export_and_leaves_no_object_behind(
     gcs_bucket: storage.Bucket, big_snapshot: Path, monkeypatch
 ) -> None:
     layout = scratch_layout("failing")
-    real_upload = gcs_csv.upload
+    real_upload = export_engine.upload
     uploaded = []
     first_uploaded = threading.Event()
 
@@ -431,7 +424,7 @@ def test_a_failed_shard_stops_the_export_and_leaves_no_object_behind(
         first_uploaded.set()
         return crc
 
-    monkeypatch.setattr(gcs_csv, "upload", flaky)
+    monkeypatch.setattr(export_engine, "upload", flaky)
     with pytest.raises(UploadIntegrityError, match="simulated"):
         export_snapshot(big_snapshot, gcs_bucket, layout, CsvOptions(shard_rows=40_000), workers=2)
     assert uploaded, "another shard was uploaded before the failure stopped the export"

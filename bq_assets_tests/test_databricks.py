@@ -20,7 +20,7 @@ import pytest
 import sqlglot
 from databricks.sdk.service.sql import StatementState
 
-from bq_assets.checks import key_checksum_sql, same_column_names
+from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
 from bq_assets.exports.spec import ExportSpecError, load_spec
 from bq_assets.factory import build_definitions
 from bq_assets.resources.databricks import (

@@ -23,14 +23,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bq_assets.engine.bigquery_load import run_load
+from bq_assets.engine.manifest import Manifest, Shard
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
 from bq_assets.local import sample_data, stack
-from bq_assets.resources import DatabricksSQLResource, DuckDBSourceResource, StackAwareGCSResource
+from bq_assets.local.resources import LocalGCSResource, SampleSourceResource
+from bq_assets.resources import DatabricksSQLResource, ExportGCSResource
 from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
-from bq_assets.stages import bigquery_key, gcs_key
-from bq_assets.stages.bigquery import run_load
-from bq_assets.stages.gcs_csv import Manifest, Shard
+from bq_assets.stages import bigquery_key, gcs_key, reported_as_failure
 from bq_assets_tests.conftest import error_chain, run_exports, step_errors
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack]
@@ -56,7 +57,7 @@ def fault_stack(fault_dir: Path):
 @pytest.fixture(scope="module")
 def fault_resources(fault_stack, fault_dir: Path) -> dict:
     resources = local_resources(fault_dir)
-    resources["source"] = DuckDBSourceResource(
+    resources["source"] = SampleSourceResource(
         database=str(fault_dir / "source.duckdb"),
         staging_dir=str(fault_dir / "staging"),
         sample_rows=FAULT_ROWS,
@@ -136,7 +137,7 @@ def test_gcs_killed_mid_upload_fails_clearly_and_a_retry_loads_exactly_the_sourc
     specs = export(tmp_path / "gcs_killed", "gcs_killed", sql, "csv: {shard_rows: 5000}\n")
     # A short request retry, so the three attempts fail in seconds rather than minutes.
     resources = fault_resources | {
-        "gcs": StackAwareGCSResource(local_stack_dir=str(fault_dir), retry_timeout_s=3)
+        "gcs": LocalGCSResource(local_stack_dir=str(fault_dir), retry_timeout_s=3)
     }
     seen: dict = {}
     with dg.instance_for_test() as instance:
@@ -304,7 +305,7 @@ def test_a_stopped_local_stack_is_named_with_the_command_that_starts_it(
 def test_a_wrong_service_account_key_is_a_clear_error(fault) -> None:
     fault.expected = "clear error naming the variable, key not echoed"
     bad_key = base64.b64encode(b'{"type": "service_account"}').decode()
-    gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=bad_key)
+    gcs = ExportGCSResource(project="acme", bucket="b", gcp_credentials=bad_key)
     with pytest.raises(Exception) as error:
         gcs.get_client()
     assert "GCP_CREDENTIALS_B64 is not a base64-encoded service-account key JSON" in str(
@@ -510,7 +511,7 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
     # a Databricks statement with the token.
     from dagster_databricks import DatabricksClientResource
 
-    gcs = StackAwareGCSResource(project="acme", bucket="b", gcp_credentials=rejected_key)
+    gcs = ExportGCSResource(project="acme", bucket="b", gcp_credentials=rejected_key)
     with pytest.raises(Exception) as gcs_error:
         gcs.get_client().lookup_bucket("bucket-that-needs-a-token")
     databricks = DatabricksSQLResource(
@@ -551,6 +552,7 @@ def test_a_bad_row_fails_the_load_and_keeps_the_previous_data(
         with (
             fault_resources["bigquery"].get_client() as client,
             pytest.raises(dg.Failure) as failure,
+            reported_as_failure(),  # as the step reports it
         ):
             run_load(client, fault_stack.project, specs[0], manifest, logging.getLogger("faults"))
     message = failure.value.description

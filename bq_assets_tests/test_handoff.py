@@ -11,11 +11,11 @@ import dagster as dg
 import pytest
 from google.cloud import storage
 
+from bq_assets.engine.bigquery_jobs import count_rows
 from bq_assets.exports import ExportSpec
 from bq_assets.factory import build_definitions
-from bq_assets.resources.source import DuckDBSourceResource
+from bq_assets.local.resources import SampleSourceResource
 from bq_assets.stages import bigquery_key, gcs_key, query_key
-from bq_assets.stages.bigquery import count_rows
 from bq_assets.stages.query import RunStatus, tidy_snapshots
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.test_pipeline import metadata
@@ -117,7 +117,7 @@ def test_two_interleaved_runs_of_one_export_each_export_their_own_snapshot(
             instance=instance, raise_on_error=False
         )
 
-    other_source = DuckDBSourceResource(
+    other_source = SampleSourceResource(
         database=str(tmp_path / "smaller.duckdb"), staging_dir=str(tmp_path), sample_rows=50
     )
     thread = threading.Thread(target=run_a)

@@ -21,11 +21,11 @@ import pytest
 
 from bq_assets.exports import load_specs
 from bq_assets.factory import build_definitions
+from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources import (
     DatabricksSQLResource,
-    DuckDBSourceResource,
-    StackAwareBigQueryResource,
-    StackAwareGCSResource,
+    ExportBigQueryResource,
+    ExportGCSResource,
 )
 from bq_assets.settings import databricks_client
 from bq_assets_tests.conftest import run_exports, step_errors
@@ -57,16 +57,16 @@ def live_export(tmp_path: Path, mode: str = "federation"):
 
 def live_resources(tmp_path: Path, databricks: DatabricksSQLResource | None = None) -> dict:
     credentials = os.environ.get("GCP_CREDENTIALS_B64") or None
-    bigquery = StackAwareBigQueryResource(
+    bigquery = ExportBigQueryResource(
         project=os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"], gcp_credentials=credentials
     )
     return {
-        "source": DuckDBSourceResource(
+        "source": SampleSourceResource(
             database=str(tmp_path / "source.duckdb"),
             staging_dir=str(tmp_path / "staging"),
             sample_rows=200,
         ),
-        "gcs": StackAwareGCSResource(
+        "gcs": ExportGCSResource(
             project=os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"],
             bucket=os.environ["BQ_ASSETS_LIVE_GCS_BUCKET"],
             gcp_credentials=credentials,

@@ -22,6 +22,7 @@ import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
 from bq_assets.local import sample_data
+from bq_assets.local.resources import SampleSourceResource
 from bq_assets.partitioning import Window
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration, SourceQueryError
 from bq_assets.schema import UnsupportedTypeError
@@ -170,7 +171,7 @@ def pg_resources(
     os.environ[PASSWORD_VARIABLE] = crm.password
     local = resources["source"]
     assert isinstance(local, DuckDBSourceResource)
-    source = DuckDBSourceResource(
+    source = SampleSourceResource(
         database=local.database,
         staging_dir=local.staging_dir,
         sample_rows=local.sample_rows,
@@ -370,7 +371,7 @@ def test_a_wrong_password_fails_clearly_without_echoing_it_and_is_not_retried(
 ) -> None:
     wrong = "WrongPassword-123!"
     os.environ[PASSWORD_VARIABLE] = wrong
-    source = DuckDBSourceResource(
+    source = SampleSourceResource(
         database=resources["source"].database,
         staging_dir=str(tmp_path / "staging"),
         sample_rows=resources["source"].sample_rows,

@@ -30,14 +30,16 @@ import pyarrow.parquet as pq
 import pytest
 from google.cloud import bigquery
 
+from bq_assets.engine.bigquery_load import load_job_config, run_load
+from bq_assets.engine.manifest import Manifest, Shard, read_manifest
+from bq_assets.engine.writers import object_suffix
+from bq_assets.errors import BqAssetsError
 from bq_assets.exports import ExportSpec, ExportSpecError, load_specs
 from bq_assets.exports.spec import load_spec
 from bq_assets.factory import build_definitions
 from bq_assets.schema import schema_to_json
 from bq_assets.stages import bigquery_key, gcs_key, query_key
-from bq_assets.stages.bigquery import load_job_config, run_load
 from bq_assets.stages.databricks import table_name
-from bq_assets.stages.gcs_csv import Manifest, Shard, object_suffix, read_manifest
 from bq_assets_tests.conftest import run_exports, step_errors
 
 COLUMNS = "id, label, text, num, big, ts, naive, day, flag, n, f"
@@ -301,7 +303,7 @@ def test_the_emulator_cannot_load_a_bignumeric_column(local_stack, resources, tm
     )
     with (
         resources["bigquery"].get_client() as client,
-        pytest.raises(dg.Failure, match="DECIMAL type width must be between 1 and 38"),
+        pytest.raises(BqAssetsError, match="DECIMAL type width must be between 1 and 38"),
     ):
         run_load(client, local_stack.project, spec, manifest, dg.get_dagster_logger())
 

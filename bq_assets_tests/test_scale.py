@@ -21,9 +21,10 @@ import dagster as dg
 import pytest
 from google.cloud import bigquery as bigquery_api
 
+from bq_assets.errors import BqAssetsError
 from bq_assets.local import stack
+from bq_assets.local.resources import LocalBigQueryResource
 from bq_assets.resources.databricks import DatabricksSQLResource, TableName
-from bq_assets.resources.google import StackAwareBigQueryResource
 from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 pytestmark = pytest.mark.stack
@@ -36,12 +37,12 @@ DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
 @pytest.fixture(scope="module")
-def bigquery(local_stack: stack.StackState, stack_dir: Path) -> StackAwareBigQueryResource:
-    return StackAwareBigQueryResource(local_stack_dir=str(stack_dir), read_stall_timeout_s=STALL_S)
+def bigquery(local_stack: stack.StackState, stack_dir: Path) -> LocalBigQueryResource:
+    return LocalBigQueryResource(local_stack_dir=str(stack_dir), read_stall_timeout_s=STALL_S)
 
 
 @pytest.fixture(scope="module")
-def wide_table(bigquery: StackAwareBigQueryResource) -> str:
+def wide_table(bigquery: LocalBigQueryResource) -> str:
     with bigquery.get_client() as client:
         client.query(f"CREATE SCHEMA IF NOT EXISTS {DATASET}").result()
         client.query(
@@ -52,7 +53,7 @@ def wide_table(bigquery: StackAwareBigQueryResource) -> str:
     return "wide"
 
 
-def _stand_in(bigquery: StackAwareBigQueryResource, tmp_path: Path) -> DatabricksSQLResource:
+def _stand_in(bigquery: LocalBigQueryResource, tmp_path: Path) -> DatabricksSQLResource:
     return DatabricksSQLResource(local_warehouse_dir=str(tmp_path / "warehouse"), bigquery=bigquery)
 
 
@@ -67,7 +68,7 @@ def _paused(pid: int) -> Iterator[None]:
 
 
 def wide_session(
-    bigquery: StackAwareBigQueryResource, local_stack: stack.StackState, table: str, streams: int
+    bigquery: LocalBigQueryResource, local_stack: stack.StackState, table: str, streams: int
 ):
     """A read client and a Storage Read session of ``table`` with up to ``streams`` streams."""
     client = bigquery.read_client()
@@ -83,7 +84,7 @@ def wide_session(
 
 
 def test_a_large_table_is_read_over_several_streams_with_messages_over_4_mib(
-    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
+    bigquery: LocalBigQueryResource, wide_table: str, local_stack: stack.StackState
 ) -> None:
     client, session = wide_session(bigquery, local_stack, wide_table, streams=4)
     assert len(session.streams) == 4
@@ -95,7 +96,7 @@ def test_a_large_table_is_read_over_several_streams_with_messages_over_4_mib(
 
 
 def test_the_stand_in_copies_every_row_of_a_large_table(
-    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack, tmp_path: Path
+    bigquery: LocalBigQueryResource, wide_table: str, local_stack, tmp_path: Path
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
     name = TableName("scale", "s", "wide")
@@ -109,7 +110,7 @@ def test_the_stand_in_copies_every_row_of_a_large_table(
 
 
 def test_a_stalled_stream_fails_within_the_stall_timeout_naming_the_api(
-    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack: stack.StackState
+    bigquery: LocalBigQueryResource, wide_table: str, local_stack: stack.StackState
 ) -> None:
     client, session = wide_session(bigquery, local_stack, wide_table, streams=2)
     started = time.monotonic()
@@ -127,7 +128,7 @@ def test_a_stalled_stream_fails_within_the_stall_timeout_naming_the_api(
 
 
 def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_table(
-    bigquery: StackAwareBigQueryResource, wide_table: str, local_stack, tmp_path: Path
+    bigquery: LocalBigQueryResource, wide_table: str, local_stack, tmp_path: Path
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
     name = TableName("scale", "s", "kept")
@@ -143,19 +144,19 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
 
 
 def test_waiting_for_a_load_or_copy_job_has_a_deadline(
-    bigquery: StackAwareBigQueryResource, wide_table: str, monkeypatch
+    bigquery: LocalBigQueryResource, wide_table: str, monkeypatch
 ) -> None:
-    from bq_assets.stages import bigquery as bigquery_stage
+    from bq_assets.engine import bigquery_jobs
 
-    monkeypatch.setattr(bigquery_stage, "JOB_TIMEOUT_S", STALL_S)
+    monkeypatch.setattr(bigquery_jobs, "JOB_TIMEOUT_S", STALL_S)
     with bigquery.get_client() as client:
         done = client.copy_table(f"{DATASET}.{wide_table}", f"{DATASET}.wide_copy").to_api_repr()
         # The same job as a step sees it when the job never finishes: every poll says RUNNING.
         copy = bigquery_api.CopyJob.from_api_repr({**done, "status": {"state": "RUNNING"}}, client)
         monkeypatch.setattr(copy, "reload", lambda *args, **kwargs: None)
         started = time.monotonic()
-        with pytest.raises(dg.Failure) as error:
-            bigquery_stage._wait(copy, f"{DATASET}.wide_copy", "US", table_existed=False)
+        with pytest.raises(BqAssetsError) as error:
+            bigquery_jobs.wait_for(copy, f"{DATASET}.wide_copy", "US", table_existed=False)
     assert time.monotonic() - started < STALL_S + 5
     assert f"did not finish within {STALL_S:g} s" in str(error.value)
     assert copy.job_id in str(error.value)

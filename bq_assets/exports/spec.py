@@ -26,7 +26,6 @@ from typing import Any, Literal
 import sqlglot
 import sqlglot.errors
 import yaml
-from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlglot import exp
 from sqlglot.tokens import TokenType
@@ -526,6 +525,10 @@ class ExportSpec(_Strict):
     @field_validator("cadence")
     @classmethod
     def _cadence(cls, value: str) -> str:
+        # Dagster's own rule for schedules' cron strings, imported here: the export engine
+        # imports this module and stays free of Dagster.
+        from dagster._utils.schedules import is_valid_cron_string
+
         if value in CADENCE_CRON or is_valid_cron_string(value):
             return value
         raise ValueError(f"{value!r} is not `daily`, `weekly` or a valid cron string")

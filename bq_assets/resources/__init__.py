@@ -3,8 +3,8 @@
 from bq_assets.resources.databricks import DatabricksSQLResource, StatementError
 from bq_assets.resources.google import (
     CredentialsError,
-    StackAwareBigQueryResource,
-    StackAwareGCSResource,
+    ExportBigQueryResource,
+    ExportGCSResource,
 )
 from bq_assets.resources.source import DuckDBSourceResource, SourceQueryError
 
@@ -12,8 +12,8 @@ __all__ = [
     "CredentialsError",
     "DatabricksSQLResource",
     "DuckDBSourceResource",
+    "ExportBigQueryResource",
+    "ExportGCSResource",
     "SourceQueryError",
-    "StackAwareBigQueryResource",
-    "StackAwareGCSResource",
     "StatementError",
 ]

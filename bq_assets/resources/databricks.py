@@ -14,11 +14,9 @@ This is the one place where local and production differ in more than endpoints:
 from __future__ import annotations
 
 import fcntl
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -28,47 +26,16 @@ from dagster_databricks import DatabricksClientResource
 from databricks.sdk.service.sql import StatementExecutionAPI, StatementResponse, StatementState
 from pydantic import Field
 
+from bq_assets.engine.databricks_sql import BigQueryTable, TableName
 from bq_assets.errors import BqAssetsError
-from bq_assets.resources.google import StackAwareBigQueryResource
+from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 STAND_IN_MEMORY_LIMIT = "256MB"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class StatementError(BqAssetsError):
     """A Databricks SQL statement failed, was canceled, or did not finish in time."""
-
-
-@dataclass(frozen=True)
-class TableName:
-    """A Unity Catalog three-part name. Parts are validated identifiers (see the export spec)."""
-
-    catalog: str
-    schema: str
-    table: str
-
-    def __post_init__(self) -> None:
-        for part in (self.catalog, self.schema, self.table):
-            if not _IDENTIFIER.fullmatch(part):
-                raise ValueError(f"{part!r} is not a valid Databricks identifier")
-
-    @property
-    def quoted(self) -> str:
-        return f"`{self.catalog}`.`{self.schema}`.`{self.table}`"
-
-    def __str__(self) -> str:
-        return f"{self.catalog}.{self.schema}.{self.table}"
-
-
-@dataclass(frozen=True)
-class BigQueryTable:
-    project: str
-    dataset: str
-    table: str
-
-    def __str__(self) -> str:
-        return f"{self.project}.{self.dataset}.{self.table}"
 
 
 class DatabricksSQLResource(dg.ConfigurableResource):
@@ -82,7 +49,7 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     local_warehouse_dir: str | None = Field(
         default=None, description="Local stand-in: directory of the DuckDB catalog files."
     )
-    bigquery: StackAwareBigQueryResource | None = Field(
+    bigquery: ExportBigQueryResource | None = Field(
         default=None, description="Local stand-in: where it reads BigQuery tables from."
     )
     bigquery_key_secret_scope: str = Field(

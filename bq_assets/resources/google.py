@@ -1,8 +1,9 @@
-"""GCS and BigQuery resources: dagster-gcp's, extended to reach the local emulators.
+"""GCS and BigQuery resources: dagster-gcp's, plus what the pipeline needs of them.
 
-In production they behave like dagster-gcp's own (Application Default Credentials, or a
-base64 service-account key). With ``local_stack_dir`` set they talk to the emulators of that
-local stack with anonymous credentials; the endpoints are read when a client is made, so the
+They behave like dagster-gcp's own (Application Default Credentials, or a base64
+service-account key), with the export bucket, bounded retries and the Storage Read API client.
+``emulator()`` is the one seam for emulators: ``None`` here; the local stack's subclasses
+(``bq_assets.local.resources``) answer with its endpoints, read when a client is made, so the
 code location loads whether or not the stack is running.
 """
 
@@ -13,7 +14,7 @@ import binascii
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Literal, Protocol
 
 import grpc
 from dagster_gcp import BigQueryResource, GCSResource
@@ -29,13 +30,7 @@ from google.oauth2 import service_account
 from pydantic import Field
 
 from bq_assets.errors import BqAssetsError
-from bq_assets.local.stack import StackState, read_state
 
-LOCAL_STACK_FIELD = Field(
-    default=None,
-    description="Directory of a running local stack (`python -m bq_assets.local up`). "
-    "When set, clients go to its emulators with anonymous credentials.",
-)
 # What BigQueryReadGrpcTransport.create_channel sets for Google's endpoint: no message size cap.
 UNLIMITED_MESSAGES = [
     ("grpc.max_send_message_length", -1),
@@ -45,6 +40,20 @@ CREDENTIALS_FIELD = Field(
     default=None,
     description="Base64-encoded service-account key JSON. Unset: Application Default Credentials.",
 )
+
+
+class Emulator(Protocol):
+    """Where emulators of GCS and BigQuery listen; clients reach them without credentials."""
+
+    project: str
+    bucket: str
+
+    @property
+    def gcs_endpoint(self) -> str: ...
+    @property
+    def bigquery_endpoint(self) -> str: ...
+    @property
+    def bigquery_grpc_target(self) -> str: ...
 
 
 class CredentialsError(BqAssetsError):
@@ -65,14 +74,13 @@ def service_account_credentials(encoded_key: str) -> Credentials:
         ) from None
 
 
-class StackAwareGCSResource(GCSResource):
-    """dagster-gcp's ``GCSResource`` plus the bucket exports go to, and emulator support."""
+class ExportGCSResource(GCSResource):
+    """dagster-gcp's ``GCSResource`` plus the bucket exports go to and bounded retries."""
 
     bucket: str | None = Field(
         default=None, description="Bucket for the CSV objects (local: the stack's bucket)."
     )
     gcp_credentials: str | None = CREDENTIALS_FIELD
-    local_stack_dir: str | None = LOCAL_STACK_FIELD
     retry_timeout_s: float = Field(
         default=120.0,
         gt=0,
@@ -80,25 +88,26 @@ class StackAwareGCSResource(GCSResource):
         "before the step fails and its retry policy takes over; 120 s is the client's default.",
     )
 
-    def local_stack(self) -> StackState | None:
-        return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+    def emulator(self) -> Emulator | None:
+        """The emulators to talk to instead of Google (none in production)."""
+        return None
 
     def retry(self) -> Retry:
         """The client's retry policy (transient errors, backoff), bounded by ``retry_timeout_s``."""
         return DEFAULT_RETRY.with_timeout(self.retry_timeout_s)
 
-    def get_object_to_set_on_execution_context(self) -> StackAwareGCSResource:
+    def get_object_to_set_on_execution_context(self) -> ExportGCSResource:
         # dagster-gcp builds a client for every step up front; clients are made inside the
         # steps instead, where a stopped stack or bad credentials become a clear failure.
         return self
 
     def get_client(self) -> storage.Client:
-        stack = self.local_stack()
-        if stack is not None:
+        emulator = self.emulator()
+        if emulator is not None:
             return storage.Client(
-                project=stack.project,
+                project=emulator.project,
                 credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": stack.gcs_endpoint},
+                client_options={"api_endpoint": emulator.gcs_endpoint},
             )
         if self.gcp_credentials:
             return storage.Client(
@@ -108,22 +117,21 @@ class StackAwareGCSResource(GCSResource):
 
     @property
     def endpoint(self) -> str:
-        stack = self.local_stack()
-        return stack.gcs_endpoint if stack else "https://storage.googleapis.com"
+        emulator = self.emulator()
+        return emulator.gcs_endpoint if emulator else "https://storage.googleapis.com"
 
     def get_bucket_name(self) -> str:
-        stack = self.local_stack()
-        if stack is not None:
-            return self.bucket or stack.bucket
+        emulator = self.emulator()
+        if emulator is not None:
+            return self.bucket or emulator.bucket
         if not self.bucket:
             raise ValueError("No GCS bucket configured: set BQ_ASSETS_GCS_BUCKET.")
         return self.bucket
 
 
-class StackAwareBigQueryResource(BigQueryResource):
-    """dagster-gcp's ``BigQueryResource`` that can also reach the bqemulator of a local stack."""
+class ExportBigQueryResource(BigQueryResource):
+    """dagster-gcp's ``BigQueryResource`` plus the Storage Read API client and its deadlines."""
 
-    local_stack_dir: str | None = LOCAL_STACK_FIELD
     read_max_streams: int = Field(
         default=4,
         ge=1,
@@ -142,49 +150,56 @@ class StackAwareBigQueryResource(BigQueryResource):
         gt=0,
         description="Storage Read API: deadline for reading one whole table, all streams together.",
     )
+    partition_overwrite: Literal["decorator", "transaction"] = Field(
+        default="decorator",
+        description="How a partitioned export's load replaces its partitions: a copy job to the "
+        "partition decorator (`table$YYYYMMDD`, WRITE_TRUNCATE) where the partitions are "
+        "BigQuery's own, or always one DELETE + INSERT transaction (what the emulator supports).",
+    )
 
-    def local_stack(self) -> StackState | None:
-        return read_state(Path(self.local_stack_dir)) if self.local_stack_dir else None
+    def emulator(self) -> Emulator | None:
+        """The emulator to talk to instead of Google (none in production)."""
+        return None
 
-    def get_object_to_set_on_execution_context(self) -> StackAwareBigQueryResource:
-        return self  # see StackAwareGCSResource: no client before the step runs
+    def get_object_to_set_on_execution_context(self) -> ExportBigQueryResource:
+        return self  # see ExportGCSResource: no client before the step runs
 
     @property
     def endpoint(self) -> str:
-        stack = self.local_stack()
-        return stack.bigquery_endpoint if stack else "https://bigquery.googleapis.com"
+        emulator = self.emulator()
+        return emulator.bigquery_endpoint if emulator else "https://bigquery.googleapis.com"
 
     @property
     def read_endpoint(self) -> str:
         """Where the Storage Read API client connects (gRPC)."""
-        stack = self.local_stack()
+        emulator = self.emulator()
         return (
-            f"http://{stack.bigquery_grpc_target}"
-            if stack
+            f"http://{emulator.bigquery_grpc_target}"
+            if emulator
             else "https://bigquerystorage.googleapis.com"
         )
 
     def project_id(self) -> str:
-        stack = self.local_stack()
-        if stack is not None:
-            return stack.project
+        emulator = self.emulator()
+        if emulator is not None:
+            return emulator.project
         if not self.project:
             raise ValueError("No GCP project configured: set GCP_PROJECT.")
         return self.project
 
     @contextmanager
     def get_client(self) -> Iterator[bigquery.Client]:
-        stack = self.local_stack()
-        if stack is None and not self.gcp_credentials:
+        emulator = self.emulator()
+        if emulator is None and not self.gcp_credentials:
             with super().get_client() as client:
                 yield client
             return
-        if stack is not None:
+        if emulator is not None:
             client = bigquery.Client(
-                project=stack.project,
+                project=emulator.project,
                 location=self.location,
                 credentials=AnonymousCredentials(),
-                client_options=ClientOptions(api_endpoint=stack.bigquery_endpoint),
+                client_options=ClientOptions(api_endpoint=emulator.bigquery_endpoint),
             )
         else:
             assert self.gcp_credentials is not None
@@ -204,9 +219,11 @@ class StackAwareBigQueryResource(BigQueryResource):
         The emulator's channel lifts gRPC's 4 MiB receive limit, as the client library's own
         channel to Google does (one Arrow batch of a wide table is larger than that).
         """
-        stack = self.local_stack()
-        if stack is not None:
-            channel = grpc.insecure_channel(stack.bigquery_grpc_target, options=UNLIMITED_MESSAGES)
+        emulator = self.emulator()
+        if emulator is not None:
+            channel = grpc.insecure_channel(
+                emulator.bigquery_grpc_target, options=UNLIMITED_MESSAGES
+            )
             return bigquery_storage.BigQueryReadClient(
                 transport=BigQueryReadGrpcTransport(channel=channel)
             )

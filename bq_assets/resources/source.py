@@ -15,7 +15,6 @@ from pydantic import Field
 from bq_assets import sources
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import executable_query
-from bq_assets.local import sample_data
 from bq_assets.partitioning import PARTITION_COLUMN_TYPES
 from bq_assets.schema import UnsupportedTypeError
 from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError
@@ -101,11 +100,6 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         description="Local scratch directory where the query result is written before it goes "
         "up to the staging bucket (default: the system's temporary directory). Nothing stays.",
     )
-    sample_rows: int | None = Field(
-        default=None,
-        description="Generate the sample source with this many customers when the database "
-        "does not exist (local only; unset in production).",
-    )
     sources: list[SourceDeclaration] = Field(
         default_factory=list,
         description="further named sources; the DuckDB file above is the source `default`",
@@ -148,9 +142,8 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         )
 
     def _database_path(self) -> Path:
+        """The DuckDB file the default source is (it must exist)."""
         path = Path(self.database)
-        if self.sample_rows is not None:
-            sample_data.ensure(path, self.sample_rows)
         if not path.exists():
             raise SourceQueryError(f"The source database {path} does not exist.")
         return path

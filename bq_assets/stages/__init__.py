@@ -1,4 +1,10 @@
-"""The four stages of an export, one module each: query → GCS CSV → BigQuery → Databricks."""
+"""The four hops of an export, one module each, holding the hop's asset and its checks:
+query → GCS objects → BigQuery → Databricks (and ``delivery`` for delivered files).
+
+This package holds what every hop shares: the asset keys, the retry policy, the hand-off (a
+step reads its upstream's output by the URI its materialization recorded), and how errors
+become one clear failure. The work itself is done by ``bq_assets.engine`` and the resources.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,18 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import grpc
 import requests
 from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exceptions
+from google.cloud import bigquery, storage
 
+from bq_assets.engine.snapshot import download_snapshot
 from bq_assets.errors import BqAssetsError
 from bq_assets.schema import UnsupportedTypeError
 
@@ -86,6 +96,34 @@ def reading_input(upstream: Upstream, what: str, where: str) -> Iterator[None]:
         yield
     except (api_exceptions.NotFound, FileNotFoundError):
         raise InputMissingError(upstream, what, where) from None
+
+
+def fetch_snapshot(
+    client: storage.Client, upstream: Upstream, directory: Path, retry: Retry
+) -> Path:
+    """The snapshot the query hop handed on (``snapshot_uri``), copied into ``directory``; an
+    ``InputMissingError`` naming the asset to re-materialize when it no longer exists."""
+    uri = upstream.metadata.get("snapshot_uri")
+    if uri is None:  # materialized by a version that kept snapshots on local disk
+        raise InputMissingError(upstream, "The snapshot", "(kept on the disk of that run)")
+    with reading_input(upstream, "The snapshot", str(uri)):
+        return download_snapshot(client, str(uri), directory / "snapshot.parquet", retry)
+
+
+def column_schema(fields: list[bigquery.SchemaField]) -> dg.TableSchema:
+    """The ``dagster/column_schema`` of a table with these BigQuery fields."""
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=f.field_type) for f in fields])
+
+
+def check_result(
+    passed: bool, why: str, metadata: dict[str, Any], name: str | None = None
+) -> dg.AssetCheckResult:
+    """A check's result; a failure says why in one line (shown in the UI, the run's failure
+    report and alerts), with the details in ``metadata``. ``name``: which check of a
+    multi-check this is."""
+    return dg.AssetCheckResult(
+        check_name=name, passed=passed, description=None if passed else why, metadata=metadata
+    )
 
 
 def _materialization_in_run(
@@ -220,7 +258,11 @@ def reported_as_failure(**services: Any) -> Iterator[None]:
         yield
     except dg.Failure:
         raise
-    except (BqAssetsError, UnsupportedTypeError) as exc:
+    except BqAssetsError as exc:
+        raise dg.Failure(
+            description=str(exc), metadata=exc.metadata, allow_retries=exc.retryable
+        ) from None
+    except UnsupportedTypeError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     except api_exceptions.Forbidden as exc:
         if _reasons(exc) & {"rateLimitExceeded"}:  # BigQuery answers rate limits with a 403

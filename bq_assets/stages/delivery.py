@@ -16,7 +16,6 @@ from dataclasses import asdict
 import dagster as dg
 from google.cloud import bigquery as bq
 
-from bq_assets.checks import bigquery_checks, check_result, databricks_checks
 from bq_assets.deliveries import (
     DELIVERY_FILES_TAG,
     DELIVERY_TAG,
@@ -29,12 +28,21 @@ from bq_assets.deliveries import (
     manifest_prefix,
     write_manifest,
 )
+from bq_assets.engine.manifest import read_manifest
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.resources.google import StackAwareGCSResource
+from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.pgp import PgpKeyResource
-from bq_assets.schema import column_schema, schema_to_json
-from bq_assets.stages import NETWORK_RETRY, gcs_key, reported_as_failure, upstream_materialization
-from bq_assets.stages.gcs_csv import read_manifest
+from bq_assets.schema import schema_to_json
+from bq_assets.stages import (
+    NETWORK_RETRY,
+    check_result,
+    column_schema,
+    gcs_key,
+    reported_as_failure,
+    upstream_materialization,
+)
+from bq_assets.stages.bigquery import bigquery_checks
+from bq_assets.stages.databricks import databricks_checks
 
 DELIVERY_HEADER_MATCHES = "header_matches_spec"
 DELIVERY_ROWS_ADD_UP = "rows_add_up"
@@ -80,7 +88,7 @@ def _requested_delivery(
 def _materialize(
     context: dg.AssetExecutionContext,
     spec: ExportSpec,
-    gcs: StackAwareGCSResource,
+    gcs: ExportGCSResource,
     pgp: PgpKeyResource | None,
 ) -> dg.MaterializeResult:
     """Record (and, when encrypted, decrypt) the run's delivery and write its manifest."""
@@ -158,7 +166,7 @@ def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
 
         @asset
         def _encrypted_delivery(
-            context: dg.AssetExecutionContext, gcs: StackAwareGCSResource, pgp: PgpKeyResource
+            context: dg.AssetExecutionContext, gcs: ExportGCSResource, pgp: PgpKeyResource
         ) -> dg.MaterializeResult:
             return _materialize(context, spec, gcs, pgp)
 
@@ -166,7 +174,7 @@ def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
 
     @asset
     def _delivery(
-        context: dg.AssetExecutionContext, gcs: StackAwareGCSResource
+        context: dg.AssetExecutionContext, gcs: ExportGCSResource
     ) -> dg.MaterializeResult:
         return _materialize(context, spec, gcs, None)
 
@@ -212,7 +220,7 @@ def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         "still the one counted (same crc32c and size).",
     )
     def rows_add_up(
-        context: dg.AssetCheckExecutionContext, gcs: StackAwareGCSResource
+        context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
     ) -> dg.AssetCheckResult:
         metadata = upstream_materialization(context, key)
         manifest = read_manifest(gcs.get_client(), str(metadata["manifest_uri"]), gcs.retry())
@@ -263,7 +271,7 @@ def build_delivery_sensor(
         default_status=default_status,
         description=f"One run of {spec.name} per complete delivery in {options.prefix}.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, gcs: StackAwareGCSResource) -> dg.SensorResult:
+    def _sensor(context: dg.SensorEvaluationContext, gcs: ExportGCSResource) -> dg.SensorResult:
         cursor = context.cursor or ""
         bucket = gcs.get_client().bucket(gcs.get_bucket_name())
         requests = []

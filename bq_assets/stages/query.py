@@ -8,6 +8,9 @@ boundary. Re-running writes the same run's snapshot again (idempotent). Retentio
 snapshots of the newest ``staging_keep_runs`` runs of the export, decided by the runs' records
 in the Dagster instance (never by object times), and never deletes the snapshot of a run that
 has not finished.
+
+Its checks (one step, one copy of the snapshot): the query returned rows, the primary key is
+unique and never NULL, required columns are never NULL. All three block the GCS hop.
 """
 
 import tempfile
@@ -23,14 +26,28 @@ from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from bq_assets.engine.scans import KeyReport, null_counts, primary_key_report
+from bq_assets.engine.upload import upload
+from bq_assets.engine.writers import CONTENT_TYPES
 from bq_assets.exports.spec import ExportSpec, partition_parameters
 from bq_assets.partitioning import Window, window_predicate
-from bq_assets.resources.google import StackAwareGCSResource
+from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
-from bq_assets.schema import bigquery_schema, column_schema
-from bq_assets.stages import NETWORK_RETRY, query_key, reported_as_failure
-from bq_assets.stages.gcs_csv import CONTENT_TYPES, upload
+from bq_assets.schema import bigquery_schema
+from bq_assets.stages import (
+    NETWORK_RETRY,
+    check_result,
+    column_schema,
+    fetch_snapshot,
+    query_key,
+    reported_as_failure,
+    upstream_materialization,
+)
 from bq_assets.stages.partitions import run_window, window_metadata
+
+QUERY_HAS_ROWS = "has_rows"
+QUERY_PRIMARY_KEY_UNIQUE = "primary_key_unique_and_not_null"
+QUERY_REQUIRED_NOT_NULL = "required_columns_not_null"
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     def _query(
         context: dg.AssetExecutionContext,
         source: DuckDBSourceResource,
-        gcs: StackAwareGCSResource,
+        gcs: ExportGCSResource,
     ) -> dg.MaterializeResult:
         run_id = context.run.run_id
         with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
@@ -183,3 +200,85 @@ def _scratch(source: DuckDBSourceResource, run_id: str) -> Iterator[Path]:
         Path(source.staging_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"bq_assets_{run_id}_", dir=source.staging_dir) as name:
         yield Path(name)
+
+
+def query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    """The query hop's checks, blocking: they run as one step that copies the snapshot once and
+    scans it in bounded memory (``engine.scans``); each can still be run on its own."""
+    key = query_key(spec.name)
+    specs = [
+        dg.AssetCheckSpec(
+            QUERY_HAS_ROWS, asset=key, blocking=True,
+            description="The query returned at least one row (unless the spec allows empty).",
+        ),
+        dg.AssetCheckSpec(
+            QUERY_PRIMARY_KEY_UNIQUE, asset=key, blocking=True,
+            description=f"Primary key ({', '.join(spec.primary_key)}) is unique and never NULL.",
+        ),
+    ]  # fmt: skip
+    if spec.required:
+        specs.append(
+            dg.AssetCheckSpec(
+                QUERY_REQUIRED_NOT_NULL,
+                asset=key,
+                blocking=True,
+                description=f"Required columns ({', '.join(spec.required)}) are never NULL.",
+            )
+        )
+
+    @dg.multi_asset_check(specs=specs, name=f"{key.to_python_identifier()}_checks", can_subset=True)
+    def _query_checks(
+        context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        selected = {check.name for check in context.selected_asset_check_keys}
+        upstream = upstream_materialization(context, key)
+        if QUERY_HAS_ROWS in selected:
+            yield _has_rows(spec, int(upstream["dagster/row_count"]))
+        if not selected & {QUERY_PRIMARY_KEY_UNIQUE, QUERY_REQUIRED_NOT_NULL}:
+            return
+        with (
+            reported_as_failure(GCS=gcs),
+            tempfile.TemporaryDirectory(prefix=f"bq_assets_{context.run.run_id}_") as scratch,
+        ):
+            snapshot = fetch_snapshot(gcs.get_client(), upstream, Path(scratch), gcs.retry())
+            if QUERY_PRIMARY_KEY_UNIQUE in selected:
+                yield _primary_key(primary_key_report(snapshot, spec.primary_key))
+            if QUERY_REQUIRED_NOT_NULL in selected:
+                yield _required(null_counts(snapshot, spec.required))
+
+    return [_query_checks]
+
+
+def _has_rows(spec: ExportSpec, rows: int) -> dg.AssetCheckResult:
+    return check_result(
+        rows > 0 or spec.allow_empty,
+        "the query returned no rows (set allow_empty: true if that can be right)",
+        {"rows": rows, "allow_empty": spec.allow_empty},
+        QUERY_HAS_ROWS,
+    )
+
+
+def _primary_key(report: KeyReport) -> dg.AssetCheckResult:
+    keys = [row[:-1] for row in report.duplicate_sample]
+    return check_result(
+        report.passed,
+        f"{report.duplicated_keys} duplicated key(s)"
+        + (f", e.g. {', '.join('/'.join(key) for key in keys)}" if keys else "")
+        + f"; {report.null_keys} row(s) with a NULL key",
+        {
+            "null_keys": report.null_keys,
+            "duplicated_keys": report.duplicated_keys,
+            "duplicate_sample": dg.MetadataValue.json(report.duplicate_sample),
+        },
+        QUERY_PRIMARY_KEY_UNIQUE,
+    )
+
+
+def _required(nulls: dict[str, int]) -> dg.AssetCheckResult:
+    return check_result(
+        not any(nulls.values()),
+        "NULLs in required columns: "
+        + ", ".join(f"{column} ({n})" for column, n in nulls.items() if n),
+        {"null_counts": dg.MetadataValue.json(nulls)},
+        QUERY_REQUIRED_NOT_NULL,
+    )

@@ -1,6 +1,6 @@
 """Benchmark of the export hop (snapshot → CSV.gz shards in GCS) against DuckDB and pandas.
 
-``make bench`` (or ``python -m bq_assets.bench``) generates the sample source at 1M and 10M
+``make bench`` (or ``python benchmarks/export_step.py``) generates the sample source at 1M and 10M
 ``customer_360`` rows, starts a local stack of its own in a temp dir, and measures on the same
 data, each contender in a fresh subprocess (so peak RSS is that contender's alone):
 
@@ -93,7 +93,9 @@ def _child_export(args: dict) -> dict:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from bq_assets.stages.gcs_csv import ObjectLayout, export_snapshot, object_suffix
+    from bq_assets.engine.export import export_snapshot
+    from bq_assets.engine.layout import ObjectLayout
+    from bq_assets.engine.writers import object_suffix
 
     spec = _customer_360()
     client = storage.Client(
@@ -167,7 +169,7 @@ CHILDREN = {
 
 def _run_child(kind: str, args: dict) -> dict:
     """Run one contender in a fresh interpreter; its result plus its own peak RSS."""
-    command = [sys.executable, "-m", "bq_assets.bench", "--child", kind, json.dumps(args)]
+    command = [sys.executable, __file__, "--child", kind, json.dumps(args)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-4000:]}")
@@ -336,7 +338,7 @@ def report(measures: list[Measure], sizes: list[int], pandas_rows: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bq_assets.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python benchmarks/export_step.py", description=__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument(
         "--pandas-rows", type=int, default=1_000_000, help="run pandas up to this size"

@@ -1,0 +1,173 @@
+"""BigQuery jobs that run once per piece of work: deterministic job ids, reattached to on a
+retry, waited for with a deadline, failed with BigQuery's own errors and the right retry rule."""
+
+import concurrent.futures
+import contextlib
+import datetime as dt
+from collections.abc import Callable
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import bigquery
+
+from bq_assets.engine.log import Log
+from bq_assets.errors import BqAssetsError
+
+Job = bigquery.job.LoadJob | bigquery.job.CopyJob
+
+MAX_GENERATIONS = 20
+# A load or copy job that has not finished by then fails the step (and its retry re-attaches).
+JOB_TIMEOUT_S = 3600.0
+# Only transient failures are retried: rate limits and server errors, with exponential backoff.
+TRANSIENT = Retry(
+    predicate=lambda exc: isinstance(
+        exc, gexc.TooManyRequests | gexc.InternalServerError | gexc.BadGateway
+        | gexc.ServiceUnavailable | gexc.GatewayTimeout
+    ),
+    initial=1.0, maximum=30.0, multiplier=2.0, timeout=300.0,
+)  # fmt: skip
+
+#: Job error reasons that a new attempt can fix: BigQuery's own failures and rate limits
+#: (https://cloud.google.com/bigquery/docs/error-messages: "retry" for these). Any other reason
+#: (invalid data, a bad schema, access denied, a missing object) fails the step at once.
+RETRYABLE_REASONS = frozenset(
+    {"backendError", "internalError", "rateLimitExceeded", "jobBackendError", "jobInternalError"}
+)
+
+#: Table modification times a little after the job's end still count as the job's own write.
+_SAME_WRITE = dt.timedelta(seconds=5)
+
+
+def retryable(job: Job) -> bool:
+    """Whether the failed job's error is one a new attempt can fix."""
+    return (job.error_result or {}).get("reason") in RETRYABLE_REASONS
+
+
+def start_or_reattach(
+    client: bigquery.Client,
+    base: str,
+    project: str,
+    location: str,
+    start: Callable[[str], Job],
+    log: Log,
+) -> Job:
+    """The job ``<base>_<generation>``: reattach to a running one, or to a finished one whose
+    table is still as it left it; start a new generation after a failed one, or when its table
+    has since been deleted or changed. A retried step therefore never runs the same work twice,
+    and a repair (re-materializing after the table went missing or was altered) loads again."""
+    for generation in range(1, MAX_GENERATIONS + 1):
+        job_id = f"{base}_{generation}"
+        try:
+            job = client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
+        except gexc.NotFound:
+            log.info(f"starting job {job_id}")
+            return start(job_id)
+        if job.state == "DONE" and job.error_result:
+            log.info(f"job {job_id} already failed; starting generation {generation + 1}")
+            continue
+        if job.state == "DONE" and not output_unchanged(client, job):
+            log.info(
+                f"job {job_id} finished, but its table {table_id_of(job.destination)} was deleted "
+                f"or changed since; starting generation {generation + 1}"
+            )
+            continue
+        log.info(f"reattaching to job {job_id} (state {job.state})")
+        return job
+    raise BqAssetsError(f"{MAX_GENERATIONS} generations of job {base} failed for one run.")
+
+
+def table_id_of(table: bigquery.TableReference | None) -> str:
+    return f"{table.project}.{table.dataset_id}.{table.table_id}" if table else "(unknown)"
+
+
+def output_unchanged(client: bigquery.Client, job: Job) -> bool:
+    """Does the finished job's table still exist, unmodified since the job (and our own label
+    update right after it) ended? A staged load's table is gone once published: its output then
+    lives on in the table of its publish job (``<load job id>_publish_<generation>``)."""
+    table = existing_table(client, job.destination)
+    if table is None:
+        publish = _published_by(client, job) if isinstance(job, bigquery.LoadJob) else None
+        return (
+            publish is not None
+            and output_unchanged(client, publish)
+            # A DML change need not show in the table's modification time (the emulator's does
+            # not move): the published table must also still hold exactly the loaded rows.
+            and (
+                job.output_rows is None
+                or count_rows(client, table_id_of(publish.destination)) == job.output_rows
+            )
+        )
+    if table.modified is None or job.ended is None:
+        return True
+    return table.modified <= job.ended + _SAME_WRITE
+
+
+def existing_table(
+    client: bigquery.Client, table: bigquery.TableReference | str | None
+) -> bigquery.Table | None:
+    """The table, or None when there is none (yet)."""
+    if table is None:
+        return None
+    try:
+        return client.get_table(table, retry=TRANSIENT)
+    except gexc.NotFound:
+        return None
+
+
+def _published_by(client: bigquery.Client, load: bigquery.LoadJob) -> bigquery.CopyJob | None:
+    """The successful publish (copy) job of a staged load, if any."""
+    for generation in range(1, MAX_GENERATIONS + 1):
+        job_id = f"{load.job_id}_publish_{generation}"
+        try:
+            job = client.get_job(
+                job_id, project=load.project, location=load.location, retry=TRANSIENT
+            )
+        except gexc.NotFound:
+            return None
+        if job.state == "DONE" and not job.error_result:
+            return job
+    return None
+
+
+def _describe_errors(job: Job) -> str:
+    errors = job.errors or ([job.error_result] if job.error_result else [])
+    lines = []
+    for error in errors:
+        where = f" {error['location']}" if error.get("location") else ""
+        lines.append(f"  - [{error.get('reason', '?')}]{where}: {error.get('message', '')}")
+    return "\n".join(lines)
+
+
+def wait_for(job: Job, table_id: str, location: str, table_existed: bool) -> None:
+    """Wait for the job, at most ``JOB_TIMEOUT_S``; a failed job raises ``BqAssetsError`` with
+    BigQuery's errors, retryable only for the reasons in ``RETRYABLE_REASONS``."""
+    try:
+        with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors: see below
+            job.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise BqAssetsError(
+            f"BigQuery job {job.job_id} (location {job.location or location}) for {table_id} "
+            f"did not finish within {JOB_TIMEOUT_S:g} s (JOB_TIMEOUT_S).",
+            retryable=True,
+        ) from None
+    if job.error_result:
+        kind = "load" if isinstance(job, bigquery.LoadJob) else "copy"
+        kept = "the table keeps its previous data" if table_existed else "the table was not created"
+        raise BqAssetsError(
+            f"BigQuery {kind} job {job.job_id} (location {job.location or location}) for "
+            f"{table_id} failed; {kept}. Errors:\n{_describe_errors(job)}",
+            retryable=retryable(job),
+            metadata={
+                "job_id": job.job_id,
+                "location": job.location or location,
+                "table": table_id,
+                "errors": job.errors or [job.error_result],
+            },
+        )
+
+
+def count_rows(client: bigquery.Client, table_id: str) -> int:
+    """``COUNT(*)`` of the table: exact right after a publish (the emulator's ``num_rows`` is
+    stale after a copy job; BigQuery answers this from metadata, without scanning)."""
+    (count,) = next(iter(client.query(f"SELECT COUNT(*) FROM `{table_id}`").result()))
+    return int(count)

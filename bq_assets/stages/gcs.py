@@ -1,0 +1,178 @@
+"""Hop 2: the snapshot as BigQuery-ready objects in GCS (CSV or Parquet), plus a manifest.
+
+Each run writes under a prefix of its own (by default ``exports/<export>/<run id>/``; the
+spec's ``objects.template`` may add the run date): shards ``part-00000.csv.gz`` (or ``.csv``,
+or ``.parquet`` with ``format: parquet``), then ``manifest.json`` (exact URIs, rows, bytes,
+crc32c, the format, the BigQuery schema and CSV options), then ``_SUCCESS``. The BigQuery hop
+loads exactly the manifest's URIs, so objects of other runs can never be loaded. Re-running for
+the same run id rewrites the same objects, byte for byte (idempotent). After a successful
+export, the prefixes of older complete runs beyond ``objects.keep_runs`` are deleted, and so
+are those of finished runs that never wrote ``_SUCCESS``. The work is the engine's
+(``bq_assets.engine.export``); this module wires it to the run and holds the hop's checks:
+every object matches the manifest, and the manifest holds the snapshot's rows (both blocking).
+"""
+
+import datetime as dt
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from bq_assets.engine.export import export_snapshot
+from bq_assets.engine.layout import ObjectLayout
+from bq_assets.engine.manifest import MANIFEST, read_manifest
+from bq_assets.engine.retention import tidy_runs
+from bq_assets.engine.writers import object_suffix
+from bq_assets.exports.spec import ExportSpec
+from bq_assets.resources.google import ExportGCSResource
+from bq_assets.schema import schema_from_json
+from bq_assets.stages import (
+    NETWORK_RETRY,
+    check_result,
+    column_schema,
+    fetch_snapshot,
+    gcs_key,
+    query_key,
+    reported_as_failure,
+    upstream_materialization,
+)
+
+GCS_OBJECTS_MATCH_MANIFEST = "objects_match_manifest"
+GCS_ROWS_MATCH_SNAPSHOT = "rows_match_snapshot"
+SAMPLE = 5
+
+
+def run_date(context: dg.AssetExecutionContext, timezone: str) -> dt.date:
+    """The run's date in the export's timezone: the scheduled tick's, else today's."""
+    tick = context.run.tags.get("dagster/scheduled_execution_time")
+    when = dt.datetime.fromisoformat(tick) if tick else dt.datetime.now(dt.UTC)
+    return when.astimezone(ZoneInfo(timezone)).date()
+
+
+def _run_finished(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """True when this Dagster instance knows the run and it has ended (so it writes no more)."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
+
+
+def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
+    what = "Parquet" if spec.format == "parquet" else "CSV"
+
+    @dg.asset(
+        key=gcs_key(spec.name),
+        deps=[query_key(spec.name)],
+        group_name=spec.name,
+        kinds={"gcs", spec.format},
+        owners=spec.owners,
+        pool="gcs",
+        description=f"{spec.name} as {what} objects in GCS, one prefix per run, with a manifest.",
+        retry_policy=NETWORK_RETRY,
+    )
+    def _gcs_csv(context: dg.AssetExecutionContext, gcs: ExportGCSResource) -> dg.MaterializeResult:
+        run_id = context.run.run_id
+        with (
+            reported_as_failure(GCS=gcs),
+            tempfile.TemporaryDirectory(prefix=f"bq_assets_{run_id}_") as scratch,
+        ):
+            upstream = upstream_materialization(context, query_key(spec.name))
+            client = gcs.get_client()
+            snapshot = fetch_snapshot(client, upstream, Path(scratch), gcs.retry())
+            bucket = client.bucket(gcs.get_bucket_name())
+            layout = ObjectLayout(
+                template=spec.objects.template,
+                export=spec.name,
+                run_id=run_id,
+                run_date=run_date(context, spec.timezone),
+                suffix=object_suffix(spec.format, spec.csv),
+            )
+            manifest = export_snapshot(
+                snapshot,
+                bucket,
+                layout,
+                spec.csv,
+                context.log,
+                file_format=spec.format,
+                retry=gcs.retry(),
+            )
+            snapshot.unlink()
+            tidied = tidy_runs(
+                bucket,
+                layout,
+                spec.objects.keep_runs,
+                run_finished=lambda run_id: _run_finished(context.instance, run_id),
+                retry=gcs.retry(),
+            )
+            for line in tidied.summary():
+                context.log.info(line)
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/uri": manifest.prefix,
+                    "dagster/row_count": manifest.rows,
+                    "dagster/column_schema": column_schema(
+                        schema_from_json(manifest.bigquery_schema)
+                    ),
+                    "manifest_uri": manifest.prefix + MANIFEST,
+                    "format": manifest.format,
+                    "objects": dg.MetadataValue.json([asdict(s) for s in manifest.shards]),
+                    "shards": len(manifest.shards),
+                    "bytes": sum(s.bytes for s in manifest.shards),
+                    "input_run_id": upstream.run_id,
+                }
+            )
+
+    return _gcs_csv
+
+
+def gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+    key = gcs_key(spec.name)
+
+    @dg.asset_check(
+        asset=key,
+        name=GCS_OBJECTS_MATCH_MANIFEST,
+        blocking=True,
+        description="Every object in the manifest exists with the size and crc32c written.",
+    )
+    def objects_match(
+        context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
+    ) -> dg.AssetCheckResult:
+        with reported_as_failure(GCS=gcs):
+            client = gcs.get_client()
+            manifest = read_manifest(
+                client, str(upstream_materialization(context, key)["manifest_uri"]), gcs.retry()
+            )
+            problems = []
+            for shard in manifest.shards:
+                bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
+                blob = client.bucket(bucket).get_blob(name, retry=gcs.retry())
+                if blob is None:
+                    problems.append(f"{shard.uri}: missing")
+                elif blob.size != shard.bytes or blob.crc32c != shard.crc32c:
+                    problems.append(
+                        f"{shard.uri}: size {blob.size} crc32c {blob.crc32c}, "
+                        f"manifest says {shard.bytes} / {shard.crc32c}"
+                    )
+        return check_result(
+            not problems,
+            f"{len(problems)} of {len(manifest.shards)} object(s) differ from the manifest: "
+            + "; ".join(problems[:SAMPLE]),
+            {"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
+        )
+
+    @dg.asset_check(
+        asset=key,
+        name=GCS_ROWS_MATCH_SNAPSHOT,
+        blocking=True,
+        description="Rows in the manifest equal the snapshot's rows.",
+    )
+    def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        written = int(upstream_materialization(context, key)["dagster/row_count"])
+        snapshot = int(upstream_materialization(context, query_key(spec.name))["dagster/row_count"])
+        return check_result(
+            written == snapshot,
+            f"the manifest holds {written} rows, the snapshot {snapshot}",
+            {"manifest_rows": written, "snapshot_rows": snapshot},
+        )
+
+    return [objects_match, rows_match]
