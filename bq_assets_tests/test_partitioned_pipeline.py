@@ -12,9 +12,9 @@ import duckdb
 import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
-from bq_assets.factory import export_assets
+from bq_assets.factory import build_definitions, export_assets
 from bq_assets.resources.source import DuckDBSourceResource
-from bq_assets.stages import bigquery_key, databricks_key
+from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
 from bq_assets_tests.conftest import step_errors
 from bq_assets_tests.test_pipeline import sorted_rows
@@ -72,9 +72,10 @@ def materialize(
     spec: ExportSpec, resources: dict, instance: dg.DagsterInstance, first: str, last: str
 ) -> dg.ExecuteInProcessResult:
     """One run of the export's four assets and their checks over partitions first…last."""
-    return dg.materialize(
-        export_assets(spec),
-        resources=resources,
+    job = build_definitions(
+        [spec], resources, dg.DefaultScheduleStatus.STOPPED
+    ).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
         instance=instance,
         raise_on_error=False,
         tags={
@@ -116,6 +117,7 @@ def test_a_corrected_day_replaces_exactly_that_partition(orders, tmp_path: Path)
     with dg.instance_for_test() as instance:
         backfill = materialize(spec, resources, instance, DAYS[0], DAYS[-1])
         assert backfill.success, step_errors(backfill)
+        assert all(c.passed for c in backfill.get_asset_check_evaluations())
         before = {day: latest_bigquery_metadata(instance, spec.name, day) for day in DAYS}
         table_id = before[DAYS[0]]["dagster/table_name"]
         assert sorted_rows(bigquery_rows(resources, table_id)) == sorted_rows(
@@ -133,6 +135,14 @@ def test_a_corrected_day_replaces_exactly_that_partition(orders, tmp_path: Path)
             )
         refresh = materialize(spec, resources, instance, DAYS[1], DAYS[1])
         assert refresh.success, step_errors(refresh)
+        checks = refresh.get_asset_check_evaluations()
+        assert len(checks) == 10 and all(c.passed for c in checks), [
+            (c.check_name, c.description) for c in checks if not c.passed
+        ]
+        # The BigQuery row check compared the one partition this run loaded, not the table.
+        (rows,) = [c for c in checks if c.check_name == "rows_match_manifest"]
+        assert rows.metadata["table_rows"].value == 4
+        assert rows.metadata["table_rows_by_partition"].value == {DAYS[1]: 4}
 
         after = {day: latest_bigquery_metadata(instance, spec.name, day) for day in DAYS}
         loaded = bigquery_rows(resources, table_id)
@@ -170,3 +180,34 @@ def test_rows_outside_the_partition_publish_nothing(orders, tmp_path: Path) -> N
     assert "outside the partition (or NULL); nothing was published" in error
     table_id = f"{resources['bigquery'].project_id()}.partition_tests.pt_leaky"
     assert bigquery_rows(resources, table_id) == []
+
+
+def test_an_appending_export_checks_the_rows_it_appended(orders, tmp_path: Path) -> None:
+    """rows_match_manifest compares what the run loaded: with WRITE_APPEND the table grows by
+    the manifest's rows every run, and the second run's check still passes."""
+    resources, _ = orders
+    (tmp_path / "pt_appended.sql").write_text("SELECT order_id, amount FROM orders")
+    (tmp_path / "pt_appended.yaml").write_text(
+        "primary_key: [order_id]\ncadence: daily\n"
+        "bigquery: {dataset: partition_tests, write_disposition: WRITE_APPEND}\n"
+        "databricks: {schema: partition_tests}\n"
+    )
+    (spec,) = load_specs(tmp_path)
+    job = build_definitions(
+        [spec], resources, dg.DefaultScheduleStatus.STOPPED
+    ).resolve_implicit_global_asset_job_def()
+    selection = [query_key(spec.name), gcs_key(spec.name), bigquery_key(spec.name)]
+    with dg.instance_for_test() as instance:
+        for _ in (1, 2):
+            result = job.execute_in_process(
+                instance=instance, raise_on_error=False, asset_selection=selection
+            )
+            assert result.success, step_errors(result)
+            (rows,) = [
+                c for c in result.get_asset_check_evaluations()
+                if c.check_name == "rows_match_manifest"
+            ]  # fmt: skip
+            assert rows.passed, rows.description
+            assert rows.metadata["loaded_rows"].value == rows.metadata["manifest_rows"].value == 20
+    table_id = f"{resources['bigquery'].project_id()}.partition_tests.pt_appended"
+    assert len(bigquery_rows(resources, table_id)) == 2 * 20

@@ -66,6 +66,12 @@ def _column_type(config: bigquery.LoadJobConfig, column: str) -> str:
     return next(f.field_type for f in config.schema if f.name == column).upper()
 
 
+def partition_column_type(client: bigquery.Client, table_id: str, column: str) -> str:
+    """The BigQuery type of the table's partition column (DATE, TIMESTAMP or DATETIME)."""
+    table = client.get_table(table_id, retry=TRANSIENT)
+    return next(f.field_type for f in table.schema if f.name == column).upper()
+
+
 def _bound(value: dt.datetime | dt.date, column_type: str) -> bigquery.ScalarQueryParameter:
     """A window bound as a query parameter of the column's type (a TIMESTAMP is an instant;
     a DATETIME holds UTC wall time, as the query step compared it; a DATE the local date)."""

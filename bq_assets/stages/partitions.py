@@ -70,6 +70,19 @@ def run_window(
     return Window(keys=keys, by=spec.partitioning.by, timezone=spec.timezone)
 
 
+def checked_partitions(
+    context: dg.AssetCheckExecutionContext, spec: ExportSpec
+) -> list[Window] | None:
+    """The partitions a check of this run compares, one window each (None: unpartitioned).
+
+    Dagster 1.13 runs a check once per run, not per partition ("Checks are currently only
+    supported per-asset, not per-partition", docs.dagster.io/concepts/assets/asset-checks;
+    ``AssetCheckSpec.partitions_def`` is a preview), so a check of a partitioned export compares
+    each partition of its run's window, and says which, in its metadata."""
+    window = run_window(context, spec)
+    return window.split() if window is not None else None
+
+
 def window_metadata(window: Window) -> dict[str, object]:
     """What a partitioned step's materialization records of its window (metadata keys
     ``partition_start`` / ``partition_end``, ISO 8601 with the offset)."""
