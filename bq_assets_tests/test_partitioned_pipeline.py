@@ -160,6 +160,19 @@ def test_a_corrected_day_replaces_exactly_that_partition(orders, tmp_path: Path)
         assert sorted_rows(rows) == sorted_rows(expected)
         events = refresh.get_asset_materialization_events()
         assert {e.materialization.partition for e in events} == {DAYS[1]}
+        # Each partition has its own object prefix; a backfill run's prefix names its range.
+        (gcs,) = {
+            e.materialization.metadata["dagster/uri"].value
+            for e in events
+            if e.asset_key == gcs_key(spec.name)
+        }
+        assert f"/exports/pt_orders/{DAYS[1]}/{refresh.run_id}/" in gcs
+        (backfill_gcs,) = {
+            e.materialization.metadata["dagster/uri"].value
+            for e in backfill.get_asset_materialization_events()
+            if e.asset_key == gcs_key(spec.name)
+        }
+        assert f"/exports/pt_orders/{DAYS[0]}_{DAYS[2]}/{backfill.run_id}/" in backfill_gcs
         assert databricks_key(spec.name) in {e.asset_key for e in events}
 
 

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from bq_assets.engine.layout import ObjectLayout
 from bq_assets.exports import ExportSpecError, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.partitioning import Window, aligned_with_bigquery, decorator
@@ -127,6 +128,35 @@ def test_the_partitioning_block_names_what_is_wrong(
 ) -> None:
     write_export(tmp_path, f"primary_key: [id]\ncadence: daily\npartitioning: {partitioning}\n")
     assert fragment in load_error(tmp_path)
+
+
+def test_a_partitioned_export_names_its_objects_by_partition(tmp_path: Path) -> None:
+    write_export(tmp_path, PARTITIONED)
+    (spec,) = load_specs(tmp_path)
+    assert spec.objects.template == "exports/{export}/{partition}/{run}/part-{shard:05d}"
+    layout = ObjectLayout(
+        template=spec.objects.template,
+        export="sales",
+        run_id="r1",
+        run_date=dt.date(2026, 1, 2),
+        suffix=".csv.gz",
+        partition="2026-01-01",
+    )
+    assert layout.shard(0) == "exports/sales/2026-01-01/r1/part-00000.csv.gz"
+    assert layout.run_prefix == "exports/sales/2026-01-01/r1/"
+    assert layout.export_prefix == "exports/sales/"  # retention sees every partition's runs
+    match = layout.run_prefix_pattern().match("exports/sales/2026-01-05_2026-01-07/r0/x.csv.gz")
+    assert match is not None and match["run"] == "r0"
+
+
+def test_the_partition_placeholder_needs_a_partitioned_export(tmp_path: Path) -> None:
+    write_export(
+        tmp_path,
+        "primary_key: [id]\ncadence: daily\n"
+        "objects: {template: 'exports/{export}/{partition}/{run}/part-{shard:05d}'}\n",
+        "SELECT id, amount, sold_at FROM sales",
+    )
+    assert "objects.template: {partition} needs a partitioned export" in load_error(tmp_path)
 
 
 def test_window_parameters_in_an_unpartitioned_export_are_refused(tmp_path: Path) -> None:

@@ -98,16 +98,20 @@ class CsvOptions(_Strict):
         return value
 
 
-TEMPLATE_FIELDS = {"export", "run", "date", "shard"}
+TEMPLATE_FIELDS = {"export", "run", "date", "shard", "partition"}
+#: A partitioned export's default object names: one prefix per partition, then per run.
+PARTITIONED_TEMPLATE = "exports/{export}/{partition}/{run}/part-{shard:05d}"
 
 
 class ObjectNames(_Strict):
     """Where a run's objects go in the bucket.
 
     ``template`` names each shard (the extension is appended). Placeholders: ``{export}``,
-    ``{run}`` (the run id), ``{date:%Y/%m/%d}`` (the run's date in the export's timezone) and
-    ``{shard:05d}``. ``{run}`` must name a folder, so every run writes under a prefix of its own
-    and no stale object can ever be loaded; ``{shard}`` must be in the file name.
+    ``{run}`` (the run id), ``{date:%Y/%m/%d}`` (the run's date in the export's timezone),
+    ``{shard:05d}`` and, for a partitioned export, ``{partition}`` (the partition key the run
+    loads, e.g. ``2026-01-31``; ``<first>_<last>`` for a run of several). ``{run}`` must name a
+    folder, so every run writes under a prefix of its own and no stale object can ever be
+    loaded; ``{shard}`` must be in the file name.
     """
 
     template: str = Field(
@@ -138,7 +142,9 @@ class ObjectNames(_Strict):
         if "{shard" not in filename:
             raise ValueError("the file name (after the last /) must contain {shard}")
         try:
-            value.format(export="e", run="r", date=dt.date(2026, 1, 31), shard=1)
+            value.format(
+                export="e", run="r", date=dt.date(2026, 1, 31), shard=1, partition="2026-01-31"
+            )
         except (ValueError, IndexError) as exc:
             raise ValueError(f"cannot be rendered: {exc}") from None
         if value.startswith("/") or "//" in value or ".." in value:
@@ -567,9 +573,25 @@ class ExportSpec(_Strict):
                 )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partitioned_object_names(cls, data: Any) -> Any:
+        """A partitioned export's objects go under a prefix per partition by default."""
+        if isinstance(data, dict) and data.get("partitioning") is not None:
+            objects = data.get("objects")
+            if objects is None:
+                return {**data, "objects": {"template": PARTITIONED_TEMPLATE}}
+            if isinstance(objects, dict) and "template" not in objects:
+                return {**data, "objects": {**objects, "template": PARTITIONED_TEMPLATE}}
+        return data
+
     @model_validator(mode="after")
     def _partitioning(self) -> ExportSpec:
         used = set() if self.delivery else partition_parameters(self.sql)
+        if self.partitioning is None and "{partition}" in self.objects.template:
+            raise ValueError(
+                "objects.template: {partition} needs a partitioned export (a partitioning block)"
+            )
         if self.partitioning is None:
             if used:
                 raise ValueError(

@@ -38,6 +38,7 @@ from bq_assets.stages import (
     reported_as_failure,
     upstream_materialization,
 )
+from bq_assets.stages.partitions import partition_label, run_window
 
 GCS_OBJECTS_MATCH_MANIFEST = "objects_match_manifest"
 GCS_ROWS_MATCH_SNAPSHOT = "rows_match_snapshot"
@@ -86,6 +87,7 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 run_id=run_id,
                 run_date=run_date(context, spec.timezone),
                 suffix=object_suffix(spec.format, spec.csv),
+                partition=partition_label(run_window(context, spec)),
             )
             manifest = export_snapshot(
                 snapshot,

@@ -83,6 +83,14 @@ def checked_partitions(
     return window.split() if window is not None else None
 
 
+def partition_label(window: Window | None) -> str:
+    """What ``{partition}`` in object names renders as: the run's partition key, or
+    ``<first>_<last>`` for a run of several ("" when unpartitioned)."""
+    if window is None:
+        return ""
+    return window.keys[0] if len(window.keys) == 1 else f"{window.keys[0]}_{window.keys[-1]}"
+
+
 def window_metadata(window: Window) -> dict[str, object]:
     """What a partitioned step's materialization records of its window (metadata keys
     ``partition_start`` / ``partition_end``, ISO 8601 with the offset)."""
