@@ -20,17 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from bq_assets.engine.scans import KeyReport, null_counts, primary_key_report
+from bq_assets.engine.scans import (
+    KeyReport,
+    null_counts,
+    primary_key_report,
+    rows_by_partition_of,
+)
 from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
 from bq_assets.exports.spec import ExportSpec, partition_parameters
-from bq_assets.partitioning import Window, window_predicate
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
 from bq_assets.schema import bigquery_schema
@@ -137,7 +140,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 column_type = next(
                     f.field_type for f in fields if f.name == spec.partitioning.column
                 )
-                rows_by_partition = snapshot_rows_by_partition(
+                rows_by_partition = rows_by_partition_of(
                     local, spec.partitioning.column, column_type, window
                 )
             size = local.stat().st_size
@@ -174,23 +177,6 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             )
 
     return _query
-
-
-def snapshot_rows_by_partition(
-    snapshot: Path, column: str, column_type: str, window: Window
-) -> dict[str, int]:
-    """Rows of the local snapshot in each partition of ``window`` (the per-partition counts
-    the later hops' checks compare with). Read-only."""
-    parts = window.split()
-    counts = ", ".join(
-        f"count(*) FILTER (WHERE {window_predicate('duckdb', column, column_type, part)})"
-        for part in parts
-    )
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        row = con.execute(f"SELECT {counts} FROM read_parquet(?)", [str(snapshot)]).fetchone()
-    assert row is not None
-    return {part.keys[0]: int(n) for part, n in zip(parts, row, strict=True)}
 
 
 @contextmanager
