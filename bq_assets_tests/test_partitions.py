@@ -12,8 +12,11 @@ import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from google.cloud import bigquery
 
+from bq_assets.engine.bigquery_partitions import check_partitioning
 from bq_assets.engine.layout import ObjectLayout
+from bq_assets.errors import BqAssetsError
 from bq_assets.exports import ExportSpecError, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.partitioning import Window, aligned_with_bigquery, decorator
@@ -290,3 +293,25 @@ def test_a_partitioned_export_gets_a_job_of_its_own_beside_its_cadence(shipped_s
         "daily_utc_refresh_schedule",  # customer_360, as before
         "daily_utc_unified_transactions_refresh_schedule",
     ]
+
+
+def test_a_decorator_load_refuses_a_table_partitioned_otherwise(tmp_path: Path) -> None:
+    write_export(tmp_path, PARTITIONED)
+    (spec,) = load_specs(tmp_path)
+    config = bigquery.LoadJobConfig(
+        time_partitioning=bigquery.TimePartitioning(type_="DAY", field="sold_at")
+    )
+    table = bigquery.Table("p.d.sales")
+    check_partitioning(
+        bigquery.Table.from_api_repr(
+            {**table.to_api_repr(), "timePartitioning": {"type": "DAY", "field": "sold_at"}}
+        ),
+        config,
+        spec,
+    )
+    with pytest.raises(BqAssetsError) as error:
+        check_partitioning(table, config, spec)
+    assert str(error.value).startswith(
+        "p.d.sales is not partitioned, but " + str(spec.spec_file) + " partitions it by DAY on "
+        "sold_at: BigQuery cannot change a table's partitioning."
+    )

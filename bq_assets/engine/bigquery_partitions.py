@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
+from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from bq_assets.engine.bigquery_jobs import (
@@ -43,6 +44,14 @@ from bq_assets.partitioning import Window, aligned_with_bigquery, decorator, win
 #: no partition decorators, so it always uses ``transaction``; so does BigQuery when the
 #: export's partitions are not BigQuery's own (weeks; TIMESTAMP days outside UTC).
 PartitionOverwrite = Literal["decorator", "transaction"]
+#: Errors of the transaction's query job that a new attempt may not meet again.
+RETRYABLE_ERRORS = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+)
 
 
 class PartitionBoundsError(BqAssetsError):
@@ -132,6 +141,25 @@ def _transaction_script(
     )
 
 
+def check_partitioning(
+    existing: bigquery.Table, config: bigquery.LoadJobConfig, spec: ExportSpec
+) -> None:
+    """A decorator can only name a partition of a table partitioned like the export: refuse an
+    existing table partitioned otherwise (or not at all), saying what to do."""
+    wanted = config.time_partitioning
+    found = existing.time_partitioning
+    if found is None or (found.field, found.type_) != (wanted.field, wanted.type_):
+        what = (
+            "not partitioned" if found is None else f"partitioned by {found.type_} on {found.field}"
+        )
+        raise BqAssetsError(
+            f"{existing.project}.{existing.dataset_id}.{existing.table_id} is {what}, but "
+            f"{spec.spec_file} partitions it by {wanted.type_} on {wanted.field}: BigQuery cannot "
+            "change a table's partitioning. Drop the table deliberately and backfill the "
+            "partitions, or load into another table (bigquery.table)."
+        )
+
+
 def _ensure_partitioned_table(
     client: bigquery.Client, table_id: str, config: bigquery.LoadJobConfig
 ) -> None:
@@ -178,6 +206,8 @@ def run_partition_load(
     mechanism: PartitionOverwrite = (
         "decorator" if overwrite == "decorator" and aligned else ("transaction")
     )
+    if mechanism == "decorator" and existing is not None:
+        check_partitioning(existing, config, spec)
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
     staging_dataset = ensure_staging_dataset(client, project, spec)
@@ -232,7 +262,15 @@ def run_partition_load(
             query = client.query(
                 script, job_id_prefix=f"{job.job_id}_publish_", location=location, retry=TRANSIENT
             )
-            query.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+            try:
+                query.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+            except gexc.GoogleAPICallError as exc:
+                raise BqAssetsError(
+                    f"BigQuery job {query.job_id} replacing {window.describe()} of {table_id} "
+                    f"failed; the transaction rolled back, the table keeps its previous data: "
+                    f"{exc.message}",
+                    retryable=isinstance(exc, RETRYABLE_ERRORS),
+                ) from None
             publish_jobs.append(query.job_id)
     finally:
         for staging in staged:
