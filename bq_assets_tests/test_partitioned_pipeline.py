@@ -224,3 +224,29 @@ def test_an_appending_export_checks_the_rows_it_appended(orders, tmp_path: Path)
             assert rows.metadata["loaded_rows"].value == rows.metadata["manifest_rows"].value == 20
     table_id = f"{resources['bigquery'].project_id()}.partition_tests.pt_appended"
     assert len(bigquery_rows(resources, table_id)) == 2 * 20
+
+
+def test_a_monthly_export_on_a_date_column_loads_its_month(orders, tmp_path: Path) -> None:
+    """Months of a DATE column, the window read as dates ($partition_start_date / _end_date):
+    the January partition holds exactly January's orders, by their New York date."""
+    resources, _ = orders
+    (tmp_path / "pt_monthly.sql").write_text(
+        "SELECT order_id, CAST(timezone('America/New_York', order_datetime) AS DATE) AS day, "
+        "amount FROM orders WHERE CAST(timezone('America/New_York', order_datetime) AS DATE) "
+        ">= $partition_start_date AND CAST(timezone('America/New_York', order_datetime) AS DATE) "
+        "< $partition_end_date"
+    )
+    (tmp_path / "pt_monthly.yaml").write_text(
+        "primary_key: [order_id]\ncadence: daily\ntimezone: America/New_York\n"
+        "partitioning: {by: month, start: 2025-12-01, column: day}\n"
+        "bigquery: {dataset: partition_tests}\ndatabricks: {schema: partition_tests}\n"
+    )
+    (spec,) = load_specs(tmp_path)
+    with dg.instance_for_test() as instance:
+        result = materialize(spec, resources, instance, "2026-01-01", "2026-01-01")
+    assert result.success, step_errors(result)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    table_id = f"{resources['bigquery'].project_id()}.partition_tests.pt_monthly"
+    days = sorted(row[1] for row in bigquery_rows(resources, table_id))
+    # 4 to 8 January (New York), four orders a day: all of them, and nothing else.
+    assert days == sorted(dt.date(2026, 1, d) for d in range(4, 9) for _ in range(4))
