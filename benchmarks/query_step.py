@@ -15,11 +15,13 @@ Standalone (generates the samples, starts a PostgreSQL of its own, prints the cl
 
     python -m benchmarks.query_step --rows 1000000 10000000 --pg-rows 1000000
 
-    query_step: rss_mb_query_1m=<n> rss_mb_query_10m=<n> pg_rows_per_s=<n> pg_copy_rows_per_s=<n>
+    bench: rss_mb_query_1m=<n> rss_mb_query_10m=<n> pg_rows_per_s=<n> pg_over_copy=<r>
 
-To add the figures to ``benchmarks/export_step.py``'s closing line, call ``query_step`` for the 1M and 10M
-databases the bench already generates, and ``load_postgres`` + ``query_step(..., source=…)`` +
-``postgres_copy_rows_per_s`` once on a PostgreSQL started with ``bq_assets_tests.postgres``.
+``pg_over_copy`` is ``pg_rows_per_s`` over PostgreSQL's own ``COPY (SELECT …) TO STDOUT`` rate on
+the same table in the same run (best of two). ``--join FILE`` prefixes the closing line with the
+last line of FILE: ``make bench`` joins the export-hop benchmark's, and ``benchmarks/e2e.py
+--join`` then joins this one's. Targets: the query step ≤ 1 GB at 10M rows and within 25% of its
+1M figure; ``pg_over_copy`` ≥ 0.5.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,12 +166,53 @@ def _label(rows: int) -> str:
     return f"{rows // 1_000_000}m" if rows % 1_000_000 == 0 else str(rows)
 
 
+TARGET_RSS_MB = 1024
+TARGET_RSS_GROWTH = 0.25
+TARGET_PG_OVER_COPY = 0.5
+
+
+def targets(figures: dict[str, float]) -> list[str]:
+    """One line per target, met or not (figures that were not measured are skipped)."""
+    verdict = {True: "met", False: "NOT met"}
+    load = os.getloadavg()
+    lines = [
+        f"(load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on "
+        f"{os.cpu_count()} cores; other load stretches wall times, rerun if it was high)"
+    ]
+    small, large = figures.get("rss_mb_query_1m"), figures.get("rss_mb_query_10m")
+    if small and large:
+        growth = large / small - 1
+        met = large <= TARGET_RSS_MB and abs(growth) <= TARGET_RSS_GROWTH
+        lines.append(
+            f"query step peak RSS: {small:.0f} MB at 1M, {large:.0f} MB at 10M ({growth:+.0%}; "
+            f"target ≤ {TARGET_RSS_MB} MB and within {TARGET_RSS_GROWTH:.0%}: {verdict[met]})"
+        )
+    if "pg_over_copy" in figures:
+        ratio = figures["pg_over_copy"]
+        lines.append(
+            f"query step from PostgreSQL / COPY TO STDOUT: {ratio:.2f} "
+            f"(target ≥ {TARGET_PG_OVER_COPY}: {verdict[ratio >= TARGET_PG_OVER_COPY]})"
+        )
+    return lines
+
+
+def joined_prefix(path: Path | None) -> str:
+    """The last line of ``path`` without its ``bench: `` label, and a space (or nothing)."""
+    if path is None or not path.exists():
+        return ""
+    lines = path.read_text().strip().splitlines()
+    return (lines[-1].removeprefix("bench: ") + " ") if lines else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--pg-rows", type=int, default=1_000_000, help="0: skip PostgreSQL")
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument(
+        "--join", type=Path, help="prefix the closing line with this file's last line"
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
@@ -179,36 +223,57 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="query-step-bench-"))
     figures: dict[str, float] = {}
     databases = {}
-    for rows in sorted(set(args.rows) | ({args.pg_rows} if args.pg_rows else set())):
-        databases[rows] = sample_data.generate(
-            work / f"sample_{rows}.duckdb", rows, transactions=False
-        )
-    for rows in args.rows:
-        result = query_step(databases[rows])
-        print(f"duckdb {rows:>11,} rows: {result['seconds']:7.2f} s  {result['rss_mb']:7.0f} MB")
-        figures[f"rss_mb_query_{_label(rows)}"] = round(result["rss_mb"])
-    if args.pg_rows:
-        from bq_assets_tests.postgres import PostgresServer
-
-        server = PostgresServer().start()
-        try:
-            load_postgres(server.dsn(), databases[args.pg_rows])
-            pg = PostgresSource(
-                server.host, server.port, server.database, server.user, server.password
+    try:
+        for rows in sorted(set(args.rows) | ({args.pg_rows} if args.pg_rows else set())):
+            databases[rows] = sample_data.generate(
+                work / f"sample_{rows}.duckdb", rows, transactions=False
             )
-            result = query_step(databases[args.pg_rows], source=pg)
-            copy_rate = postgres_copy_rows_per_s(server.dsn())
-        finally:
-            server.stop()
-        rate = result["rows"] / result["seconds"]
-        print(
-            f"postgres {args.pg_rows:>9,} rows: {result['seconds']:7.2f} s  "
-            f"{result['rss_mb']:7.0f} MB  {rate:,.0f} rows/s (COPY TO STDOUT {copy_rate:,.0f})"
+        for rows in args.rows:
+            result = query_step(databases[rows])
+            print(
+                f"duckdb {rows:>11,} rows: {result['seconds']:7.2f} s  {result['rss_mb']:7.0f} MB",
+                flush=True,
+            )
+            figures[f"rss_mb_query_{_label(rows)}"] = round(result["rss_mb"])
+        if args.pg_rows:
+            figures.update(_postgres_figures(databases[args.pg_rows], args.pg_rows))
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n" + "\n".join(targets(figures)))
+    closing = " ".join(f"{k}={v}" for k, v in figures.items())
+    print(f"\nbench: {joined_prefix(args.join)}{closing}")
+
+
+def _postgres_figures(database: Path, rows: int) -> dict[str, float]:
+    """The query step from a PostgreSQL holding ``database``'s customer_360, and PostgreSQL's
+    own COPY TO STDOUT on the same table: each the best of two runs, on a warm cache."""
+    from bq_assets_tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        load_postgres(server.dsn(), database)
+        server.execute("VACUUM ANALYZE customer_360")
+        pg = PostgresSource(server.host, server.port, server.database, server.user, server.password)
+        postgres_copy_rows_per_s(server.dsn())  # warm the cache for both
+        result = min(
+            (query_step(database, source=pg) for _ in range(2)), key=lambda r: r["seconds"]
         )
-        figures["pg_rss_mb"] = round(result["rss_mb"])
-        figures["pg_rows_per_s"] = round(rate)
-        figures["pg_copy_rows_per_s"] = round(copy_rate)
-    print("query_step: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+        copy_rate = max(postgres_copy_rows_per_s(server.dsn()) for _ in range(2))
+    finally:
+        server.stop()
+    rate = result["rows"] / result["seconds"]
+    print(
+        f"postgres {rows:>9,} rows: {result['seconds']:7.2f} s  {result['rss_mb']:7.0f} MB  "
+        f"{rate:,.0f} rows/s (COPY TO STDOUT {copy_rate:,.0f})",
+        flush=True,
+    )
+    return {
+        "pg_rss_mb": round(result["rss_mb"]),
+        "pg_rows_per_s": round(rate),
+        "pg_copy_rows_per_s": round(copy_rate),
+        "pg_over_copy": round(rate / copy_rate, 2),
+    }
 
 
 if __name__ == "__main__":

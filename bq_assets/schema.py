@@ -11,6 +11,7 @@ import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from google.cloud import bigquery
 
 
@@ -203,20 +204,14 @@ REFUSED = {
     "BIGNUM": "CAST({c} AS DECIMAL(38, 0)) or CAST({c} AS VARCHAR)",
     "VARINT": "CAST({c} AS DECIMAL(38, 0)) or CAST({c} AS VARCHAR)",
 }
-# BigQuery's DATE / DATETIME / TIMESTAMP range; DuckDB's is wider (and has ±infinity).
-_RANGE = {
-    "DATE": ("DATE '0001-01-01'", "DATE '9999-12-31'", "DATE"),
-    "TIMESTAMP": (
-        "TIMESTAMP '0001-01-01 00:00:00'",
-        "TIMESTAMP '9999-12-31 23:59:59.999999'",
-        "DATETIME",
-    ),
-    "TIMESTAMP WITH TIME ZONE": (
-        "TIMESTAMPTZ '0001-01-01 00:00:00+00'",
-        "TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'",
-        "TIMESTAMP",
-    ),
-}
+# Dates and timestamps are carried as they are; a value outside BigQuery's range (DuckDB's is
+# wider, and has ±infinity) is found afterwards in the snapshot's Parquet statistics
+# (``values_out_of_range``), which the writer computes anyway: no per-row guard in the query.
+_IN_RANGE = {"DATE": "DATE", "TIMESTAMP": "DATETIME", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP"}
+#: BigQuery's range, 0001-01-01 to 9999-12-31 23:59:59.999999, as Parquet stores it.
+_DAYS_RANGE = (-719_162, 2_932_896)
+_MICROS_RANGE = (-62_135_596_800_000_000, 253_402_300_799_999_999)
+_MICROS_PER = {"milliseconds": 1_000, "microseconds": 1, "nanoseconds": 0.001}
 _DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
 # 10^38: the first integer with 39 digits, beyond DECIMAL(38, 0).
 _HUGE_LIMIT = "CAST('1" + "0" * 38 + "' AS {t})"
@@ -237,19 +232,6 @@ def _refusal(name: str, duckdb_type: str, cast: str) -> str:
     return f"column {name!r} is {duckdb_type}: cast it in the query, e.g. {cast.format(c=column)}"
 
 
-def _guarded(column: str, name: str, low: str, high: str) -> str:
-    """``column``, or a query error naming the column when a value lies outside BigQuery's
-    range (infinity included): the run fails at the query step, nothing is written."""
-    message = _sql_literal(
-        f"column {name!r} holds a value outside BigQuery's range (0001-01-01 to 9999-12-31): "
-    )
-    hint = _sql_literal("; filter or clamp it in the query")
-    return (
-        f"CASE WHEN {column} < {low} OR {column} > {high} "
-        f"THEN error({message} || CAST({column} AS VARCHAR) || {hint}) ELSE {column} END"
-    )
-
-
 def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -265,9 +247,8 @@ def snapshot_column(name: str, duckdb_type: str) -> tuple[str, str]:
     if duckdb_type in CONVERTED:
         template, bigquery = CONVERTED[duckdb_type]
         return template.format(c=column) + alias, bigquery
-    if duckdb_type in _RANGE:
-        low, high, bigquery = _RANGE[duckdb_type]
-        return _guarded(column, name, low, high) + alias, bigquery
+    if duckdb_type in _IN_RANGE:
+        return column + alias, _IN_RANGE[duckdb_type]
     decimal = _DECIMAL.match(duckdb_type)
     if decimal:
         precision, scale = int(decimal[1]), int(decimal[2])
@@ -308,3 +289,60 @@ def snapshot_query(query: str, columns: list[tuple[str, str]]) -> str:
     if refused:
         raise UnsupportedTypeError("; ".join(refused))
     return f"SELECT {', '.join(selects)} FROM ({query}) AS export_query"
+
+
+def _raw_date_text(value: int, unit: str) -> str:
+    """A raw Parquet date (``D``: days) or timestamp (``ms``, ``us``, ``ns``) as text, whatever
+    its year; DuckDB writes ±infinity as the type's largest magnitude."""
+    import numpy as np
+
+    infinite = 2**31 - 1 if unit == "D" else 2**63 - 1
+    if abs(value) >= infinite:
+        return "infinity" if value > 0 else "-infinity"
+    return str(np.datetime64(value, unit))
+
+
+_TIME_UNITS = {"milliseconds": ("ms", 1_000), "microseconds": ("us", 1), "nanoseconds": ("ns", 0)}
+
+
+def _out_of_range(kind: str, logical: object, value: int) -> str | None:
+    """``value``'s text when it lies outside BigQuery's range, else None."""
+    if kind == "DATE":
+        low, high = _DAYS_RANGE
+        return None if low <= value <= high else _raw_date_text(value, "D")
+    unit, per_micro = next(v for k, v in _TIME_UNITS.items() if k in logical.to_json())
+    micros = value * per_micro if per_micro else value // 1_000
+    low, high = _MICROS_RANGE
+    return None if low <= micros <= high else _raw_date_text(value, unit)
+
+
+def values_out_of_range(metadata: pq.FileMetaData) -> list[str]:
+    """One message per date / timestamp column of a snapshot holding a value outside
+    BigQuery's range (0001-01-01 to 9999-12-31, ±infinity included), read from the Parquet
+    footer's min / max statistics: no value is read again. A column whose statistics are
+    missing while it holds values is reported too (it cannot be vouched for)."""
+    names = metadata.schema.to_arrow_schema().names
+    found: dict[str, str] = {}
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            stats = chunk.statistics
+            logical = stats.logical_type if stats is not None else None
+            kind = str(logical.type) if logical is not None else ""
+            name = names[index] if index < len(names) else chunk.path_in_schema
+            if kind not in ("DATE", "TIMESTAMP") or "." in chunk.path_in_schema or name in found:
+                continue
+            if not stats.has_min_max:
+                if stats.null_count < chunk.num_values:
+                    found[name] = f"column {name!r} has no statistics to check its range"
+                continue
+            for value in (stats.min_raw, stats.max_raw):
+                text = _out_of_range(kind, logical, value)
+                if text is not None:
+                    found[name] = (
+                        f"column {name!r} holds a value outside BigQuery's range (0001-01-01 to "
+                        f"9999-12-31): {text}; filter or clamp it in the query"
+                    )
+                    break
+    return list(found.values())

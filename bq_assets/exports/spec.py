@@ -824,14 +824,18 @@ def _validated(path: Path, **fields: Any) -> ExportSpec:
 
 
 def check_sources(specs: list[ExportSpec], declared: list[str]) -> list[ExportSpec]:
-    """The specs, if each names a declared source; otherwise one error naming every spec
-    file at fault and the sources that are declared."""
+    """The specs, if each names a declared source and reads nothing it cannot (a Delta table
+    on ``gs://``); otherwise one error naming every spec file at fault and the sources that
+    are declared."""
+    from bq_assets.sources import DELTA_ON_GCS, reads_delta_on_gcs
+
     errors = [
         f"{spec.spec_file}: source: {spec.source!r} is not a declared source "
         f"(declared: {', '.join(declared)}; see BQ_ASSETS_SOURCES)"
         for spec in specs
         if spec.source not in declared
     ]
+    errors += [f"{spec.sql_file}: {DELTA_ON_GCS}" for spec in specs if reads_delta_on_gcs(spec.sql)]
     if errors:
         raise ExportSpecError("\n".join(errors))
     return specs

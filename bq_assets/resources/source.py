@@ -16,7 +16,7 @@ from bq_assets import sources
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import executable_query
 from bq_assets.partitioning import PARTITION_COLUMN_TYPES
-from bq_assets.schema import UnsupportedTypeError
+from bq_assets.schema import UnsupportedTypeError, values_out_of_range
 from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError
 
 # Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
@@ -154,6 +154,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         sql_file: Path,
         destination: Path,
         source_name: str = DEFAULT_SOURCE,
+        gcs: sources.GcsAccessLike = None,
         parameters: Mapping[str, object] | None = None,
         partition_column: str | None = None,
     ) -> pq.FileMetaData:
@@ -164,7 +165,11 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         naming the column and the cast to write. The snapshot is written beside its final name
         and renamed into place, so a failed query leaves no partial file. Returns the Parquet
         footer (rows, schema, row groups). A source server that does not answer fails naming
-        its host and port, and may be retried; a refused login is not retried.
+        its host and port, and may be retried; a refused login is not retried. ``gs://`` paths
+        in the query are read with ``gcs`` (see ``gcs_access``; a callable is called only then);
+        one that matches nothing fails naming it.
+        A date or timestamp outside BigQuery's range fails naming the column and the value
+        (from the snapshot's Parquet statistics); nothing is kept.
 
         ``parameters`` are bound to the query's ``$name`` placeholders by DuckDB (a partitioned
         export's window; never formatted into the SQL). ``partition_column`` must then be a
@@ -175,7 +180,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         query = executable_query(sql)
         source = self.source(source_name)
         try:
-            with sources.connect(source, self.engine_settings(), query) as con:
+            with sources.connect(source, self.engine_settings(), query, gcs) as con:
                 if partition_column is not None:
                     check_partition_column(
                         sources.result_types(con, query, parameters), partition_column, sql_file
@@ -197,8 +202,13 @@ class DuckDBSourceResource(dg.ConfigurableResource):
                 f"{sql_file}: the source {source.name!r} ({source.address}) rejected the query: "
                 f"{message}"
             ) from None
+        footer = pq.read_metadata(partial)
+        out_of_range = values_out_of_range(footer)
+        if out_of_range:
+            partial.unlink(missing_ok=True)
+            raise SourceQueryError(f"{sql_file}: " + "; ".join(out_of_range))
         os.replace(partial, destination)
-        return pq.read_metadata(destination)
+        return footer
 
     def staging_export_prefix(self, export: str) -> str:
         """The object prefix under which every run's snapshot of ``export`` lives."""
@@ -207,3 +217,17 @@ class DuckDBSourceResource(dg.ConfigurableResource):
     def staging_object(self, export: str, run_id: str) -> str:
         """The object name of the snapshot of ``export`` for ``run_id`` (one folder per run)."""
         return f"{self.staging_export_prefix(export)}{run_id}/{SNAPSHOT_OBJECT}"
+
+
+def gcs_access(gcs: dg.ConfigurableResource) -> sources.GcsAccess:
+    """How a source reads ``gs://`` paths: with the ``gcs`` resource's own client settings
+    (its endpoint, project and credentials: a service account or ADC in production, the
+    emulator with anonymous credentials locally). Nothing is read until a query needs it."""
+    client = gcs.get_client()
+    # google-cloud-core keeps the credentials a client was built with on ``_credentials``;
+    # reusing them (rather than rebuilding them) keeps one place that decides them.
+    return sources.GcsAccess(
+        endpoint=client.api_endpoint or "https://storage.googleapis.com",
+        project=client.project,
+        credentials=client._credentials,
+    )

@@ -35,7 +35,7 @@ from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
 from bq_assets.exports.spec import ExportSpec, partition_parameters
 from bq_assets.resources.google import ExportGCSResource
-from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource
+from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema
 from bq_assets.stages import (
     NETWORK_RETRY,
@@ -131,6 +131,7 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 spec.sql_file,
                 local,
                 spec.source,
+                lambda: gcs_access(gcs),
                 parameters=parameters,
                 partition_column=spec.partitioning.column if spec.partitioning else None,
             )
