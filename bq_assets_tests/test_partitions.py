@@ -24,6 +24,7 @@ from bq_assets.resources.source import DuckDBSourceResource, PartitionColumnErro
 from bq_assets.schedules import build_schedules
 from bq_assets.settings import local_resources
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+from bq_assets.stages.partitions import partitions_definition
 
 WINDOWED = (
     "SELECT id, amount, sold_at FROM sales "
@@ -315,3 +316,27 @@ def test_a_decorator_load_refuses_a_table_partitioned_otherwise(tmp_path: Path) 
         "p.d.sales is not partitioned, but " + str(spec.spec_file) + " partitions it by DAY on "
         "sold_at: BigQuery cannot change a table's partitioning."
     )
+
+
+def test_weekly_partitions_run_monday_to_monday_and_monthly_from_the_first(tmp_path: Path) -> None:
+    for by, start, first_keys in [
+        ("week", "2026-01-05", ["2026-01-05", "2026-01-12"]),
+        ("month", "2026-01-01", ["2026-01-01", "2026-02-01"]),
+    ]:
+        folder = tmp_path / by
+        folder.mkdir()
+        write_export(
+            folder,
+            f"primary_key: [id]\ncadence: daily\ntimezone: Europe/London\n"
+            f"partitioning: {{by: {by}, start: {start}, column: sold_at}}\n",
+        )
+        (spec,) = load_specs(folder)
+        definition = partitions_definition(spec)
+        assert definition is not None
+        keys = definition.get_partition_keys(current_time=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+        assert keys[:2] == first_keys
+        day = 0 if by == "week" else None  # weeks start on Mondays, months on the 1st
+        assert all(
+            dt.date.fromisoformat(k).weekday() == day if day == 0 else k.endswith("-01")
+            for k in keys
+        )
