@@ -69,15 +69,22 @@ def orders(local_stack, resources, tmp_path: Path) -> tuple[dict, Path]:
 
 
 def materialize(
-    spec: ExportSpec, resources: dict, instance: dg.DagsterInstance, first: str, last: str
+    spec: ExportSpec,
+    resources: dict,
+    instance: dg.DagsterInstance,
+    first: str,
+    last: str,
+    selection: list[dg.AssetKey] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One run of the export's four assets and their checks over partitions first…last."""
+    """One run of the export's four assets (or ``selection``) and their checks over
+    partitions first…last."""
     job = build_definitions(
         [spec], resources, dg.DefaultScheduleStatus.STOPPED
     ).resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         instance=instance,
         raise_on_error=False,
+        asset_selection=selection,
         tags={
             "dagster/asset_partition_range_start": first,
             "dagster/asset_partition_range_end": last,
@@ -173,6 +180,29 @@ def test_a_corrected_day_replaces_exactly_that_partition(orders, tmp_path: Path)
             if e.asset_key == gcs_key(spec.name)
         }
         assert f"/exports/pt_orders/{DAYS[0]}_{DAYS[2]}/{backfill.run_id}/" in backfill_gcs
+
+        # A run of bigquery/ alone reads the objects written for its own partition(s): the
+        # refresh's for the second day; for the third, the backfill's, written for three days,
+        # which it refuses (their rows would not fit one day), saying what to re-materialize.
+        bigquery_only = [bigquery_key(spec.name)]
+        alone = materialize(spec, resources, instance, DAYS[1], DAYS[1], bigquery_only)
+        assert alone.success, step_errors(alone)
+        assert latest_bigquery_metadata(instance, spec.name, DAYS[1])["input_run_id"] == (
+            refresh.run_id
+        )
+        other = materialize(spec, resources, instance, DAYS[2], DAYS[2], bigquery_only)
+        assert not other.success
+        (error,) = step_errors(other).values()
+        assert (
+            f"gcs/pt_orders, which this step reads, was materialized by run {backfill.run_id}"
+            in (error)
+        )
+        assert "re-materialize gcs/pt_orders (with its upstream) for exactly these" in error
+        # A range whose partitions were exported by different runs has no one input to load.
+        mixed = materialize(spec, resources, instance, DAYS[0], DAYS[2], bigquery_only)
+        assert not mixed.success
+        (error,) = step_errors(mixed).values()
+        assert "for partitions 2026-01-05…2026-01-07 come from different runs" in error
         assert databricks_key(spec.name) in {e.asset_key for e in events}
 
 

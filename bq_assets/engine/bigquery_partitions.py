@@ -215,19 +215,28 @@ def run_partition_load(
     config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
     staged: list[str] = [staging_id]
     publish_jobs: list[str] = []
-    try:
+
+    def start_load(job_id: str) -> bigquery.LoadJob:
+        # Created only when a load starts (the emulator loads only into a table that exists):
+        # a staging table made earlier would make a finished job of an earlier run look as if
+        # its output were still there, and be reattached to instead of loading.
         _ensure_partitioned_table(client, staging_id, config)
-        log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {staging_id}")
-        job = start_or_reattach(
-            client, base, project, location,
-            lambda job_id: client.load_table_from_uri(
-                manifest.uris, staging_id, job_id=job_id, location=location, job_config=config,
-                retry=TRANSIENT,
-            ),
-            log,
+        return client.load_table_from_uri(
+            manifest.uris, staging_id, job_id=job_id, location=location, job_config=config,
+            retry=TRANSIENT,
         )  # fmt: skip
+
+    try:
+        log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {staging_id}")
+        job = start_or_reattach(client, base, project, location, start_load, log)
         wait_for(job, table_id, location, True)
         loaded, outside = partition_row_counts(client, staging_id, column, column_type, window)
+        if sum(loaded.values()) + outside != manifest.rows:
+            raise BqAssetsError(
+                f"{staging_id} holds {sum(loaded.values()) + outside} rows after load job "
+                f"{job.job_id}, the manifest {manifest.rows}; nothing was published.",
+                retryable=True,
+            )
         if outside:
             raise PartitionBoundsError(
                 f"{spec.sql_file}: {outside} row(s) of {window.describe()} have {column} outside "

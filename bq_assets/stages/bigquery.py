@@ -36,7 +36,12 @@ from bq_assets.stages import (
     reported_as_failure,
     upstream_materialization,
 )
-from bq_assets.stages.partitions import checked_partitions, run_window, window_metadata
+from bq_assets.stages.partitions import (
+    checked_partitions,
+    run_window,
+    same_window,
+    window_metadata,
+)
 
 BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
@@ -70,6 +75,9 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         with reported_as_failure(GCS=gcs, BigQuery=bigquery):
             upstream = upstream_materialization(context, gcs_key(spec.name))
+            window = run_window(context, spec)
+            if window is not None:
+                same_window(upstream, window)
             manifest_uri = str(upstream["manifest_uri"])
             storage_client = gcs.get_client()
             with reading_input(upstream, "The manifest", manifest_uri):
@@ -77,7 +85,6 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
             location = bucket_location(storage_client, bucket, gcs.retry())
             check_bucket_location(bucket, location, spec)
-            window = run_window(context, spec)
             partition_metadata: dict[str, object] = {}
             with bigquery.get_client() as client:
                 if window is None:

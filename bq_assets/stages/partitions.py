@@ -11,6 +11,7 @@ import dagster as dg
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
+from bq_assets.stages import Upstream, UpstreamMissingError
 
 
 def partitions_definition(spec: ExportSpec) -> dg.TimeWindowPartitionsDefinition | None:
@@ -89,6 +90,23 @@ def partition_label(window: Window | None) -> str:
     if window is None:
         return ""
     return window.keys[0] if len(window.keys) == 1 else f"{window.keys[0]}_{window.keys[-1]}"
+
+
+class OtherWindowError(UpstreamMissingError):
+    """The upstream materialization a partitioned step would use covers other partitions."""
+
+
+def same_window(upstream: Upstream, window: Window) -> None:
+    """Refuse an input written for other partitions than this run's (e.g. a backfill's objects
+    of three days for a run of one of them): its rows would not fit the run's window."""
+    written = (upstream.metadata.get("partition_start"), upstream.metadata.get("partition_end"))
+    if written != (window.start.isoformat(), window.end.isoformat()):
+        asset = upstream.key.to_user_string()
+        raise OtherWindowError(
+            f"{asset}, which this step reads, was materialized by run {upstream.run_id} for "
+            f"[{written[0]}, {written[1]}), not for this run's {window.describe()}; "
+            f"re-materialize {asset} (with its upstream) for exactly these partitions."
+        )
 
 
 def window_metadata(window: Window) -> dict[str, object]:
