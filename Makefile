@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg demo dev up down status test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e lint clean
+.PHONY: install gnupg demo dev up down status test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e bench-partitions lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,9 @@ bench: install postgres ## export hop vs DuckDB, the query step (memory, Postgre
 
 bench-e2e: install ## customer_360 through all four hops at 1M and 10M rows + a 1,000-row run, through the UI's executor
 	$(BIN)/python benchmarks/e2e.py $(BENCH_E2E_ARGS)
+
+bench-partitions: install ## a one-day refresh of unified_transactions vs a full refresh of the same orders
+	$(BIN)/python benchmarks/partitions.py $(BENCH_PARTITIONS_ARGS)
 
 clean: down
 	rm -rf .local

@@ -1,10 +1,12 @@
 """``python -m bq_assets.demo``: materialize every export on the local stack and summarize.
 
-Runs all assets and all checks in one run (the same job ``dagster dev`` shows as
-``__ASSET_JOB``), through the job's own executor as a run launched from the UI does, against
-the instance in ``DAGSTER_HOME``, so the run appears in the UI afterwards. Prints rows per hop,
-the objects, tables and every check's result. SIGTERM stops it like Ctrl-C: the executor
-terminates its step processes and the run ends as canceled.
+Runs all assets and all checks of the unpartitioned exports in one run (the same job
+``dagster dev`` shows as ``__ASSET_JOB``), then each partitioned export's latest
+``DEMO_PARTITIONS`` complete partitions in one run of their own (as a backfill of them would),
+through the job's own executor as a run launched from the UI does, against the instance in
+``DAGSTER_HOME``, so the runs appear in the UI afterwards. Prints rows per hop, the objects,
+tables and every check's result. SIGTERM stops it like Ctrl-C: the executor terminates its step
+processes and the run ends as canceled.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+
+STAGE_KEYS = (query_key, gcs_key, bigquery_key, databricks_key)
 
 
 def _metadata(result: dg.ExecuteJobResult, key: dg.AssetKey) -> dict:
@@ -78,31 +82,71 @@ def demo_job() -> ReconstructableJob:
     ).get_reconstructable_job("__ASSET_JOB")
 
 
+#: How many of a partitioned export's latest complete partitions the demo materializes.
+DEMO_PARTITIONS = 3
+
+
+def demo_runs(specs: list) -> list[tuple[list[str], dict[str, str]]]:
+    """The demo's runs: (exports, run tags). The unpartitioned exports together; each
+    partitioned export alone, over its latest ``DEMO_PARTITIONS`` complete partitions."""
+    from bq_assets.stages.partitions import partitions_definition
+
+    runs: list[tuple[list[str], dict[str, str]]] = []
+    unpartitioned = [spec.name for spec in specs if not spec.partitioned]
+    if unpartitioned:
+        runs.append((unpartitioned, {}))
+    for spec in specs:
+        definition = partitions_definition(spec)
+        if definition is None:
+            continue
+        keys = definition.get_partition_keys()[-DEMO_PARTITIONS:]
+        range_tags = {
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+        }
+        runs.append(([spec.name], range_tags))
+    return runs
+
+
 def main() -> int:
     from bq_assets.exports import exports_dir, load_specs
 
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # as Dagster's own CLI does
     specs = load_specs(exports_dir())
-    exports = [spec.name for spec in specs]
     simulate_deliveries(specs)
-    with (
-        dg.DagsterInstance.get() as instance,
-        dg.execute_job(
-            demo_job(),
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        ) as result,
-    ):
-        print(summarize(result, exports))
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error:
-            print(
-                f"\nstep {event.step_key} failed: {event.step_failure_data.error.message}",
-                file=sys.stderr,
-            )
-    checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
-    return 0 if result.success and checks_ok else 1
+    delivered = {spec.name for spec in specs if spec.delivered}
+    ok = True
+    with dg.DagsterInstance.get() as instance:
+        for exports, tags in demo_runs(specs):
+            selection = [
+                key(export)
+                for export in exports
+                for key in STAGE_KEYS
+                if not (key is query_key and export in delivered)
+            ]
+            with dg.execute_job(
+                demo_job(),
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                tags=tags,
+                asset_selection=selection,
+            ) as result:
+                if tags:
+                    print(
+                        f"\npartitions {tags['dagster/asset_partition_range_start']}…"
+                        f"{tags['dagster/asset_partition_range_end']}"
+                    )
+                print(summarize(result, exports))
+            for event in result.all_events:
+                if event.is_step_failure and event.step_failure_data.error:
+                    print(
+                        f"\nstep {event.step_key} failed: {event.step_failure_data.error.message}",
+                        file=sys.stderr,
+                    )
+            checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
+            ok = ok and result.success and checks_ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

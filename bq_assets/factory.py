@@ -19,6 +19,7 @@ from bq_assets.stages.delivery import (
     build_delivery_sensor,
 )
 from bq_assets.stages.gcs import build_gcs_asset, gcs_checks
+from bq_assets.stages.partitions import partitioned
 from bq_assets.stages.query import build_query_asset, query_checks
 
 STAGES = (build_query_asset, build_gcs_asset, build_bigquery_asset, build_databricks_asset)
@@ -55,10 +56,16 @@ EXECUTOR = dg.multiprocess_executor.configured(EXECUTOR_CONFIG, name="bq_assets_
 
 def export_assets(spec: ExportSpec) -> list[dg.AssetsDefinition]:
     """The export's assets (four, or three when delivered), in lineage order, each with the
-    cadence's freshness policy."""
+    cadence's freshness policy; a partitioned export's four share its partitions definition
+    and backfill policy."""
     policy = freshness_policy(spec)
     return [
-        build(spec).map_asset_specs(lambda asset: asset.replace_attributes(freshness_policy=policy))
+        partitioned(
+            spec,
+            build(spec).map_asset_specs(
+                lambda asset: asset.replace_attributes(freshness_policy=policy)
+            ),
+        )
         for build in (DELIVERED_STAGES if spec.delivered else STAGES)
     ]
 

@@ -10,11 +10,12 @@ Failed runs are reported to the log, and to Slack when ``SLACK_WEBHOOK_URL`` (an
 webhook) or ``SLACK_BOT_TOKEN`` + ``SLACK_CHANNEL`` (dagster-slack's run-failure sensor) are set.
 """
 
+import datetime as dt
 import json
 import os
 import re
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from dagster_shared.error import SerializableErrorInfo
 
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+from bq_assets.stages.partitions import latest_complete_partition
 
 #: The run tag naming the export a run refreshes; the run queue allows one run per value.
 EXPORT_TAG = "bq_assets/export"
@@ -64,27 +66,44 @@ def export_asset_keys(export: str) -> list[dg.AssetKey]:
 def build_schedules(
     specs: list[ExportSpec], default_status: dg.DefaultScheduleStatus
 ) -> list[dg.ScheduleDefinition]:
-    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    """One job and schedule per cadence and timezone; a partitioned export gets one of its own
+    (a job runs one partitions definition), named like the others unless an unpartitioned
+    export has that cadence and timezone too (then ``<cadence>_<timezone>_<export>_refresh``)."""
+    groups: dict[tuple[str, str, str, str], list[ExportSpec]] = defaultdict(list)
     for spec in specs:
-        groups[(cadence_label(spec), spec.cron_schedule, spec.timezone)].append(spec.name)
+        partitioned = spec.name if spec.partitioning else ""
+        groups[(cadence_label(spec), spec.cron_schedule, spec.timezone, partitioned)].append(spec)
+    names = Counter((label, timezone) for label, _, timezone, _ in groups)
     return [
-        _cadence_schedule(label, cron, timezone, exports, default_status)
-        for (label, cron, timezone), exports in sorted(groups.items())
+        _cadence_schedule(
+            f"{label}_{_slug(timezone)}"
+            + (f"_{partitioned}" if partitioned and names[(label, timezone)] > 1 else ""),
+            label,
+            cron,
+            timezone,
+            exports,
+            default_status,
+        )
+        for (label, cron, timezone, partitioned), exports in sorted(groups.items())
     ]
 
 
 def _cadence_schedule(
+    name: str,
     label: str,
     cron: str,
     timezone: str,
-    exports: list[str],
+    specs: list[ExportSpec],
     default_status: dg.DefaultScheduleStatus,
 ) -> dg.ScheduleDefinition:
+    exports = [spec.name for spec in specs]
+    partitioned = specs[0] if specs[0].partitioning else None
     job_tags = {"cadence": label} | (export_tags(exports[0]) if len(exports) == 1 else {})
     job = dg.define_asset_job(
-        name=f"{label}_{_slug(timezone)}_refresh",
+        name=f"{name}_refresh",
         selection=dg.AssetSelection.groups(*exports),
-        description=f"Refresh {', '.join(exports)} ({label}, {timezone}).",
+        description=f"Refresh {', '.join(exports)} ({label}, {timezone}"
+        + (", the latest complete partition)." if partitioned else ")."),
         tags=job_tags,
     )
 
@@ -95,9 +114,13 @@ def _cadence_schedule(
         execution_timezone=timezone,
         default_status=default_status,
         description=f"{label} refresh of {', '.join(exports)} at `{cron}` {timezone}, "
-        "one run per export",
+        + ("its latest complete partition" if partitioned else "one run per export"),
     )
-    def _refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    def _refresh(
+        context: dg.ScheduleEvaluationContext,
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        if partitioned is not None:
+            return _latest_partition_request(partitioned, context)
         # The daemon scopes a schedule's run keys to the tick: one run per export per tick.
         return [
             dg.RunRequest(
@@ -107,6 +130,25 @@ def _cadence_schedule(
         ]
 
     return _refresh
+
+
+def _latest_partition_request(
+    spec: ExportSpec, context: dg.ScheduleEvaluationContext
+) -> list[dg.RunRequest] | dg.SkipReason:
+    """A run of the partition that ended last before the tick, in the export's timezone
+    (a daily 06:00 tick refreshes yesterday)."""
+    now = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+    partition = latest_complete_partition(spec, now)
+    if partition is None:
+        return dg.SkipReason(f"{spec.name}: no partition has ended yet")
+    return [
+        dg.RunRequest(
+            run_key=f"{spec.name}:{partition}",
+            partition_key=partition,
+            asset_selection=export_asset_keys(spec.name),
+            tags=export_tags(spec.name),
+        )
+    ]
 
 
 def _root_message(error: SerializableErrorInfo) -> str:

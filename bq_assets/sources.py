@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,11 +480,24 @@ def refuse_inexact_postgres_columns(con: duckdb.DuckDBPyConnection, query: str) 
     refuse_inexact_columns(con, query, "postgres")
 
 
-def check_result_types(con: duckdb.DuckDBPyConnection, query: str, source: Source) -> str:
+def result_types(
+    con: duckdb.DuckDBPyConnection, query: str, parameters: Mapping[str, object] | None = None
+) -> list[tuple[str, str]]:
+    """``(column, DuckDB type)`` of each result column (``DESCRIBE``, which reads no row);
+    ``parameters`` are the query's bound parameters, if it has any."""
+    described = con.execute(f"DESCRIBE {query}", dict(parameters or {})).fetchall()
+    return [(str(row[0]), str(row[1])) for row in described]
+
+
+def check_result_types(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    source: Source,
+    parameters: Mapping[str, object] | None = None,
+) -> str:
     """The query the snapshot is written from, after checking every result column's type
     (DuckDB ``DESCRIBE``, which runs nothing): each is carried exactly or refused with one
     ``UnsupportedTypeError`` naming every refused column and the cast to write."""
     if source.kind in _INEXACT_NUMERIC:
         refuse_inexact_columns(con, query, source.kind)
-    described = con.execute(f"DESCRIBE {query}").fetchall()
-    return snapshot_query(query, [(str(row[0]), str(row[1])) for row in described])
+    return snapshot_query(query, result_types(con, query, parameters))

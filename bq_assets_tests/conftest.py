@@ -64,9 +64,10 @@ def run_exports(
     resources: dict[str, dg.ConfigurableResource],
     instance: dg.DagsterInstance,
     selection: str | list[str] | None = None,
+    partition_key: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize the exports' assets (or those of ``selection``, e.g. ``query/x``) and run
-    their checks in one in-process run."""
+    their checks in one in-process run (partitioned exports: partition ``partition_key``)."""
     defs = build_definitions(specs, resources, dg.DefaultScheduleStatus.STOPPED)
     job = defs.resolve_implicit_global_asset_job_def()
     keys = [selection] if isinstance(selection, str) else selection
@@ -74,6 +75,7 @@ def run_exports(
         instance=instance,
         raise_on_error=False,
         asset_selection=[dg.AssetKey.from_user_string(key) for key in keys] if keys else None,
+        partition_key=partition_key,
     )
 
 

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpec, load_specs
+from bq_assets.partitioning import Window
 from bq_assets.schedules import EXPORT_TAG
 from bq_assets.settings import local_resources
 from bq_assets.stages import gcs_key, query_key
@@ -39,6 +40,8 @@ BIN = Path(sys.executable).parent
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 EVERY_MINUTE = "*/1 * * * *"
 TICK_SCHEDULE = "cron_1_utc_refresh_schedule"  # customer_segments, every minute, in UTC
+#: The day of unified_transactions (partitioned by New York day) the deployment test loads.
+DAY = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).date().isoformat()
 
 pytestmark = pytest.mark.deploy
 
@@ -192,11 +195,12 @@ def wait_for_runs(instance: dg.DagsterInstance, run_ids: list[str], timeout: flo
     pytest.fail(f"runs not finished within {timeout}s: {states}")
 
 
-def launch(deployment: Deployment, job: str) -> subprocess.Popen:
+def launch(deployment: Deployment, job: str, partition: str | None = None) -> subprocess.Popen:
     """`dagster job launch`: submits the run to the instance's queue (the daemon launches it)."""
+    tags = ["--tags", json.dumps({"dagster/partition": partition})] if partition else []
     return subprocess.Popen(
         [str(BIN / "dagster"), "job", "launch", "-w", str(deployment.workspace), "-j", job,
-         "--config-json", json.dumps(IN_PROCESS)],
+         "--config-json", json.dumps(IN_PROCESS), *tags],
         env=deployment.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -233,7 +237,7 @@ def test_one_run_per_export_at_a_time_while_other_exports_run_beside_it(deployme
     submitters = [
         launch(deployment, "daily_america_los_angeles_refresh"),  # customer_360
         launch(deployment, "daily_america_los_angeles_refresh"),  # customer_360 again
-        launch(deployment, "daily_america_new_york_refresh"),  # unified_transactions
+        launch(deployment, "daily_america_new_york_refresh", DAY),  # unified_transactions
     ]
     for submitter in submitters:
         output, _ = submitter.communicate(timeout=120)
@@ -243,7 +247,8 @@ def test_one_run_per_export_at_a_time_while_other_exports_run_beside_it(deployme
     database = str(deployment.stack_dir / "source.duckdb")
     for export in ("customer_360", "unified_transactions"):
         spec = next(s for s in load_specs(SHIPPED_EXPORTS_DIR) if s.name == export)
-        _, expected = source_rows(spec, database)
+        window = Window((DAY,), "day", spec.timezone) if spec.partitioned else None
+        _, expected = source_rows(spec, database, window)
         assert as_sorted(table_rows(deployment, spec)) == as_sorted(expected), export
 
 

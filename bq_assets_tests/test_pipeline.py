@@ -10,10 +10,13 @@ import duckdb
 import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
+from bq_assets.exports.spec import partition_parameters
 from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.delivery import simulate_deliveries
+from bq_assets.partitioning import Window
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
+from bq_assets.stages.partitions import latest_complete_partition
 from bq_assets_tests.conftest import run_exports, step_errors
 
 pytestmark = pytest.mark.stack
@@ -37,10 +40,14 @@ def sorted_rows(rows: list[tuple], key_index: int = 0) -> list[tuple]:
     )
 
 
-def source_rows(spec: ExportSpec, database: str) -> tuple[list[str], list[tuple]]:
+def source_rows(
+    spec: ExportSpec, database: str, window: Window | None = None
+) -> tuple[list[str], list[tuple]]:
+    """The export query's result on the source (a partitioned export's: of ``window``)."""
+    parameters = window.parameters(partition_parameters(spec.sql)) if window else None
     with duckdb.connect(database, read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
-        cursor = con.execute(spec.sql)
+        cursor = con.execute(spec.sql, parameters)
         return [d[0] for d in cursor.description], cursor.fetchall()
 
 
@@ -142,12 +149,20 @@ def test_a_second_run_gives_the_same_result(customer_360_run, resources) -> None
 def test_all_shipped_exports_materialize(local_stack, resources, shipped_specs, instance) -> None:
     gcs = resources["gcs"]
     simulate_deliveries(shipped_specs, gcs.get_client().bucket(gcs.get_bucket_name()))
-    result = run_exports(shipped_specs, resources, instance)
+    # One run: the partitioned unified_transactions loads its latest complete day.
+    (orders,) = [spec for spec in shipped_specs if spec.partitioned]
+    yesterday = latest_complete_partition(orders, dt.datetime.now(dt.UTC))
+    result = run_exports(shipped_specs, resources, instance, partition_key=yesterday)
     assert result.success, step_errors(result)
     assert all(c.passed for c in result.get_asset_check_evaluations())
     assert len(result.get_asset_materialization_events()) == sum(
         3 if spec.delivered else 4 for spec in shipped_specs
     )
+    assert {
+        e.materialization.partition
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] == orders.name
+    } == {yesterday}
 
 
 def test_a_sql_file_ending_in_a_comment_runs(local_stack, resources, instance, tmp_path) -> None:

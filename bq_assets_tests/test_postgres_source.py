@@ -11,6 +11,7 @@ not retried.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,12 @@ import pytest
 from bq_assets.exports import ExportSpec, load_specs
 from bq_assets.local import sample_data
 from bq_assets.local.resources import SampleSourceResource
+from bq_assets.partitioning import Window
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration, SourceQueryError
 from bq_assets.schema import UnsupportedTypeError
 from bq_assets.sources import SourceError, load_extension
 from bq_assets.stages import bigquery_key, query_key, reported_as_failure
+from bq_assets.stages.partitions import latest_complete_partition
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.postgres import PostgresServer, free_port
 from bq_assets_tests.test_round_trip import bigquery_rows, databricks_rows, differences, metadata
@@ -313,8 +316,13 @@ def test_the_sample_exports_from_postgres_match_postgres(
         yaml = (SHIPPED_EXPORTS_DIR / f"{name}.yaml").read_text()
         (folder / f"pg_{name}.yaml").write_text(yaml + "source: crm\nformat: parquet\n")
     specs = load_specs(folder)
+    # pg_unified_transactions is partitioned: the run loads its latest complete day, the
+    # window bound as parameters through DuckDB's PostgreSQL scanner.
+    (orders,) = [spec for spec in specs if spec.partitioned]
+    day = latest_complete_partition(orders, dt.datetime.now(dt.UTC))
+    window = Window((day,), "day", orders.timezone)
     with dg.instance_for_test() as instance:
-        result = run_exports(specs, pg_resources, instance)
+        result = run_exports(specs, pg_resources, instance, partition_key=day)
     assert result.success, step_errors(result)
     assert all(check.passed for check in result.get_asset_check_evaluations())
     import psycopg2
@@ -324,7 +332,14 @@ def test_the_sample_exports_from_postgres_match_postgres(
         meta = metadata(result, bigquery_key(spec.name))
         columns, loaded = bigquery_rows(pg_resources, meta["dagster/table_name"])
         with psycopg2.connect(crm.dsn(), options="-c TimeZone=UTC") as con, con.cursor() as cur:
-            cur.execute(f"SELECT {', '.join(columns)} FROM {table}")
+            if spec.partitioned:
+                cur.execute(
+                    f"SELECT {', '.join(columns)} FROM {table} "
+                    "WHERE order_datetime >= %s AND order_datetime < %s",
+                    (window.start, window.end),
+                )
+            else:
+                cur.execute(f"SELECT {', '.join(columns)} FROM {table}")
             rows = cur.fetchall()
         con.close()
         assert len(rows) == len(loaded) > 0

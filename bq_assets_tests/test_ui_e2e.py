@@ -7,6 +7,8 @@ Chromium (Debian's ``/usr/bin/chromium`` through Playwright) the way a user woul
   edges are read from the drawn SVG and cross-checked with the GraphQL API the UI uses);
 * "Materialize all" on one export's group launches a run that succeeds, and the run page and
   the assets' Checks tabs show every check passed;
+* a partitioned asset's Partitions tab counts its partitions and shows the one a run loaded;
+  a backfill of a date range runs under the backfill policy (one run) and has its page;
 * the Automation page lists the daily and weekly schedules, each in its timezone.
 
 Screenshots of the asset graph and of the successful run are written to
@@ -68,6 +70,7 @@ LOCATION = "bq_assets"
 EXPORTS = ("customer_360", "unified_transactions", "customer_segments")
 STAGES = ("query", "gcs", "bigquery", "databricks")  # lineage order
 RUN_EXPORT = "customer_360"
+PARTITIONED_EXPORT = "unified_transactions"  # partitioned by New York day
 SCHEDULES = {  # name (without Dagster's ``_schedule`` suffix) → execution timezone
     "daily_america_los_angeles_refresh": "America/Los_Angeles",
     "daily_america_new_york_refresh": "America/New_York",
@@ -101,6 +104,49 @@ WORKSPACE_QUERY = """
       }
     }
     ... on PythonError { message }
+  }
+}
+"""
+LAUNCH_PARTITION_RUN = """
+mutation ($location: String!, $keys: [AssetKeyInput!], $partition: String!) {
+  launchRun(executionParams: {
+    selector: {
+      repositoryLocationName: $location, repositoryName: "__repository__",
+      jobName: "__ASSET_JOB", assetSelection: $keys
+    },
+    executionMetadata: {tags: [{key: "dagster/partition", value: $partition}]}
+  }) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+BACKFILL_QUERY = """
+query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions }
+    ... on PythonError { message }
+  }
+}
+"""
+BACKFILL_RUNS_QUERY = """
+query ($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs { results { runId status tags { key value } } }
   }
 }
 """
@@ -552,6 +598,112 @@ def test_materialize_all_from_the_group_page_runs_and_passes_every_check(ui: UI)
                 )
             ).to_contain_text(re.compile(f"{len(names)} / {len(names)} Passed.*Materialized", re.S))
     ui.screenshot("asset-graph.png")
+
+
+def wait_for_run(ui: UI, run_id: str) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    status = "UNKNOWN"
+    while time.monotonic() < deadline:
+        status = graphql(ui.url, RUN_QUERY, {"runId": run_id})["runOrError"].get("status")
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    if status != "SUCCESS":
+        ui.fail(f"run {run_id} ended {status} (waited up to {RUN_TIMEOUT_S}s for SUCCESS)")
+
+
+def test_a_partitioned_asset_shows_its_partitions_and_the_one_materialized(ui: UI) -> None:
+    """unified_transactions is partitioned by New York day: after a run of yesterday's
+    partition, each of its assets' Partitions tab counts every partition and shows that one
+    materialized, with the partition's own load metadata."""
+    from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
+    from bq_assets.stages.partitions import partitions_definition
+
+    page = ui.page
+    (spec,) = [s for s in load_specs(SHIPPED_EXPORTS_DIR) if s.name == PARTITIONED_EXPORT]
+    definition = partitions_definition(spec)
+    assert definition is not None
+    keys = definition.get_partition_keys()
+    day = keys[-1]
+    launched = graphql(
+        ui.url,
+        LAUNCH_PARTITION_RUN,
+        {
+            "location": LOCATION,
+            "keys": [{"path": [stage, PARTITIONED_EXPORT]} for stage in STAGES],
+            "partition": day,
+        },
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    wait_for_run(ui, launched["run"]["runId"])
+
+    asset = asset_key("bigquery", PARTITIONED_EXPORT)
+    ui.goto(f"/assets/{asset}?view=partitions")
+    with ui.step(f"{asset}'s Partitions tab counts {len(keys):,} daily partitions, 1 loaded"):
+        expect(page.get_by_text(f"{len(keys):,} Partitions Selected").first).to_be_visible()
+        expect(page.get_by_text("Materialized (1)", exact=True).first).to_be_visible()
+        expect(page.get_by_text(f"Missing ({len(keys) - 1})", exact=True).first).to_be_visible()
+        expect(page.get_by_text(day, exact=True).first).to_be_visible()
+    ui.goto(f"/assets/{asset}?view=partitions&partition={day}")
+    with ui.step(f"partition {day} shows its materialization and the partition's load"):
+        expect(page.get_by_text("rows_by_partition").first).to_be_visible()
+        expect(page.get_by_text("partition_overwrite").first).to_be_visible()
+    ui.screenshot("asset-partitions.png")
+
+
+def test_a_backfill_of_a_date_range_runs_its_partitions_in_one_run(ui: UI) -> None:
+    """A backfill of two days of unified_transactions (from the UI's GraphQL API, as its
+    backfill dialog launches it) runs under the backfill policy, 31 partitions per run: one run
+    for the range, which succeeds; the backfill page shows it."""
+    from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
+    from bq_assets.stages.partitions import partitions_definition
+
+    page = ui.page
+    (spec,) = [s for s in load_specs(SHIPPED_EXPORTS_DIR) if s.name == PARTITIONED_EXPORT]
+    definition = partitions_definition(spec)
+    assert definition is not None
+    days = definition.get_partition_keys()[-3:-1]
+    launched = graphql(
+        ui.url,
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "assetSelection": [{"path": [stage, PARTITIONED_EXPORT]} for stage in STAGES],
+                "partitionNames": days,
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    backfill: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        backfill = graphql(ui.url, BACKFILL_QUERY, {"id": backfill_id})["partitionBackfillOrError"]
+        if backfill.get("status") not in ("REQUESTED", None):
+            break
+        time.sleep(2)
+    assert backfill.get("status") in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    assert backfill["numPartitions"] == 2
+    runs = graphql(ui.url, BACKFILL_RUNS_QUERY, {"id": backfill_id})["runsOrError"]["results"]
+    assert len(runs) == 1, f"the backfill policy should run both days in one run: {runs}"
+    (run,) = runs
+    assert run["status"] == "SUCCESS", run
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert (
+        tags["dagster/asset_partition_range_start"],
+        tags["dagster/asset_partition_range_end"],
+    ) == (days[0], days[1])
+
+    ui.goto(f"/runs/b/{backfill_id}")
+    with ui.step(f"backfill {backfill_id}'s page shows its range, succeeded for all four assets"):
+        expect(page.get_by_text(backfill_id).first).to_be_visible()
+        expect(page.get_by_text(f"{days[0]}...{days[1]}", exact=True)).to_be_visible()
+        expect(page.get_by_text("Succeeded", exact=True).first).to_be_visible()
+        for stage in STAGES:
+            expect(
+                page.get_by_role("link", name=f"{stage} / {PARTITIONED_EXPORT}").first
+            ).to_be_visible()
+        expect(page.get_by_text("100% completed")).to_have_count(len(STAGES))
 
 
 def test_automation_page_lists_the_schedules_with_their_timezones(ui: UI) -> None:

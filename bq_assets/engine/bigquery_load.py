@@ -25,6 +25,7 @@ from bq_assets.engine.log import Log
 from bq_assets.engine.manifest import Manifest
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.partitioning import bigquery_partitioning
 from bq_assets.schema import schema_diff, schema_from_json
 
 #: Staging tables left behind (a run killed mid-load) expire after a day by themselves.
@@ -138,8 +139,11 @@ def load_job_config(spec: ExportSpec, manifest: Manifest) -> bigquery.LoadJobCon
             config.null_marker = csv["null_marker"]
     if spec.bigquery.schema_update_options and spec.bigquery.write_disposition == "WRITE_APPEND":
         config.schema_update_options = list(spec.bigquery.schema_update_options)
-    if spec.bigquery.partition_field:
-        config.time_partitioning = bigquery.TimePartitioning(field=spec.bigquery.partition_field)
+    if spec.bigquery_partition_field:
+        config.time_partitioning = bigquery.TimePartitioning(
+            type_=bigquery_partitioning(spec.partitioning.by) if spec.partitioning else "DAY",
+            field=spec.bigquery_partition_field,
+        )
     if spec.bigquery.clustering_fields:
         config.clustering_fields = spec.bigquery.clustering_fields
     return config

@@ -15,12 +15,16 @@ _HEX_TO_INT = {
 }
 
 
-def key_checksum_sql(dialect: str, table: str, key_columns: list[str]) -> str:
-    """``SELECT count, checksum`` of the key columns of ``table``, in ``dialect``."""
+def key_checksum_sql(
+    dialect: str, table: str, key_columns: list[str], where: str | None = None
+) -> str:
+    """``SELECT count, checksum`` of the key columns of ``table`` (of its rows matching
+    ``where``, e.g. one partition's window), in ``dialect``."""
     text = "STRING" if dialect != "duckdb" else "VARCHAR"
     parts = [f"CAST({_QUOTE[dialect].format(column)} AS {text})" for column in key_columns]
     key = parts[0] if len(parts) == 1 else "CONCAT(" + ", '|', ".join(parts) + ")"
-    return f"SELECT COUNT(*), BIT_XOR({_HEX_TO_INT[dialect].format(key=key)}) FROM {table}"
+    sql = f"SELECT COUNT(*), BIT_XOR({_HEX_TO_INT[dialect].format(key=key)}) FROM {table}"
+    return f"{sql} WHERE {where}" if where else sql
 
 
 def same_column_names(databricks: list[str], bigquery: list[str]) -> bool:

@@ -1,5 +1,5 @@
 """Object names: where each run's shards, manifest and ``_SUCCESS`` go, rendered from the spec's
-``objects.template`` (``{export}``, ``{run}``, ``{date}``, ``{shard}``), and the pattern that
+``objects.template`` (``{export}``, ``{run}``, ``{date}``, ``{shard}``, ``{partition}``), and the pattern that
 finds the runs of an export again (for retention)."""
 
 import datetime as dt
@@ -24,6 +24,8 @@ class ObjectLayout:
     run_id: str
     run_date: dt.date
     suffix: str
+    #: The partition(s) the run loads, for ``{partition}`` (a partitioned export only).
+    partition: str = ""
 
     def shard(self, index: int) -> str:
         return self._render(shard=index) + self.suffix
@@ -51,6 +53,8 @@ class ObjectLayout:
                 pattern += "(?P=run)" if "(?P<run>" in pattern else "(?P<run>[^/]+)"
             elif name == "date":
                 pattern += _strftime_pattern(spec or "%Y-%m-%d")
+            elif name == "partition":
+                pattern += r"[^/]+"
             elif name is not None:
                 pattern += r"\d+"
         return re.compile(pattern + "/")
@@ -58,11 +62,19 @@ class ObjectLayout:
     @property
     def export_prefix(self) -> str:
         """The folder under which every run of this export lives (for retention)."""
-        static = self.template.format(**{**self._values(), "run": "\0", "date": _Cut(), "shard": 0})
+        static = self.template.format(
+            **{**self._values(), "run": "\0", "date": _Cut(), "partition": "\0", "shard": 0}
+        )
         return static.split("\0")[0].rpartition("/")[0] + "/"
 
     def _values(self, **extra: object) -> dict[str, object]:
-        return {"export": self.export, "run": self.run_id, "date": self.run_date, **extra}
+        return {
+            "export": self.export,
+            "run": self.run_id,
+            "date": self.run_date,
+            "partition": self.partition,
+            **extra,
+        }
 
     def _render(self, **extra: object) -> str:
         return self.template.format(**self._values(**extra))

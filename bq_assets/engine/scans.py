@@ -1,10 +1,12 @@
-"""The query hop's checks, as scans of the snapshot: in DuckDB, with a memory limit (what does
+"""The query hop's checks (and its rows per partition), as scans of the snapshot: in DuckDB, with a memory limit (what does
 not fit spills to a temporary directory), so they stay within bounds at any size."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+from bq_assets.partitioning import Window, window_predicate
 
 #: DuckDB's budget for one check's scan; a GROUP BY over 10M keys spills beyond it.
 SCAN_MEMORY_LIMIT = "256MB"
@@ -50,6 +52,22 @@ def null_counts(snapshot: Path, columns: list[str]) -> dict[str, int]:
     with _connection_for(snapshot) as con:
         row = con.execute(f"SELECT {counts} FROM snapshot").fetchone()
     return dict(zip(columns, (int(n) for n in row), strict=True))
+
+
+def rows_by_partition_of(
+    snapshot: Path, column: str, column_type: str, window: Window
+) -> dict[str, int]:
+    """Rows of the local Parquet ``snapshot`` in each partition of ``window`` (``column_type``:
+    the column's BigQuery type): what the later hops' per-partition checks compare with.
+    Read-only."""
+    parts = window.split()
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE {window_predicate('duckdb', column, column_type, part)})"
+        for part in parts
+    )
+    with _connection_for(snapshot) as con:
+        row = con.execute(f"SELECT {counts} FROM snapshot").fetchone()
+    return {part.keys[0]: int(n) for part, n in zip(parts, row, strict=True)}
 
 
 def _connection_for(snapshot: Path) -> duckdb.DuckDBPyConnection:

@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
+from bq_assets.partitioning import PARAMETERS as PARTITION_PARAMETERS
+
 EXPORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 # BigQuery allows more in table names when quoted; the safe subset keeps every generated statement
@@ -96,16 +98,20 @@ class CsvOptions(_Strict):
         return value
 
 
-TEMPLATE_FIELDS = {"export", "run", "date", "shard"}
+TEMPLATE_FIELDS = {"export", "run", "date", "shard", "partition"}
+#: A partitioned export's default object names: one prefix per partition, then per run.
+PARTITIONED_TEMPLATE = "exports/{export}/{partition}/{run}/part-{shard:05d}"
 
 
 class ObjectNames(_Strict):
     """Where a run's objects go in the bucket.
 
     ``template`` names each shard (the extension is appended). Placeholders: ``{export}``,
-    ``{run}`` (the run id), ``{date:%Y/%m/%d}`` (the run's date in the export's timezone) and
-    ``{shard:05d}``. ``{run}`` must name a folder, so every run writes under a prefix of its own
-    and no stale object can ever be loaded; ``{shard}`` must be in the file name.
+    ``{run}`` (the run id), ``{date:%Y/%m/%d}`` (the run's date in the export's timezone),
+    ``{shard:05d}`` and, for a partitioned export, ``{partition}`` (the partition key the run
+    loads, e.g. ``2026-01-31``; ``<first>_<last>`` for a run of several). ``{run}`` must name a
+    folder, so every run writes under a prefix of its own and no stale object can ever be
+    loaded; ``{shard}`` must be in the file name.
     """
 
     template: str = Field(
@@ -136,7 +142,9 @@ class ObjectNames(_Strict):
         if "{shard" not in filename:
             raise ValueError("the file name (after the last /) must contain {shard}")
         try:
-            value.format(export="e", run="r", date=dt.date(2026, 1, 31), shard=1)
+            value.format(
+                export="e", run="r", date=dt.date(2026, 1, 31), shard=1, partition="2026-01-31"
+            )
         except (ValueError, IndexError) as exc:
             raise ValueError(f"cannot be rendered: {exc}") from None
         if value.startswith("/") or "//" in value or ".." in value:
@@ -437,6 +445,37 @@ class DeliveryOptions(_Strict):
 # --- end of delivered exports ------------------------------------------------------------------
 
 
+class PartitionOptions(_Strict):
+    """A partitioned export (issue 14): each run exports and loads one partition (or a range
+    of them, in a backfill), and its load replaces exactly that partition of the table.
+
+    Partitions are days, weeks (Monday to Monday) or months in the export's ``timezone``. The
+    query reads its window from bound parameters (see ``bq_assets.partitioning``).
+    """
+
+    by: Literal["day", "week", "month"] = Field(description="partition size")
+    start: dt.date = Field(
+        description="the first partition's date (a Monday for weeks, the 1st for months)"
+    )
+    column: str = Field(description="the query's DATE / TIMESTAMP column the partitions cut")
+    max_partitions_per_run: int = Field(
+        10, ge=1, le=1000, description="a backfill runs this many partitions per run"
+    )
+
+    @field_validator("column")
+    @classmethod
+    def _column(cls, value: str) -> str:
+        return _matching(COLUMN, "column name", value)
+
+    @model_validator(mode="after")
+    def _start_on_a_boundary(self) -> PartitionOptions:
+        if self.by == "week" and self.start.weekday() != 0:
+            raise ValueError(f"start: {self.start} is not a Monday (weeks run Monday to Monday)")
+        if self.by == "month" and self.start.day != 1:
+            raise ValueError(f"start: {self.start} is not the first day of a month")
+        return self
+
+
 class ExportSpec(_Strict):
     """One export: a SQL query (or a delivery) and where its result goes. Loaded from
     ``<name>.yaml``."""
@@ -469,6 +508,9 @@ class ExportSpec(_Strict):
     databricks: DatabricksTarget = Field(default_factory=DatabricksTarget)
     delivery: DeliveryOptions | None = Field(
         None, description="the export starts from files delivered into the bucket, not a query"
+    )
+    partitioning: PartitionOptions | None = Field(
+        None, description="export and load one time partition per run (see PartitionOptions)"
     )
 
     @field_validator("name")
@@ -530,6 +572,63 @@ class ExportSpec(_Strict):
                     f"{'delivery' if self.delivery else 'query'}'s columns ({', '.join(columns)})"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partitioned_object_names(cls, data: Any) -> Any:
+        """A partitioned export's objects go under a prefix per partition by default."""
+        if isinstance(data, dict) and data.get("partitioning") is not None:
+            objects = data.get("objects")
+            if objects is None:
+                return {**data, "objects": {"template": PARTITIONED_TEMPLATE}}
+            if isinstance(objects, dict) and "template" not in objects:
+                return {**data, "objects": {**objects, "template": PARTITIONED_TEMPLATE}}
+        return data
+
+    @model_validator(mode="after")
+    def _partitioning(self) -> ExportSpec:
+        used = set() if self.delivery else partition_parameters(self.sql)
+        if self.partitioning is None and "{partition}" in self.objects.template:
+            raise ValueError(
+                "objects.template: {partition} needs a partitioned export (a partitioning block)"
+            )
+        if self.partitioning is None:
+            if used:
+                raise ValueError(
+                    f"partitioning: the query uses {', '.join('$' + p for p in sorted(used))} "
+                    "but the export is not partitioned; add a partitioning block or remove them"
+                )
+            return self
+        partitioning = self.partitioning
+        if self.delivery:
+            raise ValueError("partitioning: a delivered export cannot be partitioned")
+        problems = partition_problems(self.sql, partitioning.column, used)
+        if self.bigquery.partition_field not in (None, partitioning.column):
+            problems.append(
+                f"bigquery.partition_field: {self.bigquery.partition_field} differs from "
+                f"partitioning.column {partitioning.column}; leave it out (it follows "
+                "partitioning.column)"
+            )
+        if self.bigquery.write_disposition != "WRITE_TRUNCATE":
+            problems.append(
+                "bigquery.write_disposition: a partitioned export replaces each partition it "
+                "loads; only WRITE_TRUNCATE (the default) is allowed"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitioning is not None
+
+    @property
+    def bigquery_partition_field(self) -> str | None:
+        """The column the BigQuery table is partitioned on (``partitioning.column`` when the
+        export is partitioned)."""
+        if self.partitioning is not None:
+            return self.partitioning.column
+        return self.bigquery.partition_field
 
     @property
     def delivered(self) -> bool:
@@ -607,6 +706,68 @@ def query_columns(sql: str) -> list[str]:
     if duplicates:
         raise SqlError(f"the query returns duplicate column names: {', '.join(duplicates)}")
     return columns
+
+
+def partition_parameters(sql: str) -> set[str]:
+    """The ``$partition_*`` parameters the query uses (empty for an unpartitioned query)."""
+    query = parse_query(sql)
+    names = {p.name for p in query.find_all(exp.Placeholder, exp.Parameter) if p.name}
+    return {n for n in names if n.startswith("partition_")}
+
+
+def _static_type(select: exp.Expression) -> str | None:
+    """The column's type when the SQL alone tells it (a cast or a literal), else None."""
+    select = select.unalias()
+    if isinstance(select, exp.Cast):
+        return select.to.sql(dialect="duckdb").upper()
+    if isinstance(select, exp.Literal):
+        return "VARCHAR" if select.is_string else "NUMBER"
+    if isinstance(select, exp.Boolean):
+        return "BOOLEAN"
+    return None
+
+
+PARTITION_CAST_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE")
+
+
+def partition_problems(sql: str, column: str, used: set[str]) -> list[str]:
+    """What makes ``sql`` unusable for an export partitioned on ``column`` (empty: usable).
+
+    The query must bound its rows by the partition's window (a start and an end parameter)
+    and return ``column``; when the SQL states the column's type (a cast, a literal), it must
+    be DATE or TIMESTAMP. A column whose type the SQL does not state is checked when the query
+    runs (``DESCRIBE``, before any row is read)."""
+    allowed = ", ".join("$" + p for p in PARTITION_PARAMETERS)
+    problems = []
+    unknown = sorted(used - set(PARTITION_PARAMETERS))
+    if unknown:
+        problems.append(
+            f"partitioning: the query uses unknown parameter(s) "
+            f"{', '.join('$' + u for u in unknown)}; allowed: {allowed}"
+        )
+    if not used & {"partition_start", "partition_start_date"} or not used & {
+        "partition_end",
+        "partition_end_date",
+    }:
+        problems.append(
+            "partitioning: the query must select the partition's rows with bound parameters, "
+            "a start and an end (e.g. WHERE order_datetime >= $partition_start AND "
+            f"order_datetime < $partition_end); allowed: {allowed}"
+        )
+    query = parse_query(sql)
+    selects = {s.alias_or_name: s for s in query.selects}
+    if column not in selects:
+        problems.append(
+            f"partitioning.column: {column} not among the query's columns ({', '.join(selects)})"
+        )
+    else:
+        stated = _static_type(selects[column])
+        if stated is not None and stated not in PARTITION_CAST_TYPES:
+            problems.append(
+                f"partitioning.column: {column} is {stated} in the query; it must be a DATE or "
+                "TIMESTAMP column"
+            )
+    return problems
 
 
 def executable_query(sql: str) -> str:

@@ -1,4 +1,4 @@
--- Every order line joined to its customer's Amperity ID.
+-- Every order line joined to its customer's Amperity ID, one partition (day) at a time.
 SELECT
     order_id,
     amperity_id,
@@ -9,3 +9,4 @@ SELECT
     order_amount,
     currency
 FROM unified_transactions
+WHERE order_datetime >= $partition_start AND order_datetime < $partition_end

@@ -7,6 +7,7 @@ of the emulators and the embedded sample lives here, and ``settings.py`` wires i
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -34,6 +35,9 @@ class LocalBigQueryResource(ExportBigQueryResource):
     """BigQuery on the local stack's bqemulator (REST and Storage Read gRPC)."""
 
     local_stack_dir: str = LOCAL_STACK_DIR
+    # bqemulator refuses partition decorators (`table$20260131`: "Invalid table id for SQL")
+    # but runs BEGIN TRANSACTION … COMMIT all or nothing: the same table, another way.
+    partition_overwrite: Literal["decorator", "transaction"] = "transaction"
 
     def emulator(self) -> StackState:
         return read_state(Path(self.local_stack_dir))

@@ -1,8 +1,10 @@
 """Deterministic Amperity-style sample source: a DuckDB database with ``customer_360`` and
 ``unified_transactions``.
 
-Every value is a pure function of the row number, so the same size always gives the same
-database, byte for byte in content. The data deliberately contains what breaks naive CSV:
+Every value is a pure function of the row number (and, for order times, of the day the sample
+is generated: orders go back a year from that day's midnight UTC, the newest first, so a daily
+partitioned export's latest days hold orders), so the same size on the same day always gives
+the same database, byte for byte in content. The data deliberately contains what breaks naive CSV:
 commas, quotes and apostrophes in names and addresses, non-ASCII names, NULL emails and
 phones, and empty strings.
 """
@@ -96,7 +98,8 @@ def _transactions_sql(customers: int) -> str:
     SELECT
         'ORD-' || lpad(j::VARCHAR, 10, '0') AS order_id,
         c.amperity_id,
-        TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds((j * 6007) % 31536000) AS order_datetime,
+        date_trunc('day', get_current_timestamp()) - to_seconds(1 + (j * 6007) % 31536000)
+            AS order_datetime,
         {_sql_list(_STORES)}[1 + (j * 3) % {len(_STORES)}] AS store_id,
         {_sql_list(_CATEGORIES)}[1 + (j * 7) % {len(_CATEGORIES)}] AS product_category,
         (1 + (j * 11) % 5)::INTEGER AS quantity,

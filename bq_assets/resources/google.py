@@ -14,7 +14,7 @@ import binascii
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Literal, Protocol
 
 import grpc
 from dagster_gcp import BigQueryResource, GCSResource
@@ -151,6 +151,12 @@ class ExportBigQueryResource(BigQueryResource):
         default=3600.0,
         gt=0,
         description="Storage Read API: deadline for reading one whole table, all streams together.",
+    )
+    partition_overwrite: Literal["decorator", "transaction"] = Field(
+        default="decorator",
+        description="How a partitioned export's load replaces its partitions: a copy job to the "
+        "partition decorator (`table$YYYYMMDD`, WRITE_TRUNCATE) where the partitions are "
+        "BigQuery's own, or always one DELETE + INSERT transaction (what the emulator supports).",
     )
 
     def emulator(self) -> Emulator | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ from pydantic import Field
 from bq_assets import sources
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import executable_query
+from bq_assets.partitioning import PARTITION_COLUMN_TYPES
 from bq_assets.schema import UnsupportedTypeError, values_out_of_range
 from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError
 
@@ -25,6 +27,24 @@ SNAPSHOT_OBJECT = "snapshot.parquet"
 
 class SourceQueryError(BqAssetsError):
     """The source database rejected an export's query."""
+
+
+class PartitionColumnError(BqAssetsError):
+    """A partitioned export's partition column is not a DATE or TIMESTAMP column."""
+
+
+def check_partition_column(described: list[tuple[str, str]], column: str, sql_file: Path) -> str:
+    """The DuckDB type of the partition ``column`` in the query's result, if it is one of
+    ``PARTITION_COLUMN_TYPES``; else a ``PartitionColumnError`` naming file, field and types."""
+    types = dict(described)
+    found = types.get(column)
+    if found not in PARTITION_COLUMN_TYPES:
+        what = "is missing from the result" if found is None else f"is {found}"
+        raise PartitionColumnError(
+            f"{sql_file}: partitioning.column: {column} {what}; allowed: a column of type "
+            f"{', '.join(PARTITION_COLUMN_TYPES)} (cast it, e.g. CAST({column} AS DATE))"
+        )
+    return found
 
 
 class SourceDeclaration(dg.Config):
@@ -135,6 +155,8 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         destination: Path,
         source_name: str = DEFAULT_SOURCE,
         gcs: sources.GcsAccessLike = None,
+        parameters: Mapping[str, object] | None = None,
+        partition_column: str | None = None,
     ) -> pq.FileMetaData:
         """Run ``sql`` on the source ``source_name`` and write its result to ``destination`` as
         Parquet, all or nothing, streamed (DuckDB's COPY; the result is never held in memory).
@@ -148,6 +170,10 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         one that matches nothing fails naming it.
         A date or timestamp outside BigQuery's range fails naming the column and the value
         (from the snapshot's Parquet statistics); nothing is kept.
+
+        ``parameters`` are bound to the query's ``$name`` placeholders by DuckDB (a partitioned
+        export's window; never formatted into the SQL). ``partition_column`` must then be a
+        DATE or TIMESTAMP column of the result, checked before any row is read.
         """
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".partial")
@@ -155,10 +181,15 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         source = self.source(source_name)
         try:
             with sources.connect(source, self.engine_settings(), query, gcs) as con:
-                snapshot_query = sources.check_result_types(con, query, source)
+                if partition_column is not None:
+                    check_partition_column(
+                        sources.result_types(con, query, parameters), partition_column, sql_file
+                    )
+                snapshot_query = sources.check_result_types(con, query, source, parameters)
                 con.execute(
                     f"COPY ({snapshot_query}) TO '{partial}' "
-                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})",
+                    dict(parameters or {}),
                 )
         except SourceUnreachableError as exc:
             raise dg.Failure(description=f"{sql_file}: {exc}", allow_retries=True) from None

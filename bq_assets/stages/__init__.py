@@ -160,7 +160,10 @@ def upstream_materialization(
             upstream = _upstream(key, entry, own_run=True)
             break
     else:
-        entry = context.instance.get_latest_materialization_event(key)
+        if context.has_partition_key or context.has_partition_key_range:
+            entry = _latest_of_partitions(context.instance, key, list(context.partition_keys))
+        else:
+            entry = context.instance.get_latest_materialization_event(key)
         if entry is None or entry.asset_materialization is None:
             raise UpstreamMissingError(
                 f"{key.to_user_string()} has never been materialized; materialize it first."
@@ -168,6 +171,32 @@ def upstream_materialization(
         upstream = _upstream(key, entry, own_run=False)
     context.log.info(f"input {upstream.describe()}")
     return upstream
+
+
+def _latest_of_partitions(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]
+) -> dg.EventLogEntry | None:
+    """The latest materialization of a partitioned ``key`` covering exactly ``partitions``:
+    each partition's latest, when one run wrote them all (a range materialized piecemeal has
+    no single input to hand on: re-materialize it as one)."""
+    entries = []
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records
+        if not records:
+            raise UpstreamMissingError(
+                f"{key.to_user_string()} has never been materialized for partition {partition}; "
+                "materialize it first."
+            )
+        entries.append(records[0].event_log_entry)
+    if len({entry.run_id for entry in entries}) > 1:
+        raise UpstreamMissingError(
+            f"the latest materializations of {key.to_user_string()} for partitions "
+            f"{partitions[0]}…{partitions[-1]} come from different runs; re-materialize it for "
+            "this range in one run (with its downstream assets)."
+        )
+    return entries[-1]
 
 
 def _upstream(key: dg.AssetKey, entry: dg.EventLogEntry, own_run: bool) -> Upstream:

@@ -9,26 +9,43 @@ rows, and its schema is the snapshot's.
 """
 
 import dagster as dg
+from google.cloud import bigquery as bigquery_client
 
-from bq_assets.engine.bigquery_jobs import count_rows
+from bq_assets.engine.bigquery_jobs import count_rows, existing_table
 from bq_assets.engine.bigquery_load import bucket_location, check_bucket_location, run_load
+from bq_assets.engine.bigquery_partitions import (
+    PartitionLoad,
+    partition_column_type,
+    partition_row_counts,
+    run_partition_load,
+)
 from bq_assets.engine.manifest import read_manifest
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.partitioning import Window
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
 from bq_assets.stages import (
     NETWORK_RETRY,
+    Upstream,
     bigquery_key,
     check_result,
     column_schema,
     gcs_key,
+    query_key,
     reading_input,
     reported_as_failure,
     upstream_materialization,
 )
+from bq_assets.stages.partitions import (
+    checked_partitions,
+    run_window,
+    same_window,
+    window_metadata,
+)
 
 BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
+SAMPLE = 5
 
 
 def console_url(table_id: str) -> str:
@@ -58,6 +75,9 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         with reported_as_failure(GCS=gcs, BigQuery=bigquery):
             upstream = upstream_materialization(context, gcs_key(spec.name))
+            window = run_window(context, spec)
+            if window is not None:
+                same_window(upstream, window)
             manifest_uri = str(upstream["manifest_uri"])
             storage_client = gcs.get_client()
             with reading_input(upstream, "The manifest", manifest_uri):
@@ -65,8 +85,21 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
             location = bucket_location(storage_client, bucket, gcs.retry())
             check_bucket_location(bucket, location, spec)
+            partition_metadata: dict[str, object] = {}
             with bigquery.get_client() as client:
-                result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
+                if window is None:
+                    if spec.bigquery.write_disposition == "WRITE_APPEND":
+                        partition_metadata["rows_before_load"] = rows_before_append(
+                            client, bigquery.project_id(), spec
+                        )
+                    result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
+                else:
+                    loaded = run_partition_load(
+                        client, bigquery.project_id(), spec, manifest, window,
+                        bigquery.partition_overwrite, context.log,
+                    )  # fmt: skip
+                    result = loaded.result
+                    partition_metadata = partition_load_metadata(loaded)
             context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
             return dg.MaterializeResult(
                 metadata={
@@ -79,10 +112,30 @@ def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "source_manifest": manifest_uri,
                     "input_run_id": upstream.run_id,
                     "console": dg.MetadataValue.url(console_url(result.table_id)),
+                    **partition_metadata,
                 }
             )
 
     return _bigquery
+
+
+def rows_before_append(client: bigquery_client.Client, project: str, spec: ExportSpec) -> int:
+    """The table's rows before an append (0 before the first): what the row check subtracts."""
+    table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+    if existing_table(client, table_id) is None:
+        return 0
+    return count_rows(client, table_id)
+
+
+def partition_load_metadata(loaded: PartitionLoad) -> dict[str, object]:
+    """The materialization metadata of a partitioned load, besides the unpartitioned ones
+    (where ``dagster/row_count`` counts the rows of this run's partitions, not the table)."""
+    return {
+        **window_metadata(loaded.window),
+        "partition_overwrite": loaded.mechanism,
+        "rows_by_partition": dg.MetadataValue.json(loaded.rows_by_partition),
+        "publish_job_ids": dg.MetadataValue.json(loaded.publish_jobs),
+    }
 
 
 def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
@@ -93,19 +146,78 @@ def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         asset=key,
         name=BIGQUERY_ROWS_MATCH_MANIFEST,
         blocking=True,
-        description="The table's row count equals the rows in the loaded manifest.",
+        description="The rows this run loaded equal the rows in the loaded manifest: the table's "
+        "rows (WRITE_TRUNCATE), the load job's (WRITE_APPEND), or each loaded partition's rows "
+        "against the snapshot's (a partitioned export).",
     )
     def rows_match(
         context: dg.AssetCheckExecutionContext, bigquery: ExportBigQueryResource
     ) -> dg.AssetCheckResult:
-        table_id = str(upstream_materialization(context, key)["dagster/table_name"])
+        materialization = upstream_materialization(context, key)
+        table_id = str(materialization["dagster/table_name"])
         expected = int(upstream_materialization(context, gcs_key(spec.name))["dagster/row_count"])
+        partitions = checked_partitions(context, spec)
         with reported_as_failure(BigQuery=bigquery), bigquery.get_client() as client:
+            if partitions is not None:
+                return _partition_rows_match(context, client, table_id, expected, partitions)
+            if spec.bigquery.write_disposition == "WRITE_APPEND":
+                return _appended_rows_match(client, materialization, expected)
             actual = count_rows(client, table_id)
         return check_result(
             actual == expected,
             f"the table holds {actual} rows, the loaded manifest {expected}",
             {"table_rows": actual, "manifest_rows": expected},
+        )
+
+    def _appended_rows_match(
+        client: bigquery_client.Client, materialization: Upstream, expected: int
+    ) -> dg.AssetCheckResult:
+        """An append adds the manifest's rows to what the table held: the check compares the
+        rows the run added (the table's rows now, less those before its load; one run per
+        export at a time), not the table's total, which grows with every run. (The load job's
+        ``output_rows`` would say it on BigQuery; the emulator reports the table's total.)"""
+        table_id = str(materialization["dagster/table_name"])
+        before = int(materialization.metadata.get("rows_before_load", 0))
+        loaded = count_rows(client, table_id) - before
+        return check_result(
+            loaded == expected,
+            f"the run appended {loaded} rows, the loaded manifest holds {expected}",
+            {"loaded_rows": loaded, "manifest_rows": expected, "rows_before_load": before},
+        )
+
+    def _partition_rows_match(
+        context: dg.AssetCheckExecutionContext,
+        client: bigquery_client.Client,
+        table_id: str,
+        expected: int,
+        partitions: list[Window],
+    ) -> dg.AssetCheckResult:
+        """Each partition the run loaded holds exactly the snapshot's rows of it, and all of
+        them together the manifest's rows; other partitions are not counted."""
+        assert spec.partitioning is not None
+        column = spec.partitioning.column
+        column_type = partition_column_type(client, table_id, column)
+        window = Window(tuple(p.keys[0] for p in partitions), partitions[0].by, spec.timezone)
+        table, _ = partition_row_counts(client, table_id, column, column_type, window)
+        query = upstream_materialization(context, query_key(spec.name))
+        snapshot = dict(query.metadata.get("rows_by_partition") or {})
+        wrong = [k for k in table if table[k] != snapshot.get(k)]
+        loaded = sum(table.values())
+        return check_result(
+            loaded == expected and not wrong,
+            f"the loaded partitions hold {loaded} rows, the loaded manifest {expected}"
+            + (
+                "; per partition (table / snapshot): "
+                + ", ".join(f"{k}: {table[k]} / {snapshot.get(k)}" for k in wrong[:SAMPLE])
+                if wrong
+                else ""
+            ),
+            {
+                "table_rows": loaded,
+                "manifest_rows": expected,
+                "table_rows_by_partition": dg.MetadataValue.json(table),
+                "snapshot_rows_by_partition": dg.MetadataValue.json(snapshot),
+            },
         )
 
     @dg.asset_check(

@@ -22,8 +22,10 @@ the table through the BigQuery Storage Read API instead (see ``bq_assets.resourc
 """
 
 import dagster as dg
+from google.cloud import bigquery as bq
 
 from bq_assets.engine.bigquery_jobs import count_rows
+from bq_assets.engine.bigquery_partitions import partition_column_type
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
     DriftError,
@@ -37,6 +39,7 @@ from bq_assets.engine.databricks_sql import (
 )
 from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
 from bq_assets.exports.spec import ExportSpec, ExportSpecError
+from bq_assets.partitioning import window_predicate
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.stages import (
@@ -48,6 +51,7 @@ from bq_assets.stages import (
     reported_as_failure,
     upstream_materialization,
 )
+from bq_assets.stages.partitions import checked_partitions
 
 
 def run_publication(
@@ -179,6 +183,19 @@ DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
 
 
+def _bigquery_count(client: bq.Client, table_id: str, where: str | None) -> int:
+    if where is None:
+        return count_rows(client, table_id)
+    (count,) = next(iter(client.query(f"SELECT COUNT(*) FROM `{table_id}` WHERE {where}").result()))
+    return int(count)
+
+
+def _databricks_count(databricks: DatabricksSQLResource, name: TableName, where: str | None) -> int:
+    if where is None:
+        return databricks.row_count(name)
+    return int(databricks.query(f"SELECT count(*) FROM {{table}} WHERE {where}", name)[0][0])
+
+
 def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     """The Databricks hop's checks (not blocking: nothing is downstream of Databricks)."""
     key = databricks_key(spec.name)
@@ -187,10 +204,33 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     def bigquery_table_id(context: dg.AssetCheckExecutionContext) -> str:
         return str(upstream_materialization(context, bigquery_key(spec.name))["dagster/table_name"])
 
+    def partition_filters(
+        context: dg.AssetCheckExecutionContext,
+        client: bq.Client,
+        table_id: str,
+        databricks_dialect: str,
+    ) -> dict[str, dict[str, str | None]]:
+        """What a check compares: the whole table (key ``table``), or each partition of the
+        run's window (key: the partition), as a WHERE clause for BigQuery and for Databricks
+        (``databricks_dialect``: ``databricks``, or ``duckdb`` for the local stand-in)."""
+        partitions = checked_partitions(context, spec)
+        if partitions is None or spec.partitioning is None:
+            return {"table": {"bigquery": None, databricks_dialect: None}}
+        column = spec.partitioning.column
+        column_type = partition_column_type(client, table_id, column)
+        return {
+            part.keys[0]: {
+                dialect: window_predicate(dialect, column, column_type, part)
+                for dialect in ("bigquery", databricks_dialect)
+            }
+            for part in partitions
+        }
+
     @dg.asset_check(
         asset=key,
         name=DATABRICKS_ROWS_MATCH_BIGQUERY,
-        description="Rows visible in Databricks equal the BigQuery table's rows.",
+        description="Rows visible in Databricks equal the BigQuery table's rows (of each "
+        "partition the run loaded, for a partitioned export).",
     )
     def rows_match(
         context: dg.AssetCheckExecutionContext,
@@ -200,12 +240,32 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         table_id = bigquery_table_id(context)
         with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
             with bigquery.get_client() as client:
-                expected = count_rows(client, table_id)
-            actual = databricks.row_count(name)
+                filters = partition_filters(context, client, table_id, databricks.dialect)
+                expected = {
+                    scope: _bigquery_count(client, table_id, where["bigquery"])
+                    for scope, where in filters.items()
+                }
+            actual = {
+                scope: _databricks_count(databricks, name, where[databricks.dialect])
+                for scope, where in filters.items()
+            }
+        if list(filters) == ["table"]:
+            return check_result(
+                actual["table"] == expected["table"],
+                f"Databricks shows {actual['table']} rows, BigQuery holds {expected['table']}",
+                {"databricks_rows": actual["table"], "bigquery_rows": expected["table"]},
+            )
+        wrong = [scope for scope in filters if actual[scope] != expected[scope]]
         return check_result(
-            actual == expected,
-            f"Databricks shows {actual} rows, BigQuery holds {expected}",
-            {"databricks_rows": actual, "bigquery_rows": expected},
+            not wrong,
+            "rows per partition differ (Databricks / BigQuery): "
+            + ", ".join(f"{s}: {actual[s]} / {expected[s]}" for s in wrong),
+            {
+                "databricks_rows": sum(actual.values()),
+                "bigquery_rows": sum(expected.values()),
+                "databricks_rows_by_partition": dg.MetadataValue.json(actual),
+                "bigquery_rows_by_partition": dg.MetadataValue.json(expected),
+            },
         )
 
     @dg.asset_check(
@@ -233,7 +293,8 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         asset=key,
         name=DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY,
         description="Row count and a checksum of the primary key are equal in Databricks and "
-        "BigQuery (both engines compute it).",
+        "BigQuery (both engines compute it; per partition the run loaded, for a partitioned "
+        "export).",
     )
     def key_checksum_matches(
         context: dg.AssetCheckExecutionContext,
@@ -243,19 +304,46 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         table_id = bigquery_table_id(context)
         with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
             with bigquery.get_client() as client:
-                sql = key_checksum_sql("bigquery", f"`{table_id}`", spec.primary_key)
-                expected = tuple(next(iter(client.query(sql).result())).values())
-            (actual,) = databricks.query(
-                key_checksum_sql(databricks.dialect, "{table}", spec.primary_key), name
+                filters = partition_filters(context, client, table_id, databricks.dialect)
+                expected = {}
+                for scope, where in filters.items():
+                    sql = key_checksum_sql(
+                        "bigquery", f"`{table_id}`", spec.primary_key, where["bigquery"]
+                    )
+                    expected[scope] = tuple(next(iter(client.query(sql).result())).values())
+            actual = {}
+            for scope, where in filters.items():
+                (row,) = databricks.query(
+                    key_checksum_sql(
+                        databricks.dialect, "{table}", spec.primary_key, where[databricks.dialect]
+                    ),
+                    name,
+                )
+                actual[scope] = tuple(int(v) if v is not None else None for v in row)
+        if list(filters) == ["table"]:
+            return check_result(
+                actual["table"] == expected["table"],
+                f"the primary keys differ: (rows, checksum) is {actual['table']} in Databricks, "
+                f"{expected['table']} in BigQuery",
+                {
+                    "databricks_rows_and_checksum": str(actual["table"]),
+                    "bigquery_rows_and_checksum": str(expected["table"]),
+                },
             )
-        actual = tuple(int(v) if v is not None else None for v in actual)
+        wrong = [scope for scope in filters if actual[scope] != expected[scope]]
         return check_result(
-            actual == expected,
-            f"the primary keys differ: (rows, checksum) is {actual} in Databricks, "
-            f"{expected} in BigQuery",
+            not wrong,
+            "the primary keys differ in partition(s) "
+            + ", ".join(
+                f"{s}: {actual[s]} in Databricks, {expected[s]} in BigQuery" for s in wrong
+            ),
             {
-                "databricks_rows_and_checksum": str(actual),
-                "bigquery_rows_and_checksum": str(expected),
+                "databricks_rows_and_checksum": dg.MetadataValue.json(
+                    {s: list(v) for s, v in actual.items()}
+                ),
+                "bigquery_rows_and_checksum": dg.MetadataValue.json(
+                    {s: list(v) for s, v in expected.items()}
+                ),
             },
         )
 

@@ -38,6 +38,7 @@ from bq_assets.stages import (
     reported_as_failure,
     upstream_materialization,
 )
+from bq_assets.stages.partitions import partition_label, run_window, same_window, window_metadata
 
 GCS_OBJECTS_MATCH_MANIFEST = "objects_match_manifest"
 GCS_ROWS_MATCH_SNAPSHOT = "rows_match_snapshot"
@@ -77,6 +78,9 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             tempfile.TemporaryDirectory(prefix=f"bq_assets_{run_id}_") as scratch,
         ):
             upstream = upstream_materialization(context, query_key(spec.name))
+            window = run_window(context, spec)
+            if window is not None:
+                same_window(upstream, window)
             client = gcs.get_client()
             snapshot = fetch_snapshot(client, upstream, Path(scratch), gcs.retry())
             bucket = client.bucket(gcs.get_bucket_name())
@@ -86,6 +90,7 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 run_id=run_id,
                 run_date=run_date(context, spec.timezone),
                 suffix=object_suffix(spec.format, spec.csv),
+                partition=partition_label(window),
             )
             manifest = export_snapshot(
                 snapshot,
@@ -119,6 +124,7 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "shards": len(manifest.shards),
                     "bytes": sum(s.bytes for s in manifest.shards),
                     "input_run_id": upstream.run_id,
+                    **(window_metadata(window) if window else {}),
                 }
             )
 

@@ -25,10 +25,15 @@ from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from bq_assets.engine.scans import KeyReport, null_counts, primary_key_report
+from bq_assets.engine.scans import (
+    KeyReport,
+    null_counts,
+    primary_key_report,
+    rows_by_partition_of,
+)
 from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
-from bq_assets.exports.spec import ExportSpec
+from bq_assets.exports.spec import ExportSpec, partition_parameters
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema
@@ -41,6 +46,7 @@ from bq_assets.stages import (
     reported_as_failure,
     upstream_materialization,
 )
+from bq_assets.stages.partitions import run_window, window_metadata
 
 QUERY_HAS_ROWS = "has_rows"
 QUERY_PRIMARY_KEY_UNIQUE = "primary_key_unique_and_not_null"
@@ -116,10 +122,28 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
             local = scratch / SNAPSHOT_OBJECT
+            window = run_window(context, spec)
+            parameters = window.parameters(partition_parameters(spec.sql)) if window else None
+            if window is not None:
+                context.log.info(f"{spec.name}: exporting {window.describe()}")
             parquet = source.snapshot(
-                spec.sql, spec.sql_file, local, spec.source, lambda: gcs_access(gcs)
+                spec.sql,
+                spec.sql_file,
+                local,
+                spec.source,
+                lambda: gcs_access(gcs),
+                parameters=parameters,
+                partition_column=spec.partitioning.column if spec.partitioning else None,
             )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
+            rows_by_partition = None
+            if window is not None and spec.partitioning is not None:
+                column_type = next(
+                    f.field_type for f in fields if f.name == spec.partitioning.column
+                )
+                rows_by_partition = rows_by_partition_of(
+                    local, spec.partitioning.column, column_type, window
+                )
             size = local.stat().st_size
             bucket = gcs.get_client().bucket(source.staging_bucket or gcs.get_bucket_name())
             name = source.staging_object(spec.name, run_id)
@@ -144,6 +168,12 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "snapshot_uri": uri,
                     "snapshot_crc32c": crc32c,
                     "bytes": size,
+                    **(window_metadata(window) if window else {}),
+                    **(
+                        {"rows_by_partition": dg.MetadataValue.json(rows_by_partition)}
+                        if rows_by_partition is not None
+                        else {}
+                    ),
                 }
             )
 

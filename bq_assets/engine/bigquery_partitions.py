@@ -1,0 +1,328 @@
+"""Partitioned exports (issue 14): replace exactly the partitions of a run's window in the
+export's BigQuery table, and count rows per partition.
+
+Pure engine code (no Dagster). The objects are loaded into a staging table, every row is checked
+to fall inside the window, then each partition is replaced: by a copy job to its partition
+decorator (``table$YYYYMMDD`` / ``$YYYYMM``, ``WRITE_TRUNCATE``) where BigQuery supports it for
+the export's partitions, else by one multi-statement transaction (the emulator, weeks,
+TIMESTAMP days outside UTC). See docs/exports.md, "Partitioned exports".
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from google.api_core import exceptions as gexc
+from google.cloud import bigquery
+
+from bq_assets.engine.bigquery_jobs import (
+    JOB_TIMEOUT_S,
+    TRANSIENT,
+    existing_table,
+    start_or_reattach,
+    wait_for,
+)
+from bq_assets.engine.bigquery_load import (
+    LoadResult,
+    _drop_quietly,
+    check_schema_drift,
+    ensure_dataset,
+    ensure_staging_dataset,
+    job_id_base,
+    load_job_config,
+)
+from bq_assets.engine.log import Log
+from bq_assets.engine.manifest import Manifest
+from bq_assets.errors import BqAssetsError
+from bq_assets.exports.spec import ExportSpec
+from bq_assets.partitioning import Window, aligned_with_bigquery, decorator, window_predicate
+
+#: How a partition's rows replace that partition of the table:
+#: ``decorator``: copy jobs to ``table$YYYYMMDD`` / ``table$YYYYMM`` with WRITE_TRUNCATE
+#: (BigQuery replaces exactly that partition, atomically); ``transaction``: one multi-statement
+#: transaction deleting the window's rows and inserting the staging table's. The emulator knows
+#: no partition decorators, so it always uses ``transaction``; so does BigQuery when the
+#: export's partitions are not BigQuery's own (weeks; TIMESTAMP days outside UTC).
+PartitionOverwrite = Literal["decorator", "transaction"]
+#: Errors of the transaction's query job that a new attempt may not meet again.
+RETRYABLE_ERRORS = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+)
+
+
+class PartitionBoundsError(BqAssetsError):
+    """Rows of a partition's load fall outside the partition's window."""
+
+
+@dataclass(frozen=True)
+class PartitionLoad:
+    """What one run loaded into a partitioned table: the run's window, one load job, how the
+    partitions were replaced, and how many rows each partition of the window now holds
+    (exactly the rows loaded, or the load fails)."""
+
+    result: LoadResult
+    window: Window
+    mechanism: PartitionOverwrite
+    rows_by_partition: dict[str, int]
+    publish_jobs: list[str]
+
+
+def _column_type(config: bigquery.LoadJobConfig, column: str) -> str:
+    return next(f.field_type for f in config.schema if f.name == column).upper()
+
+
+def partition_column_type(client: bigquery.Client, table_id: str, column: str) -> str:
+    """The BigQuery type of the table's partition column (DATE, TIMESTAMP or DATETIME)."""
+    table = client.get_table(table_id, retry=TRANSIENT)
+    return next(f.field_type for f in table.schema if f.name == column).upper()
+
+
+def _bound(value: dt.datetime | dt.date, column_type: str) -> bigquery.ScalarQueryParameter:
+    """A window bound as a query parameter of the column's type (a TIMESTAMP is an instant;
+    a DATETIME holds UTC wall time, as the query step compared it; a DATE the local date)."""
+    if column_type == "DATE":
+        day = value.date() if isinstance(value, dt.datetime) else value
+        return bigquery.ScalarQueryParameter(None, "DATE", day)
+    assert isinstance(value, dt.datetime)
+    utc = value.astimezone(dt.UTC)
+    if column_type == "DATETIME":
+        return bigquery.ScalarQueryParameter(None, "DATETIME", utc.replace(tzinfo=None))
+    return bigquery.ScalarQueryParameter(None, "TIMESTAMP", utc)
+
+
+def _window_bounds(window: Window, column_type: str) -> tuple[dt.date | dt.datetime, ...]:
+    if column_type == "DATE":
+        return window.start_date, window.end_date
+    return window.start, window.end
+
+
+def partition_row_counts(
+    client: bigquery.Client, table_id: str, column: str, column_type: str, window: Window
+) -> tuple[dict[str, int], int]:
+    """Rows of ``table_id`` in each partition of ``window``, and rows outside the window
+    (or with a NULL partition column). One query; read-only."""
+    parts = window.split()
+    counts = [f"COUNTIF(`{column}` >= ? AND `{column}` < ?) AS p{i}" for i, _ in enumerate(parts)]
+    params = [_bound(b, column_type) for part in parts for b in _window_bounds(part, column_type)]
+    start, end = _window_bounds(window, column_type)
+    sql = (
+        f"SELECT {', '.join(counts)}, "
+        f"COUNTIF(`{column}` IS NULL OR `{column}` < ? OR `{column}` >= ?) AS outside "
+        f"FROM `{table_id}`"
+    )
+    params += [_bound(start, column_type), _bound(end, column_type)]
+    job = client.query(
+        sql, job_config=bigquery.QueryJobConfig(query_parameters=params), retry=TRANSIENT
+    )
+    row = next(iter(job.result()))
+    return {part.keys[0]: int(row[f"p{i}"]) for i, part in enumerate(parts)}, int(row["outside"])
+
+
+def _transaction_script(
+    table_id: str,
+    staging_id: str,
+    column: str,
+    column_type: str,
+    window: Window,
+    columns: list[str],
+) -> str:
+    """Replace the window's rows of ``table_id`` with the staging table's, all or nothing. The
+    bounds are literals (the emulator binds no parameters in scripts): computed dates only."""
+    names = ", ".join(f"`{c}`" for c in columns)
+    return (
+        "BEGIN TRANSACTION;\n"
+        f"DELETE FROM `{table_id}` WHERE {window_predicate('bigquery', column, column_type, window)};\n"
+        f"INSERT INTO `{table_id}` ({names}) SELECT {names} FROM `{staging_id}`;\n"
+        "COMMIT TRANSACTION;"
+    )
+
+
+def check_partitioning(
+    existing: bigquery.Table, config: bigquery.LoadJobConfig, spec: ExportSpec
+) -> None:
+    """A decorator can only name a partition of a table partitioned like the export: refuse an
+    existing table partitioned otherwise (or not at all), saying what to do."""
+    wanted = config.time_partitioning
+    found = existing.time_partitioning
+    if found is None or (found.field, found.type_) != (wanted.field, wanted.type_):
+        what = (
+            "not partitioned" if found is None else f"partitioned by {found.type_} on {found.field}"
+        )
+        raise BqAssetsError(
+            f"{existing.project}.{existing.dataset_id}.{existing.table_id} is {what}, but "
+            f"{spec.spec_file} partitions it by {wanted.type_} on {wanted.field}: BigQuery cannot "
+            "change a table's partitioning. Drop the table deliberately and backfill the "
+            "partitions, or load into another table (bigquery.table)."
+        )
+
+
+def _ensure_partitioned_table(
+    client: bigquery.Client, table_id: str, config: bigquery.LoadJobConfig
+) -> None:
+    """Create the partitioned table (schema, partitioning, clustering) unless it exists, so a
+    partition can be written into it. Idempotent."""
+    table = bigquery.Table(table_id, schema=config.schema)
+    table.time_partitioning = config.time_partitioning
+    table.clustering_fields = config.clustering_fields
+    client.create_table(table, exists_ok=True, retry=TRANSIENT)
+
+
+def run_partition_load(
+    client: bigquery.Client,
+    project: str,
+    spec: ExportSpec,
+    manifest: Manifest,
+    window: Window,
+    overwrite: PartitionOverwrite,
+    log: Log,
+) -> PartitionLoad:
+    """Replace exactly the partitions of ``window`` in the export's table with the manifest's
+    rows; every other partition stays as it was.
+
+    The objects are loaded into a staging table first; the load fails (nothing published) when
+    any of its rows falls outside the window. Then each partition of the window is replaced:
+    by a copy job to its decorator (``table$YYYYMMDD`` or ``$YYYYMM``, WRITE_TRUNCATE) when the
+    export's partitions are BigQuery's own and ``overwrite`` is ``decorator``, else by one
+    transaction (delete the window's rows, insert the staging table's). Idempotent: running it
+    again with the same manifest gives the same table.
+    """
+    assert spec.partitioning is not None
+    column = spec.partitioning.column
+    ensure_dataset(client, project, spec)
+    table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+    config = load_job_config(spec, manifest)
+    column_type = _column_type(config, column)
+    existing = existing_table(client, table_id)
+    if existing is not None:
+        drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
+        if drift:
+            log.info(f"{table_id}: allowed schema changes: {'; '.join(drift)}")
+    _ensure_partitioned_table(client, table_id, config)
+    aligned = aligned_with_bigquery(spec.partitioning.by, column_type, spec.timezone)
+    mechanism: PartitionOverwrite = (
+        "decorator" if overwrite == "decorator" and aligned else ("transaction")
+    )
+    if mechanism == "decorator" and existing is not None:
+        check_partitioning(existing, config, spec)
+    base = job_id_base(spec, manifest, config)
+    location = spec.bigquery.location
+    staging_dataset = ensure_staging_dataset(client, project, spec)
+    staging_id = f"{project}.{staging_dataset}.{spec.bigquery_table}__staging_{base[-16:]}"
+    config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
+    staged: list[str] = [staging_id]
+    publish_jobs: list[str] = []
+
+    def start_load(job_id: str) -> bigquery.LoadJob:
+        # Created only when a load starts (the emulator loads only into a table that exists):
+        # a staging table made earlier would make a finished job of an earlier run look as if
+        # its output were still there, and be reattached to instead of loading.
+        _ensure_partitioned_table(client, staging_id, config)
+        return client.load_table_from_uri(
+            manifest.uris, staging_id, job_id=job_id, location=location, job_config=config,
+            retry=TRANSIENT,
+        )  # fmt: skip
+
+    try:
+        log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {staging_id}")
+        job = start_or_reattach(client, base, project, location, start_load, log)
+        wait_for(job, table_id, location, True)
+        loaded, outside = partition_row_counts(client, staging_id, column, column_type, window)
+        if sum(loaded.values()) + outside != manifest.rows:
+            raise BqAssetsError(
+                f"{staging_id} holds {sum(loaded.values()) + outside} rows after load job "
+                f"{job.job_id}, the manifest {manifest.rows}; nothing was published.",
+                retryable=True,
+            )
+        if outside:
+            raise PartitionBoundsError(
+                f"{spec.sql_file}: {outside} row(s) of {window.describe()} have {column} outside "
+                f"the partition (or NULL); nothing was published. The query must return only "
+                "the window's rows: WHERE <column> >= $partition_start AND <column> < "
+                "$partition_end (partitioning.column must be the column the query filters on)."
+            )
+        if mechanism == "decorator":
+            for part in window.split():
+                source_id = staging_id
+                if len(window.keys) > 1:
+                    source_id = f"{staging_id}_{part.keys[0].replace('-', '')}"
+                    staged.append(source_id)
+                    _select_partition(client, staging_id, source_id, column, column_type, part)
+                target = f"{table_id}{decorator(part.keys[0], part.by)}"
+                copy = start_or_reattach(
+                    client, f"{job.job_id}_publish_{part.keys[0].replace('-', '')}", project,
+                    location,
+                    lambda job_id, source_id=source_id, target=target: client.copy_table(
+                        source_id, target, job_id=job_id, location=location, retry=TRANSIENT,
+                        job_config=bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE"),
+                    ),
+                    log,
+                )  # fmt: skip
+                wait_for(copy, target, location, True)
+                publish_jobs.append(copy.job_id)
+        else:
+            script = _transaction_script(
+                table_id, staging_id, column, column_type, window, [f.name for f in config.schema]
+            )
+            log.info(f"replacing {window.describe()} of {table_id} in one transaction")
+            query = client.query(
+                script, job_id_prefix=f"{job.job_id}_publish_", location=location, retry=TRANSIENT
+            )
+            try:
+                query.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+            except gexc.GoogleAPICallError as exc:
+                raise BqAssetsError(
+                    f"BigQuery job {query.job_id} replacing {window.describe()} of {table_id} "
+                    f"failed; the transaction rolled back, the table keeps its previous data: "
+                    f"{exc.message}",
+                    retryable=isinstance(exc, RETRYABLE_ERRORS),
+                ) from None
+            publish_jobs.append(query.job_id)
+    finally:
+        for staging in staged:
+            _drop_quietly(client, staging, log)
+    table = client.get_table(table_id, retry=TRANSIENT)
+    if spec.bigquery.labels or spec.description:
+        table.labels = dict(spec.bigquery.labels)
+        table.description = spec.description
+        table = client.update_table(table, ["labels", "description"], retry=TRANSIENT)
+    published, _ = partition_row_counts(client, table_id, column, column_type, window)
+    result = LoadResult(
+        table_id=table_id,
+        job_id=job.job_id,
+        location=job.location or location,
+        rows=sum(published.values()),
+        bytes=int(table.num_bytes or 0),
+        schema=list(table.schema),
+    )
+    if published != loaded:
+        raise PartitionBoundsError(
+            f"{table_id}: after publishing {window.describe()} the table holds {published} "
+            f"row(s) per partition, but {loaded} were loaded; re-materialize the partition(s)."
+        )
+    return PartitionLoad(result, window, mechanism, published, publish_jobs)
+
+
+def _select_partition(
+    client: bigquery.Client,
+    staging_id: str,
+    destination: str,
+    column: str,
+    column_type: str,
+    part: Window,
+) -> None:
+    """Write the rows of one partition of the staging table to a table of their own, the
+    source of that partition's copy job (a copy to a decorator needs exactly its rows)."""
+    start, end = (_bound(b, column_type) for b in _window_bounds(part, column_type))
+    config = bigquery.QueryJobConfig(
+        destination=destination,
+        write_disposition="WRITE_TRUNCATE",
+        query_parameters=[start, end],
+    )
+    sql = f"SELECT * FROM `{staging_id}` WHERE `{column}` >= ? AND `{column}` < ?"
+    client.query(sql, job_config=config, retry=TRANSIENT).result(
+        retry=TRANSIENT, timeout=JOB_TIMEOUT_S
+    )
