@@ -175,7 +175,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
 class EngineSettings:
     """DuckDB's resource limits for the query step (see README, "Bounded memory")."""
 
-    memory_limit: str = "256MB"
+    memory_limit: str = "192MB"
     threads: int = 2
     temp_directory: str | None = None
     #: Insertion order costs memory on large results; the export's rows have no order anyway.

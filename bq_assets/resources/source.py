@@ -106,7 +106,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
     )
     # Bounded memory: DuckDB spills to temp_directory beyond memory_limit.
     memory_limit: str = Field(
-        default="256MB", description="DuckDB memory_limit of the query step (spills beyond it)"
+        default="192MB", description="DuckDB memory_limit of the query step (spills beyond it)"
     )
     threads: int = Field(default=2, description="DuckDB threads of the query step")
     temp_directory: str | None = Field(
