@@ -109,7 +109,7 @@ def test_extensions_are_never_downloaded(tmp_path: Path) -> None:
     assert values["autoload_known_extensions"] == "false"
     assert values["threads"] == "2"
     assert values["temp_directory"] == str(tmp_path / "spill")
-    assert values["memory_limit"] == "244.1 MiB"  # 256MB (decimal) as DuckDB shows it
+    assert values["memory_limit"] == "183.1 MiB"  # 192MB (decimal) as DuckDB shows it
 
 
 def test_sources_are_declared_in_the_environment_with_the_password_as_env_var(
