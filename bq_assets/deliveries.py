@@ -28,7 +28,12 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from bq_assets.engine.manifest import MANIFEST, Manifest, Shard
 from bq_assets.engine.upload import upload
 from bq_assets.errors import BqAssetsError
-from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, delivery_regex, send_format
+from bq_assets.exports.delivery import (
+    SEND_PLACEHOLDER,
+    DeliveryOptions,
+    delivery_regex,
+    send_format,
+)
 
 DELIVERY_TAG = "bq_assets/delivery"
 DELIVERY_FILES_TAG = "bq_assets/delivery_files"

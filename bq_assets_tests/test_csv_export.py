@@ -35,7 +35,7 @@ from bq_assets.engine.retention import tidy_runs
 from bq_assets.engine.snapshot import READ_BATCH_ROWS, Snapshot
 from bq_assets.engine.upload import UploadIntegrityError, upload
 from bq_assets.engine.writers import NullMarkerCollisionError, write_csv, write_parquet
-from bq_assets.exports.spec import CsvOptions
+from bq_assets.exports.targets import CsvOptions
 from bq_assets.schema import (
     UnsupportedTypeError,
     bigquery_schema,

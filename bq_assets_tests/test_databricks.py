@@ -23,7 +23,8 @@ import sqlglot
 from databricks.sdk.service.sql import StatementState
 
 from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
-from bq_assets.exports.spec import ExportSpecError, load_spec
+from bq_assets.exports.fields import ExportSpecError
+from bq_assets.exports.spec import load_spec
 from bq_assets.factory import build_definitions
 from bq_assets.local.databricks import LocalDatabricksResource, refuse_what_duckdb_cannot_hold
 from bq_assets.resources import databricks as production_databricks

@@ -18,7 +18,8 @@ import pytest
 
 import bq_assets.stages.delivery as delivery_stage
 from bq_assets.deliveries import DELIVERY_TAG, DeliveryError, find_deliveries, read_delivered_file
-from bq_assets.exports.spec import ExportSpec, ExportSpecError, load_spec, load_specs
+from bq_assets.exports.fields import ExportSpecError
+from bq_assets.exports.spec import ExportSpec, load_spec, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.local.delivery import deliver, finish, generate_pgp_key, pgp_encryptor
 from bq_assets.local.limits import unsupported_settings

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
-from bq_assets.exports.spec import executable_query, query_columns
+from bq_assets.exports.sql import executable_query, query_columns
 
 SQL = "SELECT id, name, created_at FROM t"
 

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
-from bq_assets.exports.spec import partition_parameters
+from bq_assets.exports.sql import partition_parameters
 from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.delivery import simulate_deliveries
 from bq_assets.partitioning import Window

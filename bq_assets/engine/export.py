@@ -31,7 +31,7 @@ from bq_assets.engine.planning import default_workers, plan_shard_rows, shard_ra
 from bq_assets.engine.snapshot import Snapshot
 from bq_assets.engine.upload import delete_prefix, upload
 from bq_assets.engine.writers import CONTENT_TYPES, write_csv, write_parquet
-from bq_assets.exports.spec import CsvOptions
+from bq_assets.exports.targets import CsvOptions
 from bq_assets.schema import bigquery_schema, schema_to_json
 
 

@@ -12,7 +12,7 @@ from bq_assets.engine.compression import GzipSink
 from bq_assets.engine.manifest import FileFormat
 from bq_assets.engine.snapshot import Snapshot, as_snapshot
 from bq_assets.errors import BqAssetsError
-from bq_assets.exports.spec import CsvOptions
+from bq_assets.exports.targets import CsvOptions
 from bq_assets.schema import csv_batch, csv_schema, parquet_batch, parquet_schema
 
 CSV_BATCH_ROWS = 8_192  # rows pyarrow formats into one CSV buffer at a time

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bq_assets.exports.spec import ExportSpec, ExportSpecError, load_specs
+from bq_assets.exports.fields import ExportSpecError
+from bq_assets.exports.spec import ExportSpec, load_specs
 
 SHIPPED_EXPORTS_DIR = Path(__file__).parent
 

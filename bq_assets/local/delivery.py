@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from google.cloud import storage
 
-from bq_assets.exports.spec import SEND_PLACEHOLDER, DeliveryOptions, ExportSpec, send_format
+from bq_assets.exports.delivery import SEND_PLACEHOLDER, DeliveryOptions, send_format
+from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.pgp import gnupg_home, gpg
 
 SAMPLE_COLUMNS = ["order_id", "amperity_id", "order_total", "item_count", "order_date"]

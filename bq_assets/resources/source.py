@@ -14,7 +14,7 @@ from pydantic import Field
 
 from bq_assets import sources
 from bq_assets.errors import BqAssetsError
-from bq_assets.exports.spec import executable_query
+from bq_assets.exports.sql import executable_query
 from bq_assets.partitioning import PARTITION_COLUMN_TYPES
 from bq_assets.schema import UnsupportedTypeError, values_out_of_range
 from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError

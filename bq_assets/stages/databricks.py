@@ -38,7 +38,8 @@ from bq_assets.engine.databricks_sql import (
     table_name,
 )
 from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
-from bq_assets.exports.spec import ExportSpec, ExportSpecError
+from bq_assets.exports.fields import ExportSpecError
+from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import window_predicate
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import ExportBigQueryResource

@@ -33,7 +33,8 @@ from bq_assets.engine.scans import (
 )
 from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
-from bq_assets.exports.spec import ExportSpec, partition_parameters
+from bq_assets.exports.spec import ExportSpec
+from bq_assets.exports.sql import partition_parameters
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema

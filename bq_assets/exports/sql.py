@@ -1,0 +1,138 @@
+"""The export's SQL, read with sqlglot: parsed once at load, its output columns named, its
+partition window parameters found, and the text the source runs. Refusals name the file,
+line and column."""
+
+from __future__ import annotations
+
+import sqlglot
+import sqlglot.errors
+from sqlglot import exp
+from sqlglot.tokens import TokenType
+
+from bq_assets.partitioning import PARAMETERS as PARTITION_PARAMETERS
+
+
+class SqlError(ValueError):
+    """The SQL file cannot be used; the message says where (line, column) and why."""
+
+
+def _syntax_error(exc: sqlglot.errors.ParseError) -> SqlError:
+    """A parse error in words a SQL author knows: line, column and the text it stopped at."""
+    error = exc.errors[0] if exc.errors else {}
+    line, column = error.get("line"), error.get("col")
+    near = str(error.get("highlight") or "").strip()
+    where = f"line {line}, column {column}: " if line else ""
+    what = f"syntax error at or near {near!r}" if near else "syntax error"
+    return SqlError(f"{where}{what}")
+
+
+def _is_star(select: exp.Expression) -> bool:
+    """``*``, ``t.*`` or DuckDB's ``COLUMNS(...)``: columns the spec cannot name statically."""
+    select = select.unalias()
+    return isinstance(select, exp.Star | exp.Columns) or (
+        isinstance(select, exp.Column) and isinstance(select.this, exp.Star)
+    )
+
+
+def parse_query(sql: str) -> exp.Query:
+    """The one SELECT of an export's SQL file, parsed as DuckDB SQL; ``SqlError`` otherwise."""
+    try:
+        parsed = sqlglot.parse(sql, read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise _syntax_error(exc) from None
+    # A comment after the last ``;`` parses as an empty statement holding the comment.
+    statements = [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
+    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+        raise SqlError("the SQL file must hold exactly one SELECT query")
+    return statements[0]
+
+
+def query_columns(sql: str) -> list[str]:
+    """The output column names of a SELECT, read statically (no database needed)."""
+    query = parse_query(sql)
+    stars = [s.sql(dialect="duckdb") for s in query.selects if _is_star(s)]
+    if stars:
+        raise SqlError(
+            f"the query must name its columns (no SELECT *, t.* or COLUMNS(...); found "
+            f"{', '.join(stars)}), so the schema is reviewable"
+        )
+    unnamed = [s.sql(dialect="duckdb") for s in query.selects if not s.alias_or_name]
+    if unnamed:
+        raise SqlError(f"every column needs a name: add AS <name> to {', '.join(unnamed)}")
+    columns = query.named_selects
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise SqlError(f"the query returns duplicate column names: {', '.join(duplicates)}")
+    return columns
+
+
+def partition_parameters(sql: str) -> set[str]:
+    """The ``$partition_*`` parameters the query uses (empty for an unpartitioned query)."""
+    query = parse_query(sql)
+    names = {p.name for p in query.find_all(exp.Placeholder, exp.Parameter) if p.name}
+    return {n for n in names if n.startswith("partition_")}
+
+
+def _static_type(select: exp.Expression) -> str | None:
+    """The column's type when the SQL alone tells it (a cast or a literal), else None."""
+    select = select.unalias()
+    if isinstance(select, exp.Cast):
+        return select.to.sql(dialect="duckdb").upper()
+    if isinstance(select, exp.Literal):
+        return "VARCHAR" if select.is_string else "NUMBER"
+    if isinstance(select, exp.Boolean):
+        return "BOOLEAN"
+    return None
+
+
+PARTITION_CAST_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE")
+
+
+def partition_problems(sql: str, column: str, used: set[str]) -> list[str]:
+    """What makes ``sql`` unusable for an export partitioned on ``column`` (empty: usable).
+
+    The query must bound its rows by the partition's window (a start and an end parameter)
+    and return ``column``; when the SQL states the column's type (a cast, a literal), it must
+    be DATE or TIMESTAMP. A column whose type the SQL does not state is checked when the query
+    runs (``DESCRIBE``, before any row is read)."""
+    allowed = ", ".join("$" + p for p in PARTITION_PARAMETERS)
+    problems = []
+    unknown = sorted(used - set(PARTITION_PARAMETERS))
+    if unknown:
+        problems.append(
+            f"partitioning: the query uses unknown parameter(s) "
+            f"{', '.join('$' + u for u in unknown)}; allowed: {allowed}"
+        )
+    if not used & {"partition_start", "partition_start_date"} or not used & {
+        "partition_end",
+        "partition_end_date",
+    }:
+        problems.append(
+            "partitioning: the query must select the partition's rows with bound parameters, "
+            "a start and an end (e.g. WHERE order_datetime >= $partition_start AND "
+            f"order_datetime < $partition_end); allowed: {allowed}"
+        )
+    query = parse_query(sql)
+    selects = {s.alias_or_name: s for s in query.selects}
+    if column not in selects:
+        problems.append(
+            f"partitioning.column: {column} not among the query's columns ({', '.join(selects)})"
+        )
+    else:
+        stated = _static_type(selects[column])
+        if stated is not None and stated not in PARTITION_CAST_TYPES:
+            problems.append(
+                f"partitioning.column: {column} is {stated} in the query; it must be a DATE or "
+                "TIMESTAMP column"
+            )
+    return problems
+
+
+def executable_query(sql: str) -> str:
+    """The query's text as the source runs it inside ``COPY (...)``: without the trailing
+    semicolon and the comments after the last token (a trailing ``--`` comment would swallow
+    the closing parenthesis)."""
+    tokens = [
+        t for t in sqlglot.tokenize(sql, read="duckdb") if t.token_type != TokenType.SEMICOLON
+    ]
+    return sql[: tokens[-1].end + 1] if tokens else sql
