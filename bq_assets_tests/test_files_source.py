@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from google.oauth2.credentials import Credentials
 
-from bq_assets import sources
+from bq_assets import source_files, sources
 from bq_assets.exports import load_specs
 from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration, gcs_access
-from bq_assets.sources import GcsAccess, SourceError
+from bq_assets.source_files import GcsAccess
+from bq_assets.sources import SourceError
 from bq_assets.stages import bigquery_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.test_round_trip import bigquery_rows, differences, metadata
@@ -202,7 +203,7 @@ def test_the_gcs_paths_of_a_query_are_its_string_literals() -> None:
         "JOIN read_csv('gs://a/z.csv', header = true) USING (id) JOIN 'gs://c/t.parquet' USING (id) "
         "WHERE note <> 'gs://not/a/path/read'"
     )
-    assert sources.gcs_paths(sql) == [
+    assert source_files.gcs_paths(sql) == [
         "gs://a/x/*.parquet",
         "gcs://b/y.parquet",
         "gs://a/z.csv",

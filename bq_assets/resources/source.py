@@ -12,7 +12,7 @@ import duckdb
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from bq_assets import sources
+from bq_assets import source_files, source_types, sources
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.sql import executable_query
 from bq_assets.partitioning import PARTITION_COLUMN_TYPES
@@ -154,7 +154,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         sql_file: Path,
         destination: Path,
         source_name: str = DEFAULT_SOURCE,
-        gcs: sources.GcsAccessLike = None,
+        gcs: source_files.GcsAccessLike = None,
         parameters: Mapping[str, object] | None = None,
         partition_column: str | None = None,
     ) -> pq.FileMetaData:
@@ -183,9 +183,11 @@ class DuckDBSourceResource(dg.ConfigurableResource):
             with sources.connect(source, self.engine_settings(), query, gcs) as con:
                 if partition_column is not None:
                     check_partition_column(
-                        sources.result_types(con, query, parameters), partition_column, sql_file
+                        source_types.result_types(con, query, parameters),
+                        partition_column,
+                        sql_file,
                     )
-                snapshot_query = sources.check_result_types(con, query, source, parameters)
+                snapshot_query = source_types.check_result_types(con, query, source, parameters)
                 con.execute(
                     f"COPY ({snapshot_query}) TO '{partial}' "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})",
@@ -219,14 +221,14 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         return f"{self.staging_export_prefix(export)}{run_id}/{SNAPSHOT_OBJECT}"
 
 
-def gcs_access(gcs: dg.ConfigurableResource) -> sources.GcsAccess:
+def gcs_access(gcs: dg.ConfigurableResource) -> source_files.GcsAccess:
     """How a source reads ``gs://`` paths: with the ``gcs`` resource's own client settings
     (its endpoint, project and credentials: a service account or ADC in production, the
     emulator with anonymous credentials locally). Nothing is read until a query needs it."""
     client = gcs.get_client()
     # google-cloud-core keeps the credentials a client was built with on ``_credentials``;
     # reusing them (rather than rebuilding them) keeps one place that decides them.
-    return sources.GcsAccess(
+    return source_files.GcsAccess(
         endpoint=client.api_endpoint or "https://storage.googleapis.com",
         project=client.project,
         credentials=client._credentials,
