@@ -18,6 +18,7 @@ from bq_assets.stages.delivery import (
     build_delivery_checks,
     build_delivery_sensor,
 )
+from bq_assets.stages.freshness import freshness_checks, freshness_sensor
 from bq_assets.stages.gcs import build_gcs_asset, gcs_checks
 from bq_assets.stages.partitions import partitioned
 from bq_assets.stages.query import build_query_asset, query_checks
@@ -25,7 +26,7 @@ from bq_assets.stages.query import build_query_asset, query_checks
 STAGES = (build_query_asset, build_gcs_asset, build_bigquery_asset, build_databricks_asset)
 #: A delivered export has no query: its ``gcs/`` asset is the delivery itself.
 DELIVERED_STAGES = (build_delivery_asset, build_bigquery_asset, build_databricks_asset)
-CHECKS = (query_checks, gcs_checks, bigquery_checks, databricks_checks)
+CHECKS = (query_checks, gcs_checks, bigquery_checks, databricks_checks, freshness_checks)
 
 # Modules a step's process needs, imported once by the executor's fork server instead of in
 # every step: the code location, and the Dagster storage a step opens its instance with
@@ -101,6 +102,7 @@ def build_definitions(
                 for s in specs
                 if s.delivered
             ),
+            *freshness_sensor(specs, _sensor_status(schedule_status)),
         ],
         resources=resources,
         executor=EXECUTOR,
@@ -108,7 +110,7 @@ def build_definitions(
 
 
 def _sensor_status(schedule_status: dg.DefaultScheduleStatus) -> dg.DefaultSensorStatus:
-    """Delivery sensors start running exactly when the schedules do."""
+    """Delivery and freshness sensors start running exactly when the schedules do."""
     return (
         dg.DefaultSensorStatus.RUNNING
         if schedule_status == dg.DefaultScheduleStatus.RUNNING

@@ -83,7 +83,10 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("bigquery/customer_360", "rows_match_manifest")].blocking
     assert checks[("gcs/amperity_orders", "header_matches_spec")].blocking
     assert checks[("gcs/amperity_orders", "rows_add_up")].blocking
-    assert len(checks) == 30 + 7  # three queried exports, one delivered
+    # The latest-partition freshness check warns and never blocks.
+    assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
+    # Three queried exports (one partitioned: its freshness check), one delivered.
+    assert len(checks) == 30 + 1 + 7
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

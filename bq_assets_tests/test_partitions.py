@@ -17,13 +17,18 @@ from google.cloud import bigquery
 from bq_assets.engine.bigquery_partitions import check_partitioning
 from bq_assets.engine.layout import ObjectLayout
 from bq_assets.errors import BqAssetsError
-from bq_assets.exports import ExportSpecError, load_specs
+from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.partitioning import Window, aligned_with_bigquery, decorator
 from bq_assets.resources.source import DuckDBSourceResource, PartitionColumnError
 from bq_assets.schedules import build_schedules
 from bq_assets.settings import local_resources
 from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+from bq_assets.stages.freshness import (
+    LATEST_PARTITION_FRESH,
+    expected_partition,
+    latest_partition_result,
+)
 from bq_assets.stages.partitions import partitions_definition
 
 WINDOWED = (
@@ -340,3 +345,51 @@ def test_weekly_partitions_run_monday_to_monday_and_monthly_from_the_first(tmp_p
             dt.date.fromisoformat(k).weekday() == day if day == 0 else k.endswith("-01")
             for k in keys
         )
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        # The 06:00 tick loads 24 Nov; its run has until 08:00 to finish.
+        (dt.datetime(2026, 11, 25, 7, 59), "2026-11-23"),
+        (dt.datetime(2026, 11, 25, 8, 0), "2026-11-24"),
+        (dt.datetime(2026, 11, 26, 3, 0), "2026-11-24"),  # before the next tick's allowance
+    ],
+)
+def test_the_latest_partition_expected_by_now_follows_the_schedule_and_its_allowance(
+    shipped_specs, now: dt.datetime, expected: str
+) -> None:
+    spec = next(s for s in shipped_specs if s.name == "unified_transactions")
+    assert expected_partition(spec, now.replace(tzinfo=NEW_YORK)) == expected
+
+
+def test_freshness_is_judged_on_the_latest_partition_not_on_any_partition(shipped_specs) -> None:
+    spec = next(s for s in shipped_specs if s.name == "unified_transactions")
+    now = dt.datetime(2026, 11, 25, 9, 0, tzinfo=NEW_YORK)
+    assert latest_partition_result(spec, {"2026-11-23", "2026-11-24"}, now).passed
+    assert latest_partition_result(spec, {"2026-11-25"}, now).passed  # a later one counts
+    # A backfill of old days does not make the table fresh: 24 Nov is still missing.
+    late = latest_partition_result(spec, {"2026-01-05", "2026-11-23"}, now)
+    assert not late.passed and late.severity == dg.AssetCheckSeverity.WARN
+    assert late.description == (
+        "partition 2026-11-24 should have been loaded by now (its schedule ticked at least "
+        "2:00:00 ago); the latest loaded is 2026-11-23"
+    )
+    assert not latest_partition_result(spec, set(), now).passed
+
+
+def test_the_freshness_sensor_checks_each_expected_partition_once(defs) -> None:
+    sensor = next(s for s in defs.sensors if s.name == "latest_partition_freshness")
+    check = dg.AssetCheckKey(bigquery_key("unified_transactions"), LATEST_PARTITION_FRESH)
+    assert check in {key for c in defs.asset_checks for key in c.check_keys}
+    with dg.build_sensor_context(repository_def=defs.get_repository_def()) as context:
+        (request,) = sensor.evaluate_tick(context).run_requests
+    assert request.asset_check_keys == [check]
+    spec_now = expected_partition(
+        next(s for s in load_specs(SHIPPED_EXPORTS_DIR) if s.partitioning),
+        dt.datetime.now(dt.UTC),
+    )
+    assert request.run_key == f"unified_transactions:{spec_now}"  # one run per partition
