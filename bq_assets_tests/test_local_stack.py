@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from bq_assets.local import stack
+from bq_assets.local import sample_data, stack
 
 pytestmark = pytest.mark.stack
 
@@ -48,3 +50,20 @@ def test_a_component_that_fails_to_start_is_reported_with_its_log(
     assert "bqemulator exited during start-up" in str(error.value)
     assert "fatal: cannot open data dir" in str(error.value)
     assert not (tmp_path / "stack" / "stack.json").exists()
+
+
+def test_the_sample_is_made_again_on_another_day_or_size_and_kept_otherwise(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = sample_data.ensure(tmp_path / "source.duckdb", 20)
+    made = path.stat().st_mtime_ns
+    assert sample_data.ensure(path, 20).stat().st_mtime_ns == made  # same day, same size: kept
+    sample_data.ensure(path, 30)  # another size: made again
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM customer_360").fetchone() == (30,)
+    # The next day the latest partitions must hold orders: yesterday's sample is made again.
+    tomorrow = dt.date.today() + dt.timedelta(days=2)
+    monkeypatch.setattr(sample_data, "_today", lambda: tomorrow)
+    sample_data.ensure(path, 30)
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT generated_on FROM sample_info").fetchone() == (tomorrow,)

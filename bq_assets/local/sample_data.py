@@ -11,6 +11,7 @@ phones, and empty strings.
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import os
 from pathlib import Path
@@ -124,22 +125,45 @@ def generate(path: Path, rows: int = DEFAULT_SAMPLE_ROWS, transactions: bool = T
         con.execute(_customer_sql(rows))
         if transactions:
             con.execute(_transactions_sql(rows))
+        con.execute(
+            "CREATE TABLE sample_info AS SELECT ?::DATE AS generated_on, ?::BIGINT AS customers",
+            [_today(), rows],
+        )
         con.execute("CHECKPOINT")
     os.replace(tmp, path)
     return path
 
 
+def _today() -> dt.date:
+    """The day order times are counted back from (midnight UTC, as ``_transactions_sql``)."""
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _is_current(path: Path, rows: int) -> bool:
+    """Was the sample at ``path`` generated today, with ``rows`` customers? A sample from another
+    day has no orders in the latest partitions of a partitioned export (and one written before
+    ``sample_info`` existed cannot say), so it is made again."""
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            info = con.execute("SELECT generated_on, customers FROM sample_info").fetchone()
+    except duckdb.Error:
+        return False
+    return info == (_today(), rows)
+
+
 def ensure(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
-    """Generate the sample database on first use; an existing one is left as it is.
+    """The sample database at ``path``: generated on first use, and again when it is from
+    another day or of another size (``BQ_ASSETS_SAMPLE_ROWS``); otherwise left as it is.
 
     Safe when several step processes ask at once (the multiprocess executor runs the exports'
-    query steps side by side): one generates it under a file lock, the others wait for it.
+    query steps side by side): one generates it under a file lock, the others wait for it, and
+    a step still reading the previous file keeps reading it (the new one replaces it whole).
     """
-    if path.exists():
+    if path.exists() and _is_current(path, rows):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
+        if not (path.exists() and _is_current(path, rows)):
             generate(path, rows)
     return path
