@@ -17,7 +17,7 @@ from google.cloud import bigquery
 from bq_assets.engine.bigquery_partitions import check_partitioning
 from bq_assets.engine.layout import ObjectLayout
 from bq_assets.errors import BqAssetsError
-from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
+from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.partitioning import Window, aligned_with_bigquery, decorator
 from bq_assets.resources.source import DuckDBSourceResource, PartitionColumnError
@@ -30,6 +30,8 @@ from bq_assets.stages.freshness import (
     latest_partition_result,
 )
 from bq_assets.stages.partitions import partitions_definition
+from bq_assets_tests.test_export_spec import load_error
+from bq_assets_tests.test_export_spec import write_export as write_spec
 
 WINDOWED = (
     "SELECT id, amount, sold_at FROM sales "
@@ -42,16 +44,8 @@ PARTITIONED = (
 
 
 def write_export(folder: Path, yaml_text: str, sql: str = WINDOWED, name: str = "sales") -> Path:
-    (folder / f"{name}.sql").write_text(sql)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml_text)
-    return path
-
-
-def load_error(folder: Path) -> str:
-    with pytest.raises(ExportSpecError) as error:
-        load_specs(folder)
-    return str(error.value)
+    """A windowed export ``sales`` (the spec tests' helper, with this file's defaults)."""
+    return write_spec(folder, name, yaml_text, sql)
 
 
 def test_the_shipped_orders_export_is_partitioned_by_new_york_days(shipped_specs) -> None:

@@ -195,6 +195,24 @@ def ensure_staging_dataset(client: bigquery.Client, project: str, spec: ExportSp
     return _ensure_in_location(client, dataset, spec, "staging dataset", fix).dataset_id
 
 
+def prepare_load(
+    client: bigquery.Client, project: str, spec: ExportSpec, manifest: Manifest, log: Log
+) -> tuple[str, bigquery.LoadJobConfig, bigquery.Table | None]:
+    """What every load of the manifest starts from: the dataset (created when missing), the
+    table id, the load job's configuration and the existing table, if any, whose schema may
+    differ from the snapshot's only as the spec allows (``SchemaDriftError`` otherwise).
+    Idempotent."""
+    ensure_dataset(client, project, spec)
+    table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+    config = load_job_config(spec, manifest)
+    existing = existing_table(client, table_id)
+    if existing is not None:
+        drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
+        if drift:
+            log.info(f"{table_id}: allowed schema changes: {'; '.join(drift)}")
+    return table_id, config, existing
+
+
 def _create_for_parquet(client: bigquery.Client, table_id: str, config: bigquery.LoadJobConfig):
     """Create the load target with the load's schema, partitioning and clustering. BigQuery does
     not need it (a Parquet load creates its table); the emulator loads Parquet only into a table
@@ -217,14 +235,7 @@ def run_load(
     loads go straight to the table. Job ids are deterministic (see ``job_id_base``): running
     this again for the same manifest reattaches instead of loading twice.
     """
-    ensure_dataset(client, project, spec)
-    table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
-    config = load_job_config(spec, manifest)
-    existing = existing_table(client, table_id)
-    if existing is not None:
-        drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
-        if drift:
-            log.info(f"{table_id}: allowed schema changes: {'; '.join(drift)}")
+    table_id, config, existing = prepare_load(client, project, spec, manifest, log)
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
     staged = spec.bigquery.write_disposition == "WRITE_TRUNCATE"
@@ -251,7 +262,7 @@ def run_load(
         # A failed load leaves nothing behind; a failed publish below keeps the loaded staging
         # table, so a retry reattaches to the load and only repeats the copy.
         if staged:
-            _drop_quietly(client, load_target, log)
+            drop_quietly(client, load_target, log)
         raise
     if staged:
         copy = start_or_reattach(
@@ -280,7 +291,7 @@ def run_load(
     )
 
 
-def _drop_quietly(client: bigquery.Client, table_id: str, log: Log) -> None:
+def drop_quietly(client: bigquery.Client, table_id: str, log: Log) -> None:
     """Delete a staging table while another error is on its way (that error is the story;
     should this delete fail too, the staging dataset's expiration removes the table)."""
     try:

@@ -18,18 +18,15 @@ from google.cloud import bigquery
 from bq_assets.engine.bigquery_jobs import (
     JOB_TIMEOUT_S,
     TRANSIENT,
-    existing_table,
     start_or_reattach,
     wait_for,
 )
 from bq_assets.engine.bigquery_load import (
     LoadResult,
-    _drop_quietly,
-    check_schema_drift,
-    ensure_dataset,
+    drop_quietly,
     ensure_staging_dataset,
     job_id_base,
-    load_job_config,
+    prepare_load,
 )
 from bq_assets.engine.log import Log
 from bq_assets.engine.manifest import Manifest
@@ -192,15 +189,8 @@ def run_partition_load(
     """
     assert spec.partitioning is not None
     column = spec.partitioning.column
-    ensure_dataset(client, project, spec)
-    table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
-    config = load_job_config(spec, manifest)
+    table_id, config, existing = prepare_load(client, project, spec, manifest, log)
     column_type = _column_type(config, column)
-    existing = existing_table(client, table_id)
-    if existing is not None:
-        drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
-        if drift:
-            log.info(f"{table_id}: allowed schema changes: {'; '.join(drift)}")
     _ensure_partitioned_table(client, table_id, config)
     aligned = aligned_with_bigquery(spec.partitioning.by, column_type, spec.timezone)
     mechanism: PartitionOverwrite = (
@@ -283,7 +273,7 @@ def run_partition_load(
             publish_jobs.append(query.job_id)
     finally:
         for staging in staged:
-            _drop_quietly(client, staging, log)
+            drop_quietly(client, staging, log)
     table = client.get_table(table_id, retry=TRANSIENT)
     if spec.bigquery.labels or spec.description:
         table.labels = dict(spec.bigquery.labels)
