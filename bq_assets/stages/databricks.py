@@ -21,6 +21,9 @@ the step with a diff (``DriftError``). No credential appears in any statement: o
 the table through the BigQuery Storage Read API instead (see ``bq_assets.resources.databricks``).
 """
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import dagster as dg
 from google.cloud import bigquery as bq
 
@@ -179,6 +182,7 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     return _databricks
 
 
+T = TypeVar("T")
 DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
@@ -227,6 +231,29 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             for part in partitions
         }
 
+    def in_both_engines(
+        context: dg.AssetCheckExecutionContext,
+        bigquery: ExportBigQueryResource,
+        databricks: DatabricksSQLResource,
+        bigquery_value: Callable[[bq.Client, str, str | None], T],
+        databricks_value: Callable[[str | None], T],
+    ) -> tuple[dict[str, T], dict[str, T]]:
+        """``(BigQuery's, Databricks')`` value of each scope the check compares (the whole
+        table, or each partition of the run), each engine given its own WHERE clause."""
+        table_id = bigquery_table_id(context)
+        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
+            with bigquery.get_client() as client:
+                filters = partition_filters(context, client, table_id, databricks.dialect)
+                expected = {
+                    scope: bigquery_value(client, table_id, where["bigquery"])
+                    for scope, where in filters.items()
+                }
+            actual = {
+                scope: databricks_value(where[databricks.dialect])
+                for scope, where in filters.items()
+            }
+        return expected, actual
+
     @dg.asset_check(
         asset=key,
         name=DATABRICKS_ROWS_MATCH_BIGQUERY,
@@ -238,19 +265,15 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
-        table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                filters = partition_filters(context, client, table_id, databricks.dialect)
-                expected = {
-                    scope: _bigquery_count(client, table_id, where["bigquery"])
-                    for scope, where in filters.items()
-                }
-            actual = {
-                scope: _databricks_count(databricks, name, where[databricks.dialect])
-                for scope, where in filters.items()
-            }
-        if list(filters) == ["table"]:
+        expected, actual = in_both_engines(
+            context,
+            bigquery,
+            databricks,
+            _bigquery_count,
+            lambda where: _databricks_count(databricks, name, where),
+        )
+        filters = list(expected)
+        if filters == ["table"]:
             return check_result(
                 actual["table"] == expected["table"],
                 f"Databricks shows {actual['table']} rows, BigQuery holds {expected['table']}",
@@ -302,26 +325,20 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
-        table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                filters = partition_filters(context, client, table_id, databricks.dialect)
-                expected = {}
-                for scope, where in filters.items():
-                    sql = key_checksum_sql(
-                        "bigquery", f"`{table_id}`", spec.primary_key, where["bigquery"]
-                    )
-                    expected[scope] = tuple(next(iter(client.query(sql).result())).values())
-            actual = {}
-            for scope, where in filters.items():
-                (row,) = databricks.query(
-                    key_checksum_sql(
-                        databricks.dialect, "{table}", spec.primary_key, where[databricks.dialect]
-                    ),
-                    name,
-                )
-                actual[scope] = tuple(int(v) if v is not None else None for v in row)
-        if list(filters) == ["table"]:
+        def bigquery_checksum(client: bq.Client, table_id: str, where: str | None) -> tuple:
+            sql = key_checksum_sql("bigquery", f"`{table_id}`", spec.primary_key, where)
+            return tuple(next(iter(client.query(sql).result())).values())
+
+        def databricks_checksum(where: str | None) -> tuple:
+            sql = key_checksum_sql(databricks.dialect, "{table}", spec.primary_key, where)
+            (row,) = databricks.query(sql, name)
+            return tuple(int(v) if v is not None else None for v in row)
+
+        expected, actual = in_both_engines(
+            context, bigquery, databricks, bigquery_checksum, databricks_checksum
+        )
+        filters = list(expected)
+        if filters == ["table"]:
             return check_result(
                 actual["table"] == expected["table"],
                 f"the primary keys differ: (rows, checksum) is {actual['table']} in Databricks, "
