@@ -126,79 +126,63 @@ def publish_statements(
 
 
 @dataclass(frozen=True)
-class DriftProbe:
-    """A statement that describes an existing object, and what the spec says it must show."""
+class ForeignCatalogExpectation:
+    """What the foreign catalog must be, verified right after the statement ``after`` (its
+    ``CREATE FOREIGN CATALOG IF NOT EXISTS`` leaves an existing catalog as it is)."""
 
     after: str
-    probe: str
-    what: str
-    expected: dict[str, str]
+    catalog: str
+    connection: str
+    options: dict[str, str]
     remedy: str
 
+    @property
+    def what(self) -> str:
+        return f"foreign catalog {self.catalog}"
 
-def drift_probes(spec: ExportSpec, source: BigQueryTable) -> list[DriftProbe]:
-    """What to verify after the ``IF NOT EXISTS`` statements (objects that cannot be replaced).
 
-    The foreign catalog: ``DESCRIBE CATALOG EXTENDED`` must show the spec's connection and
-    options. (The connection is re-applied by ``ALTER CONNECTION``; the view is replaced.)
-    """
+def foreign_catalog_expectation(
+    spec: ExportSpec, source: BigQueryTable
+) -> ForeignCatalogExpectation | None:
+    """The foreign catalog the spec needs, for ``mode: federation`` (None otherwise). The
+    connection is re-applied by ``ALTER CONNECTION`` and the view replaced, so only the catalog
+    can hold settings other than the spec's."""
     target = spec.databricks
     if target.mode != "federation":
-        return []
+        return None
     catalog_statement = next(
         s
         for s in publish_statements(spec, source, "", "")
         if s.startswith("CREATE FOREIGN CATALOG")
     )
-    return [
-        DriftProbe(
-            after=catalog_statement,
-            probe=f"DESCRIBE CATALOG EXTENDED `{target.foreign_catalog}`",
-            what=f"foreign catalog {target.foreign_catalog}",
-            expected={
-                "connection": target.connection,
-                **foreign_catalog_options(spec, source),
-            },
-            remedy=(
-                f"The foreign catalog keeps no data: drop it deliberately (DROP CATALOG "
-                f"`{target.foreign_catalog}`; grants on it go too) and re-materialize, or set "
-                f"databricks.foreign_catalog in {spec.spec_file} to a new name."
-            ),
-        )
-    ]
+    return ForeignCatalogExpectation(
+        after=catalog_statement,
+        catalog=target.foreign_catalog,
+        connection=target.connection,
+        options=foreign_catalog_options(spec, source),
+        remedy=(
+            f"The foreign catalog keeps no data: drop it deliberately (DROP CATALOG "
+            f"`{target.foreign_catalog}`; grants on it go too) and re-materialize, or set "
+            f"databricks.foreign_catalog in {spec.spec_file} to a new name."
+        ),
+    )
 
 
-_OPTION_PAIR = re.compile(
-    r"""([A-Za-z_][A-Za-z0-9_.]*)['"]?\s*(?:=>|=|:|\s)\s*['"]?([^,'"\])}\]]*)"""
-)
-
-
-def described_settings(rows: list[list[str | None]]) -> dict[str, str]:
-    """``DESCRIBE … EXTENDED`` rows (``info_name``, ``info_value``) as lower-cased settings:
-    the connection's name, the raw ``options`` text and each option (keys lower-cased)."""
-    found: dict[str, str] = {}
-    for row in rows:
-        if len(row) < 2 or row[0] is None:
-            continue
-        key, value = str(row[0]).strip().lower(), str(row[1] or "").strip()
-        if key in ("connection", "connection name", "connection_name"):
-            found["connection"] = value
-        elif "option" in key:
-            found["options"] = value
-            for option, option_value in _OPTION_PAIR.findall(value):
-                found[option.lower()] = option_value.strip()
-    return found
-
-
-def drift_diff(expected: Mapping[str, str], described: Mapping[str, str]) -> list[str]:
-    """One line per setting that differs. Names compare case-insensitively (Unity Catalog
-    stores object names in lower case); option values compare exactly."""
+def catalog_drift(
+    expected: ForeignCatalogExpectation,
+    connection_name: str | None,
+    options: Mapping[str, str] | None,
+) -> list[str]:
+    """One line per setting of the catalog (as the catalogs API returns it: ``connection_name``,
+    ``options``) that differs from the spec. Names compare case-insensitively (Unity Catalog
+    stores object names in lower case), option names too; option values compare exactly."""
     lines = []
-    for key, want in expected.items():
-        have = described.get(key.lower())
-        same = have is not None and (
-            have.lower() == want.lower() if key == "connection" else have == want
+    if (connection_name or "").lower() != expected.connection.lower():
+        lines.append(
+            f"connection: spec says {expected.connection!r}, Databricks has {connection_name!r}"
         )
-        if not same:
-            lines.append(f"{key}: spec says {want!r}, Databricks has {have!r}")
+    have = {key.lower(): value for key, value in (options or {}).items()}
+    for key, want in expected.options.items():
+        if have.get(key.lower()) != want:
+            lines.append(f"{key}: spec says {want!r}, Databricks has {have.get(key.lower())!r}")
     return lines

@@ -32,11 +32,10 @@ from bq_assets.engine.bigquery_partitions import partition_column_type
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
     DriftError,
-    DriftProbe,
+    ForeignCatalogExpectation,
     TableName,
-    described_settings,
-    drift_diff,
-    drift_probes,
+    catalog_drift,
+    foreign_catalog_expectation,
     publish_statements,
     table_name,
 )
@@ -61,33 +60,29 @@ from bq_assets.stages.partitions import checked_partitions
 def run_publication(
     databricks: DatabricksSQLResource,
     statements: list[str],
-    probes: list[DriftProbe],
-    log: dg.DagsterLogManager,
+    expected_catalog: ForeignCatalogExpectation | None,
 ) -> list[str]:
-    """Run ``statements`` on the warehouse, verifying each probe right after the statement it
-    follows; fail on drift before anything downstream is touched. Returns notes for metadata."""
+    """Run ``statements`` on the warehouse; right after the foreign catalog's statement, read the
+    catalog back through the catalogs API and fail on drift before anything downstream is
+    touched. Returns notes for metadata."""
     notes = []
     for statement in statements:
         databricks.execute(statement)
-        for probe in (p for p in probes if p.after == statement):
-            described = described_settings(databricks.execute(probe.probe))
-            if not described:
-                notes.append(f"{probe.what}: {probe.probe} showed no settings; not verified")
-                log.warning(notes[-1])
-                continue
-            expected = probe.expected
-            if "options" not in described:  # this DESCRIBE shows no options: check what it shows
-                expected = {k: v for k, v in expected.items() if k in described}
-                notes.append(f"{probe.what}: {probe.probe} shows no options; they are not verified")
-                log.warning(notes[-1])
-            diff = drift_diff(expected, described)
-            if diff:
-                raise DriftError(
-                    f"{probe.what} exists with other settings than the spec's:\n  "
-                    + "\n  ".join(diff)
-                    + f"\n{probe.remedy}"
-                )
-            notes.append(f"{probe.what}: matches the spec")
+        if expected_catalog is None or statement != expected_catalog.after:
+            continue
+        info = databricks.foreign_catalog(expected_catalog.catalog)
+        diff = catalog_drift(
+            expected_catalog,
+            info.connection_name if info else None,
+            info.options if info else None,
+        )
+        if diff:
+            raise DriftError(
+                f"{expected_catalog.what} exists with other settings than the spec's:\n  "
+                + "\n  ".join(diff)
+                + f"\n{expected_catalog.remedy}"
+            )
+        notes.append(f"{expected_catalog.what}: matches the spec")
     return notes
 
 
@@ -160,7 +155,7 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 notes = ["local stand-in: the statements are recorded, not run"]
             else:
                 notes = run_publication(
-                    databricks, statements, drift_probes(spec, source), context.log
+                    databricks, statements, foreign_catalog_expectation(spec, source)
                 )
             rows = databricks.row_count(name)
             context.log.info(f"{name}: {rows} rows visible in Databricks")
@@ -169,7 +164,7 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                     "dagster/table_name": str(name),
                     "dagster/row_count": rows,
                     "mode": spec.databricks.mode,
-                    "engine": "local DuckDB stand-in" if databricks.is_local else "SQL warehouse",
+                    "engine": databricks.endpoint,
                     "source_table": table_id,
                     "drift": dg.MetadataValue.json(notes),
                     "input_run_id": upstream.run_id,
@@ -325,12 +320,17 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
+        key_columns: list[tuple[str, str]] = []
+
         def bigquery_checksum(client: bq.Client, table_id: str, where: str | None) -> tuple:
-            sql = key_checksum_sql("bigquery", f"`{table_id}`", spec.primary_key, where)
+            if not key_columns:
+                types = {f.name.lower(): f.field_type for f in client.get_table(table_id).schema}
+                key_columns.extend((c, types.get(c.lower(), "?")) for c in spec.primary_key)
+            sql = key_checksum_sql("bigquery", f"`{table_id}`", key_columns, where)
             return tuple(next(iter(client.query(sql).result())).values())
 
         def databricks_checksum(where: str | None) -> tuple:
-            sql = key_checksum_sql(databricks.dialect, "{table}", spec.primary_key, where)
+            sql = key_checksum_sql(databricks.dialect, "{table}", key_columns, where)
             (row,) = databricks.query(sql, name)
             return tuple(int(v) if v is not None else None for v in row)
 
