@@ -21,7 +21,6 @@ import pytest
 
 from bq_assets.exports import load_specs
 from bq_assets.factory import build_definitions
-from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources import (
     DatabricksSQLResource,
@@ -57,6 +56,7 @@ def live_export(tmp_path: Path, mode: str = "federation"):
 
 
 def live_resources(tmp_path: Path, databricks: DatabricksSQLResource | None = None) -> dict:
+    """Real GCS and BigQuery; Databricks only when given (without it, runs stop at BigQuery)."""
     credentials = os.environ.get("GCP_CREDENTIALS_B64") or None
     bigquery = ExportBigQueryResource(
         project=os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"], gcp_credentials=credentials
@@ -73,15 +73,19 @@ def live_resources(tmp_path: Path, databricks: DatabricksSQLResource | None = No
             gcp_credentials=credentials,
         ),
         "bigquery": bigquery,
-        "databricks": databricks
-        or LocalDatabricksResource(local_warehouse_dir=str(tmp_path / "dbx"), bigquery=bigquery),
+        "databricks": databricks or DatabricksSQLResource(),
     }
+
+
+def up_to_bigquery(specs) -> list[str]:
+    return [f"{hop}/{spec.name}" for spec in specs for hop in ("query", "gcs", "bigquery")]
 
 
 def test_the_pipeline_runs_against_real_gcs_and_bigquery(tmp_path: Path) -> None:
     require(GCP_VARIABLES)
+    specs = live_export(tmp_path)
     with dg.instance_for_test() as instance:
-        result = run_exports(live_export(tmp_path), live_resources(tmp_path), instance)
+        result = run_exports(specs, live_resources(tmp_path), instance, up_to_bigquery(specs))
     assert result.success, step_errors(result)
     assert all(check.passed for check in result.get_asset_check_evaluations())
 
