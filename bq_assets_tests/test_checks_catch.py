@@ -100,6 +100,7 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
     folder = tmp_path_factory.mktemp("catch")
     (folder / f"{EXPORT}.sql").write_text(f'SELECT "order", email, amount FROM {SOURCE_TABLE}')
     (folder / f"{EXPORT}.yaml").write_text(
+        "description: Orders the checks are seen failing on.\n"
         "primary_key: [order]\nrequired: [email]\ncadence: daily\n"
     )
     resources["source"]._database_path()  # the sample source exists before we add a table
@@ -113,7 +114,7 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
         assert result.success, step_errors(result)
         # The reserved-word key works on every engine: every check passed to begin with.
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 10 and all(e.passed for e in evaluations)
+        assert len(evaluations) == 11 and all(e.passed for e in evaluations)
         yield done
 
 
@@ -376,11 +377,36 @@ def test_key_checksum_check_fails_when_only_bigquery_holds_a_null_key_row_and_pa
         exported.materialize(databricks_key(EXPORT))
 
 
+@pytest.mark.usefixtures("restore_databricks_copy")
+def test_matches_spec_fails_naming_a_dropped_comment_or_a_changed_column_type(
+    exported: Materialized,
+) -> None:
+    """Issue 23: what the spec declares is what the Databricks object has (read back with
+    ``DESCRIBE TABLE … AS JSON`` on Spark, the same text a SQL warehouse answers)."""
+    assert exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC).passed
+    exported.databricks_shows("SELECT * FROM {source}")  # the view without its COMMENT
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
+    assert not check.passed
+    assert check.metadata["differences"].value == [
+        "comment: spec says 'Orders the checks are seen failing on.', Databricks has None"
+    ]
+    exported.databricks_shows(
+        "SELECT `order`, email, CAST(amount AS STRING) AS amount FROM {source}"
+    )
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
+    assert not check.passed
+    assert any(
+        d.startswith("column amount: BigQuery NUMERIC shows as decimal") and d.endswith("string")
+        for d in check.metadata["differences"].value
+    )
+
+
 def test_the_module_leaves_every_check_passing(exported: Materialized) -> None:
     for key, name in [
         (query_key(EXPORT), query_hop.QUERY_PRIMARY_KEY_UNIQUE),
         (gcs_key(EXPORT), gcs_hop.GCS_ROWS_MATCH_SNAPSHOT),
         (bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST),
         (databricks_key(EXPORT), databricks_hop.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY),
+        (databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC),
     ]:
         assert exported.check(key, name).passed, name

@@ -1,6 +1,7 @@
 """The Databricks SQL that exposes a BigQuery table, generated from the export spec, and how
 to read back what Databricks says an existing object looks like (for drift). Pure: no I/O."""
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,6 +76,13 @@ def _options(generated: Mapping[str, str], extra: Mapping[str, str]) -> str:
     return "OPTIONS (" + ", ".join(parts) + ")"
 
 
+def _comment(spec: ExportSpec) -> str:
+    """`` COMMENT '<description>'`` for the view ("CREATE VIEW", view_comment:
+    https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-ddl-create-view), or
+    nothing when the spec has no description."""
+    return f" COMMENT {_literal(spec.description)}" if spec.description else ""
+
+
 def table_name(spec: ExportSpec) -> TableName:
     target = spec.databricks
     return TableName(target.catalog, target.schema_, spec.databricks_table)
@@ -111,7 +119,7 @@ def publish_statements(
             f"CREATE FOREIGN CATALOG IF NOT EXISTS `{target.foreign_catalog}` "
             f"USING CONNECTION `{target.connection}` {catalog_options}",
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
-            f"CREATE OR REPLACE VIEW {name.quoted} AS SELECT * FROM "
+            f"CREATE OR REPLACE VIEW {name.quoted}{_comment(spec)} AS SELECT * FROM "
             f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`",
         ]
     # The legacy connector wants the key base64-encoded: it lives in the secret
@@ -185,4 +193,68 @@ def catalog_drift(
     for key, want in expected.options.items():
         if have.get(key.lower()) != want:
             lines.append(f"{key}: spec says {want!r}, Databricks has {have.get(key.lower())!r}")
+    return lines
+
+
+# -- what the Databricks object must look like -------------------------------------------------
+
+#: BigQuery type → the family of Databricks types Lakehouse Federation shows it as ("Data type
+#: mappings", https://docs.databricks.com/aws/en/query-federation/bigquery#data-type-mappings),
+#: as ``DESCRIBE TABLE … AS JSON`` names them (``type.name``). A timestamp is
+#: ``timestamp_ltz`` or ``timestamp_ntz`` depending on the catalog's ``preferTimestampNTZ``.
+FEDERATION_TYPE_FAMILIES: dict[str, set[str]] = {
+    "INT64": {"bigint", "long"},
+    "FLOAT64": {"double"},
+    "NUMERIC": {"decimal"},
+    "BIGNUMERIC": {"decimal"},
+    "BOOL": {"boolean"},
+    "DATE": {"date"},
+    "BYTES": {"binary"},
+    **{
+        t: {"timestamp", "timestamp_ltz", "timestamp_ntz"}
+        for t in ("TIMESTAMP", "DATETIME", "TIME")
+    },
+    **{
+        t: {"string", "varchar", "char"}
+        for t in ("STRING", "JSON", "GEOGRAPHY", "INTERVAL", "ARRAY", "STRUCT", "RANGE")
+    },
+}
+_LEGACY_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}
+
+
+def describe_statement(name: TableName) -> str:
+    """The statement that describes an object as structured JSON ("DESCRIBE TABLE", JSON
+    formatted output: https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-aux-describe-table);
+    Spark 4 answers the same text with the same fields."""
+    return f"DESCRIBE TABLE EXTENDED {name.quoted} AS JSON"
+
+
+def object_drift(
+    described_json: str, bigquery_columns: list[tuple[str, str]], description: str
+) -> list[str]:
+    """One line per difference between the Databricks object (``described_json``: the answer of
+    ``describe_statement``) and what the spec makes of it: the BigQuery table's columns, in order,
+    with the types Lakehouse Federation gives them, and the spec's description as its comment."""
+    described = json.loads(described_json)
+    have = [
+        (str(c.get("name")), str((c.get("type") or {}).get("name", "")).lower())
+        for c in described.get("columns") or []
+    ]
+    lines = []
+    have_names = [n.lower() for n, _ in have]
+    want_names = [n.lower() for n, _ in bigquery_columns]
+    if have_names != want_names:
+        lines.append(f"columns: spec says {want_names}, Databricks has {have_names}")
+    else:
+        for (column, kind), (_, shown) in zip(bigquery_columns, have, strict=True):
+            standard = _LEGACY_TYPES.get(kind.upper(), kind.upper())
+            family = FEDERATION_TYPE_FAMILIES.get(standard)
+            if family is not None and shown not in family:
+                lines.append(
+                    f"column {column}: BigQuery {standard} shows as {'/'.join(sorted(family))} "
+                    f"through Lakehouse Federation, Databricks has {shown}"
+                )
+    comment = described.get("comment") or ""
+    if comment != description:
+        lines.append(f"comment: spec says {description!r}, Databricks has {comment or None!r}")
     return lines

@@ -21,6 +21,7 @@ describes a catalog (``foreign_catalog``); everything the stage and the checks c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -198,6 +199,18 @@ class SparkDatabricksResource(DatabricksSQLResource):
                 return rows
         except StorageReadError as exc:
             raise StatementError(str(exc), retryable=True) from None
+
+
+def close_sessions() -> None:
+    """End this process's Spark Connect sessions (before the server goes away, so the client
+    does not try to release them against a stopped server at exit). Idempotent."""
+    with _LOCK:
+        for key in [k for k in _SESSIONS if k[0] == os.getpid()]:
+            session = _SESSIONS.pop(key)
+            _REGISTERED.pop(key, None)
+            # The server may be gone already; then nothing is left to release.
+            with contextlib.suppress(Exception):
+                session.stop()
 
 
 def catalogs_named(statement: str) -> set[str]:

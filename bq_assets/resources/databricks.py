@@ -31,7 +31,8 @@ from databricks.sdk.service.sql import (
 )
 from pydantic import Field
 
-from bq_assets.engine.databricks_sql import BigQueryTable, TableName
+from bq_assets.engine.databricks_sql import BigQueryTable as BigQueryTable
+from bq_assets.engine.databricks_sql import TableName
 from bq_assets.errors import BqAssetsError
 
 
@@ -73,12 +74,6 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     )
 
     # -- the seam a stand-in overrides -------------------------------------------------------
-
-    @property
-    def is_local(self) -> bool:
-        """Kept until the Databricks stage asks no more (the Spark stand-in runs the production
-        statements, so it is not "local" in the sense the stage used this for)."""
-        return False
 
     @property
     def endpoint(self) -> str:
@@ -149,12 +144,6 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     def execute(self, statement: str) -> list[list[str | None]]:
         """Run one statement and return its rows (values as strings)."""
         return self.run(statement).rows
-
-    def publish(self, statements: list[str], source: BigQueryTable, name: TableName) -> None:
-        """Make ``source`` queryable as ``name`` by running ``statements`` (the generated
-        Databricks DDL) in order. Idempotent."""
-        for statement in statements:
-            self.execute(statement)
 
     def query(self, sql_for_name: str, name: TableName) -> list[tuple]:
         """Run a query; ``{table}`` in it stands for ``name``. Read-only."""

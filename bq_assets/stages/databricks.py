@@ -17,8 +17,8 @@ Nothing changed in the spec is silently ignored: the connection's options (the s
 included) are re-applied by ``ALTER CONNECTION`` on every run, the view is ``CREATE OR
 REPLACE``d, and a foreign catalog that exists with another connection or other options fails
 the step with a diff (``DriftError``). No credential appears in any statement: only
-``secret(scope, name)`` references. Locally the Databricks resource's DuckDB stand-in copies
-the table through the BigQuery Storage Read API instead (see ``bq_assets.resources.databricks``).
+``secret(scope, name)`` references. Locally the same statements run on Apache Spark
+(``bq_assets.local.spark_warehouse``): the stage has no local branch.
 """
 
 from collections.abc import Callable
@@ -35,7 +35,9 @@ from bq_assets.engine.databricks_sql import (
     ForeignCatalogExpectation,
     TableName,
     catalog_drift,
+    describe_statement,
     foreign_catalog_expectation,
+    object_drift,
     publish_statements,
     table_name,
 )
@@ -50,7 +52,6 @@ from bq_assets.stages import (
     bigquery_key,
     check_result,
     databricks_key,
-    reading_input,
     reported_as_failure,
     upstream_materialization,
 )
@@ -93,7 +94,7 @@ def refuse_unrunnable_specs(specs: list[ExportSpec], databricks: object) -> None
     clusters with the connector and a key in their Spark configuration; a SQL warehouse, where
     this project runs its statements, does not offer it.
     """
-    if not isinstance(databricks, DatabricksSQLResource) or databricks.is_local:
+    if not isinstance(databricks, DatabricksSQLResource):
         return
     refused = [
         f"{spec.spec_file}: databricks.mode: external (the legacy `USING bigquery` connector) "
@@ -149,14 +150,9 @@ def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
                 databricks.bigquery_key_secret_scope,
                 databricks.bigquery_key_secret_name,
             )
-            if databricks.is_local:
-                with reading_input(upstream, "The table", table_id):
-                    databricks.publish(statements, source, name)
-                notes = ["local stand-in: the statements are recorded, not run"]
-            else:
-                notes = run_publication(
-                    databricks, statements, foreign_catalog_expectation(spec, source)
-                )
+            notes = run_publication(
+                databricks, statements, foreign_catalog_expectation(spec, source)
+            )
             rows = databricks.row_count(name)
             context.log.info(f"{name}: {rows} rows visible in Databricks")
             return dg.MaterializeResult(
@@ -181,6 +177,7 @@ T = TypeVar("T")
 DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
+DATABRICKS_MATCHES_SPEC = "matches_spec"
 
 
 def _bigquery_count(client: bq.Client, table_id: str, where: str | None) -> int:
@@ -365,4 +362,28 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    return [rows_match, columns_match, key_checksum_matches]
+    @dg.asset_check(
+        asset=key,
+        name=DATABRICKS_MATCHES_SPEC,
+        description="The Databricks object is what the spec declares: the BigQuery table's "
+        "columns, in order, with the types Lakehouse Federation gives them, and the spec's "
+        "description as its comment (read back with DESCRIBE TABLE … AS JSON).",
+    )
+    def matches_spec(
+        context: dg.AssetCheckExecutionContext,
+        databricks: DatabricksSQLResource,
+        bigquery: ExportBigQueryResource,
+    ) -> dg.AssetCheckResult:
+        table_id = bigquery_table_id(context)
+        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
+            with bigquery.get_client() as client:
+                columns = [(f.name, f.field_type) for f in client.get_table(table_id).schema]
+            ((described,),) = databricks.execute(describe_statement(name))
+        differences = object_drift(str(described), columns, spec.description)
+        return check_result(
+            not differences,
+            f"{name} differs from the spec: " + "; ".join(differences),
+            {"differences": dg.MetadataValue.json(differences), "described": str(described)},
+        )
+
+    return [rows_match, columns_match, key_checksum_matches, matches_spec]
