@@ -100,7 +100,8 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
     folder = tmp_path_factory.mktemp("catch")
     (folder / f"{EXPORT}.sql").write_text(f'SELECT "order", email, amount FROM {SOURCE_TABLE}')
     (folder / f"{EXPORT}.yaml").write_text(
-        "description: Orders the checks are seen failing on.\n"
+        # An apostrophe: the view's COMMENT literal must round-trip through Spark exactly.
+        'description: "The checks\' orders: each check is seen failing on them."\n'
         "primary_key: [order]\nrequired: [email]\ncadence: daily\n"
     )
     resources["source"]._database_path()  # the sample source exists before we add a table
@@ -388,7 +389,8 @@ def test_matches_spec_fails_naming_a_dropped_comment_or_a_changed_column_type(
     check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
     assert not check.passed
     assert check.metadata["differences"].value == [
-        "comment: spec says 'Orders the checks are seen failing on.', Databricks has None"
+        'comment: spec says "The checks\' orders: each check is seen failing on them.", '
+        "Databricks has None"
     ]
     exported.databricks_shows(
         "SELECT `order`, email, CAST(amount AS STRING) AS amount FROM {source}"

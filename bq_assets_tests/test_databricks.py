@@ -113,6 +113,22 @@ def test_federation_creates_connection_foreign_catalog_and_view(tmp_path: Path) 
     ]
 
 
+def test_the_view_carries_the_spec_description_as_its_comment(tmp_path: Path) -> None:
+    """``CREATE VIEW … COMMENT view_comment AS query`` ("CREATE VIEW",
+    https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-ddl-create-view); the
+    text runs on Spark in test_checks_catch.py, where ``matches_spec`` reads it back."""
+    (tmp_path / "c.sql").write_text("SELECT amperity_id FROM customer_360")
+    (tmp_path / "c.yaml").write_text(
+        'description: "Amperity\'s profiles"\nprimary_key: [amperity_id]\ncadence: daily\n'
+    )
+    view = publish_statements(load_spec(tmp_path / "c.yaml"), SOURCE, "s", "k")[-1]
+    assert view == (
+        "CREATE OR REPLACE VIEW `main`.`amperity`.`c` COMMENT 'Amperity\\'s profiles' AS "
+        "SELECT * FROM `bigquery`.`amperity_exports`.`customer_360`"
+    )
+    assert [text for kind, text in tokens(view) if kind == "STRING"] == ["Amperity's profiles"]
+
+
 def test_a_spec_passes_further_documented_options_through(tmp_path: Path) -> None:
     spec = spec_with(
         tmp_path,

@@ -118,8 +118,11 @@ class SparkDatabricksResource(DatabricksSQLResource):
             return key, _SESSIONS[key]
 
     def _register_catalogs(self, key: tuple[int, str], session: Any, statement: str) -> None:
-        """Make every catalog the statement names a ``LocalUnityCatalog`` of this session."""
-        for catalog in catalogs_named(statement) - _REGISTERED[key]:
+        """Make every catalog the statement names, and every catalog the stand-in holds (a view
+        reads the catalogs its query names), a ``LocalUnityCatalog`` of this session."""
+        warehouse = Path(self.warehouse_dir)
+        held = {p.name for p in warehouse.iterdir() if p.is_dir()} if warehouse.is_dir() else set()
+        for catalog in (catalogs_named(statement) | held) - _REGISTERED[key]:
             session.conf.set(f"spark.sql.catalog.{catalog}", CATALOG_CLASS)
             session.conf.set(f"spark.sql.catalog.{catalog}.warehouse", self.warehouse_dir)
             _REGISTERED[key].add(catalog)
