@@ -21,12 +21,16 @@ from bq_assets.engine.bigquery_partitions import (
     partition_row_counts,
     run_partition_load,
 )
-from bq_assets.engine.manifest import read_manifest
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
-from bq_assets.stages.handoff import HandOff, Upstream, reading_input, upstream_materialization
+from bq_assets.stages.handoff import (
+    HandOff,
+    Upstream,
+    handed_manifest,
+    upstream_materialization,
+)
 from bq_assets.stages.partitions import checked_partitions, run_window, same_window
 from bq_assets.stages.results import Check, check_result, column_schema
 from bq_assets.translator import bigquery_key, gcs_key, query_key
@@ -57,10 +61,8 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         window = run_window(context, spec)
         if window is not None:
             same_window(upstream, window)
-        manifest_uri = upstream.manifest_uri
         storage_client = gcs.get_client()
-        with reading_input(upstream, "The manifest", manifest_uri):
-            manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
+        manifest = handed_manifest(storage_client, upstream, gcs.retry())
         bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
         location = bucket_location(storage_client, bucket, gcs.retry())
         check_bucket_location(bucket, location, spec)
@@ -84,7 +86,7 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         handoff = HandOff(
             row_count=result.rows,
             table_name=result.table_id,
-            source_manifest=manifest_uri,
+            source_manifest=upstream.manifest_uri,
             rows_before_load=rows_before_load,
             rows_by_partition=rows_by_partition,
             input_run_id=upstream.run_id,
@@ -202,9 +204,9 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
     ) -> dg.AssetCheckResult:
         materialization = upstream_materialization(context, key)
         table_id = materialization.table_name
-        manifest_uri = materialization.source_manifest
-        with reading_input(materialization, "The manifest it loaded", manifest_uri):
-            manifest = read_manifest(gcs.get_client(), manifest_uri, gcs.retry())
+        manifest = handed_manifest(
+            gcs.get_client(), materialization, gcs.retry(), materialization.source_manifest
+        )
         with bigquery.get_client() as client:
             actual = client.get_table(table_id).schema
         diff = schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))

@@ -29,12 +29,16 @@ from bq_assets.engine.deliveries import (
     manifest_prefix,
     write_manifest,
 )
-from bq_assets.engine.manifest import MANIFEST, objects_differing, read_manifest
+from bq_assets.engine.manifest import MANIFEST, objects_differing
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.pgp import PgpKeyResource
 from bq_assets.schema import schema_to_json
-from bq_assets.stages.handoff import HandOff, reading_input, upstream_materialization
+from bq_assets.stages.handoff import (
+    HandOff,
+    handed_manifest,
+    upstream_materialization,
+)
 from bq_assets.stages.results import Check, check_result, column_schema
 from bq_assets.translator import gcs_key
 
@@ -189,10 +193,8 @@ def delivery_checks(spec: ExportSpec) -> list[Check]:
         context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
     ) -> dg.AssetCheckResult:
         upstream = upstream_materialization(context, key)
-        manifest_uri = upstream.manifest_uri
         client = gcs.get_client()
-        with reading_input(upstream, "The manifest", manifest_uri):
-            manifest = read_manifest(client, manifest_uri, gcs.retry())
+        manifest = handed_manifest(client, upstream, gcs.retry())
         recorded = upstream.row_count
         file_rows = sum(s.rows for s in manifest.shards)
         changed = objects_differing(client, manifest, gcs.retry())

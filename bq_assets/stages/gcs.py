@@ -23,7 +23,7 @@ import dagster as dg
 
 from bq_assets.engine.export import export_snapshot
 from bq_assets.engine.layout import ObjectLayout
-from bq_assets.engine.manifest import MANIFEST, objects_differing, read_manifest
+from bq_assets.engine.manifest import MANIFEST, objects_differing
 from bq_assets.engine.retention import tidy_runs
 from bq_assets.engine.writers import object_suffix
 from bq_assets.exports.spec import ExportSpec
@@ -32,7 +32,7 @@ from bq_assets.schema import schema_from_json
 from bq_assets.stages.handoff import (
     HandOff,
     fetch_snapshot,
-    reading_input,
+    handed_manifest,
     upstream_materialization,
 )
 from bq_assets.stages.partitions import partition_label, run_window, same_window
@@ -128,10 +128,8 @@ def gcs_checks(spec: ExportSpec) -> list[Check]:
         context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
     ) -> dg.AssetCheckResult:
         upstream = upstream_materialization(context, key)
-        manifest_uri = upstream.manifest_uri
         client = gcs.get_client()
-        with reading_input(upstream, "The manifest", manifest_uri):
-            manifest = read_manifest(client, manifest_uri, gcs.retry())
+        manifest = handed_manifest(client, upstream, gcs.retry())
         problems = objects_differing(client, manifest, gcs.retry())
         return check_result(
             not problems,

@@ -20,6 +20,7 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import storage
 
+from bq_assets.engine.manifest import Manifest, read_manifest
 from bq_assets.engine.snapshot import download_snapshot
 from bq_assets.errors import BqAssetsError
 from bq_assets.partitioning import Window
@@ -166,6 +167,16 @@ def fetch_snapshot(
         raise InputMissingError(upstream, "The snapshot", "(kept on the disk of that run)")
     with reading_input(upstream, "The snapshot", uri):
         return download_snapshot(client, uri, directory / "snapshot.parquet", retry)
+
+
+def handed_manifest(
+    client: storage.Client, upstream: Upstream, retry: Retry, uri: str | None = None
+) -> Manifest:
+    """The manifest ``upstream`` handed on (its ``manifest_uri``, or ``uri``: the one a load
+    read); an ``InputMissingError`` naming the asset to re-materialize when it is gone."""
+    uri = uri or upstream.manifest_uri
+    with reading_input(upstream, "The manifest", uri):
+        return read_manifest(client, uri, retry)
 
 
 def _materialization_in_run(
