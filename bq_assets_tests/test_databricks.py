@@ -42,12 +42,18 @@ from databricks.sdk.service.sql import (
     StatementStatus,
 )
 
-from bq_assets.engine.databricks_sql import foreign_catalog_expectation
+from bq_assets.engine.databricks_sql import (
+    DriftError,
+    foreign_catalog_expectation,
+    publish_statements,
+    table_name,
+)
 from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
 from bq_assets.exports.fields import ExportSpecError
 from bq_assets.exports.spec import load_spec
-from bq_assets.factory import build_definitions
+from bq_assets.factory import build_definitions, hop_asset
 from bq_assets.local.federation import federation_schema
+from bq_assets.local.resources import LocalBigQueryResource
 from bq_assets.local.spark_warehouse import SparkDatabricksResource
 from bq_assets.resources import databricks as production_databricks
 from bq_assets.resources.databricks import (
@@ -56,15 +62,9 @@ from bq_assets.resources.databricks import (
     StatementError,
     TableName,
 )
-from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.settings import databricks_client
-from bq_assets.stages.databricks import (
-    DriftError,
-    build_databricks_asset,
-    publish_statements,
-    refuse_unrunnable_specs,
-    run_publication,
-)
+from bq_assets.stages.databricks import refuse_unrunnable_specs
+from bq_assets.translator import ExportTranslator
 
 SOURCE = BigQueryTable("acme-prod", "amperity_exports", "customer_360")
 
@@ -197,7 +197,7 @@ def test_external_mode_is_refused_when_the_code_location_loads(tmp_path: Path) -
     stand_in = SparkDatabricksResource(
         local_stack_dir=str(tmp_path),
         warehouse_dir=str(tmp_path),
-        bigquery=ExportBigQueryResource(),
+        bigquery=LocalBigQueryResource(local_stack_dir=str(tmp_path)),
     )
     with pytest.raises(ExportSpecError, match=r"databricks\.mode: external"):
         refuse_unrunnable_specs([spec], stand_in)
@@ -205,7 +205,7 @@ def test_external_mode_is_refused_when_the_code_location_loads(tmp_path: Path) -
 
 def test_the_stand_in_is_a_local_subclass_and_production_holds_none_of_it() -> None:
     """Stages and checks type-hint the production resource; the stand-in is one of it, and
-    overrides only how a statement runs. The production module imports neither the local stack
+    overrides only what runs a statement and how it is named. The production module imports neither the local stack
     nor Spark."""
     tree = ast.parse(Path(production_databricks.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -217,7 +217,8 @@ def test_the_stand_in_is_a_local_subclass_and_production_holds_none_of_it() -> N
         for name in vars(SparkDatabricksResource)
         if not name.startswith(("_", "model_")) and name in vars(DatabricksSQLResource)
     }
-    assert overridden == {"endpoint", "run", "foreign_catalog"}
+    assert overridden == {"engine", "endpoint", "run", "foreign_catalog"}
+    assert DatabricksSQLResource().runnable_modes == ("federation",)
 
 
 def test_the_stand_in_maps_bignumeric_as_federation_does_or_refuses_it() -> None:
@@ -551,10 +552,8 @@ def publish(
 ):
     spec = spec_with(tmp_path, databricks_yaml)
     statements = publish_statements(spec, SOURCE, *secret)
-    return run_publication(
-        resource_with(api, catalogs=catalogs),
-        statements,
-        foreign_catalog_expectation(spec, SOURCE),
+    return resource_with(api, catalogs=catalogs).publish(
+        statements, foreign_catalog_expectation(spec, SOURCE), SOURCE, table_name(spec)
     )
 
 
@@ -753,7 +752,7 @@ def test_drift_fails_the_databricks_step_once_with_the_diff(tmp_path: Path) -> N
             )
         )
         result = dg.materialize(
-            [build_databricks_asset(spec)],
+            [hop_asset(spec, "databricks", ExportTranslator())],
             instance=instance,
             resources={
                 "databricks": dg.ResourceDefinition.hardcoded_resource(

@@ -25,8 +25,8 @@ from bq_assets.local import spark_warehouse as local_databricks
 from bq_assets.local import stack
 from bq_assets.local.resources import LocalBigQueryResource
 from bq_assets.local.spark_warehouse import SparkDatabricksResource
-from bq_assets.resources.databricks import StatementError, TableName
-from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
+from bq_assets.local.storage_read import StorageReadError, TableReader, create_session
+from bq_assets.resources.databricks import TableName
 
 pytestmark = pytest.mark.stack
 
@@ -143,7 +143,7 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
     name = TableName("kept", DATASET, wide_table)
     databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "kept", {})
     started = time.monotonic()
-    with _paused(local_stack.bigquery_pid), pytest.raises(StatementError) as error:
+    with _paused(local_stack.bigquery_pid), pytest.raises(StorageReadError) as error:
         databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "kept", {})
     assert time.monotonic() - started < STALL_S + 5
     assert f"BigQuery Storage Read API at {bigquery.read_endpoint}" in str(error.value)
@@ -166,7 +166,7 @@ def test_a_read_stalling_after_the_session_opened_keeps_the_previous_table_and_n
 
     monkeypatch.setattr(local_databricks, "TableReader", FreezesOnceTheStreamsOpen)
     try:
-        with pytest.raises(StatementError) as error:
+        with pytest.raises(StorageReadError) as error:
             databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "midway", {})
     finally:
         os.kill(local_stack.bigquery_pid, signal.SIGCONT)

@@ -1,13 +1,18 @@
-"""The Databricks SQL that exposes a BigQuery table, generated from the export spec, and how
-to read back what Databricks says an existing object looks like (for drift). Pure: no I/O."""
+"""The Databricks SQL that exposes a BigQuery table, generated from the export spec; how to
+read back what Databricks says an existing object looks like (for drift); and running the
+statements with a drift check after each that needs one. No Dagster; the warehouse is a
+callable (``Execute``) the Databricks resource passes in."""
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
+
+#: Runs one statement on a SQL warehouse and returns its rows (as strings).
+Execute = Callable[[str], list[list[str | None]]]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -258,3 +263,36 @@ def object_drift(
     if comment != description:
         lines.append(f"comment: spec says {description!r}, Databricks has {comment or None!r}")
     return lines
+
+
+#: What the catalogs API says of a catalog: ``(connection_name, options)``, or None if there is
+#: no such catalog.
+ReadCatalog = Callable[[str], tuple[str | None, Mapping[str, str] | None] | None]
+
+
+def publish_checking_catalog(
+    execute: Execute,
+    statements: list[str],
+    expected_catalog: ForeignCatalogExpectation | None,
+    read_catalog: ReadCatalog,
+) -> list[str]:
+    """Run ``statements`` in order; right after the foreign catalog's statement, read the catalog
+    back (``read_catalog``: the catalogs API, structured data) and raise ``DriftError``, naming
+    each difference, before anything after it runs. Returns notes for metadata. Idempotent, as
+    the statements are."""
+    notes = []
+    for statement in statements:
+        execute(statement)
+        if expected_catalog is None or statement != expected_catalog.after:
+            continue
+        found = read_catalog(expected_catalog.catalog)
+        connection, options = found if found is not None else (None, None)
+        diff = catalog_drift(expected_catalog, connection, options)
+        if diff:
+            raise DriftError(
+                f"{expected_catalog.what} exists with other settings than the spec's:\n  "
+                + "\n  ".join(diff)
+                + f"\n{expected_catalog.remedy}"
+            )
+        notes.append(f"{expected_catalog.what}: matches the spec")
+    return notes

@@ -40,7 +40,9 @@ from sqlglot.tokens import TokenType
 
 from bq_assets.errors import BqAssetsError
 from bq_assets.local.federation import federation_batch, federation_schema
+from bq_assets.local.resources import LocalBigQueryResource
 from bq_assets.local.stack import read_state
+from bq_assets.local.storage_read import TableReader, create_session
 from bq_assets.local.unity_catalog import UnityCatalogRecord, is_unity_catalog_only
 from bq_assets.resources.databricks import (
     DatabricksSQLResource,
@@ -48,8 +50,6 @@ from bq_assets.resources.databricks import (
     StatementResult,
     TableName,
 )
-from bq_assets.resources.google import ExportBigQueryResource
-from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 CATALOG_CLASS = "bqassets.standin.LocalUnityCatalog"
 #: How the copy of a BigQuery table is written: one row group per Storage Read message.
@@ -66,9 +66,13 @@ class SparkDatabricksResource(DatabricksSQLResource):
     warehouse_dir: str = Field(
         description="Where the stand-in's Unity Catalog catalogs, views and BigQuery copies live."
     )
-    bigquery: ExportBigQueryResource = Field(
+    bigquery: LocalBigQueryResource = Field(
         description="Where the stand-in reads BigQuery tables from (Storage Read API)."
     )
+
+    @property
+    def engine(self) -> str:
+        return "local Apache Spark stand-in"
 
     @property
     def endpoint(self) -> str:
@@ -179,29 +183,29 @@ class SparkDatabricksResource(DatabricksSQLResource):
             shutil.rmtree(partial, ignore_errors=True)
 
     def _read_into(self, path: Path, project: str, table_path: str, options: dict) -> int:
+        """Every row of ``table_path`` into the Parquet file ``path`` with federation's types,
+        one row group per Storage Read message, as they arrive; a stalled or overdue read fails
+        naming the endpoint (``StorageReadError``: a retry may get through)."""
         bq = self.bigquery
         client = bq.read_client()
-        try:
-            session = create_session(
-                client,
-                bq.read_endpoint,
-                project,
-                table_path,
-                bq.read_max_streams,
-                bq.read_stall_timeout_s,
-            )
-            with TableReader(
-                client, session, bq.read_endpoint, bq.read_stall_timeout_s, bq.read_timeout_s
-            ) as reader:
-                schema = federation_schema(reader.schema, options, table_path)
-                rows = 0
-                with pq.ParquetWriter(path, schema, **MIRROR_PARQUET) as out:
-                    for batch in reader.batches():
-                        out.write_batch(federation_batch(batch, schema))
-                        rows += batch.num_rows
-                return rows
-        except StorageReadError as exc:
-            raise StatementError(str(exc), retryable=True) from None
+        session = create_session(
+            client,
+            bq.read_endpoint,
+            project,
+            table_path,
+            bq.read_max_streams,
+            bq.read_stall_timeout_s,
+        )
+        with TableReader(
+            client, session, bq.read_endpoint, bq.read_stall_timeout_s, bq.read_timeout_s
+        ) as reader:
+            schema = federation_schema(reader.schema, options, table_path)
+            rows = 0
+            with pq.ParquetWriter(path, schema, **MIRROR_PARQUET) as out:
+                for batch in reader.batches():
+                    out.write_batch(federation_batch(batch, schema))
+                    rows += batch.num_rows
+            return rows
 
 
 def close_sessions() -> None:

@@ -8,9 +8,9 @@ finish, every failure state mapped to ``StatementError``; Unity Catalog objects 
 parsed from ``DESCRIBE`` text.
 
 No Databricks emulator exists: locally ``settings.py`` wires in a subclass that runs the same
-statements on Apache Spark (``bq_assets.local``), overriding only the seam marked below
-(``endpoint``, ``run``, ``foreign_catalog``). Stages and checks type-hint this class and work with
-either.
+statements on Apache Spark (``bq_assets.local.spark_warehouse``), overriding only the seam marked
+below (``engine``, ``endpoint``, ``run``, ``foreign_catalog``). Stages and checks type-hint this
+class, work with either, and never ask which one they have.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import dagster as dg
 from dagster_databricks import DatabricksClientResource
@@ -32,7 +33,11 @@ from databricks.sdk.service.sql import (
 from pydantic import Field
 
 from bq_assets.engine.databricks_sql import BigQueryTable as BigQueryTable
-from bq_assets.engine.databricks_sql import TableName
+from bq_assets.engine.databricks_sql import (
+    ForeignCatalogExpectation,
+    TableName,
+    publish_checking_catalog,
+)
 from bq_assets.errors import BqAssetsError
 
 
@@ -59,6 +64,9 @@ class StatementResult:
 class DatabricksSQLResource(dg.ConfigurableResource):
     """Where the Databricks hop runs: the SQL warehouse ``warehouse_id`` of ``workspace``."""
 
+    #: How failures name this service (``bq_assets.failures``).
+    service_name: ClassVar[str] = "Databricks"
+
     workspace: DatabricksClientResource | None = Field(
         default=None, description="Databricks workspace client."
     )
@@ -74,6 +82,18 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     )
 
     # -- the seam a stand-in overrides -------------------------------------------------------
+
+    @property
+    def engine(self) -> str:
+        """What runs the statements, as the materialization's metadata shows it."""
+        return "SQL warehouse"
+
+    @property
+    def runnable_modes(self) -> tuple[str, ...]:
+        """The spec's ``databricks.mode`` values this engine can publish. A SQL warehouse runs
+        Lakehouse Federation only: Databricks documents the ``USING bigquery`` connector
+        (``external``) as legacy and unsupported, for clusters with the connector."""
+        return ("federation",)
 
     @property
     def endpoint(self) -> str:
@@ -144,6 +164,24 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     def execute(self, statement: str) -> list[list[str | None]]:
         """Run one statement and return its rows (values as strings)."""
         return self.run(statement).rows
+
+    def publish(
+        self,
+        statements: list[str],
+        expected_catalog: ForeignCatalogExpectation | None,
+        source: BigQueryTable,
+        name: TableName,
+    ) -> list[str]:
+        """Make ``source`` queryable as ``name`` by running ``statements`` (the generated
+        Databricks DDL) in order; right after the foreign catalog's statement, read the catalog
+        back through the catalogs API (``DriftError`` on drift, before anything after it runs).
+        Returns what was verified. Idempotent."""
+
+        def read_catalog(catalog: str) -> tuple[str | None, dict[str, str] | None] | None:
+            info = self.foreign_catalog(catalog)
+            return (info.connection_name, info.options) if info is not None else None
+
+        return publish_checking_catalog(self.execute, statements, expected_catalog, read_catalog)
 
     def query(self, sql_for_name: str, name: TableName) -> list[tuple]:
         """Run a query; ``{table}`` in it stands for ``name``. Read-only."""

@@ -17,8 +17,9 @@ Nothing changed in the spec is silently ignored: the connection's options (the s
 included) are re-applied by ``ALTER CONNECTION`` on every run, the view is ``CREATE OR
 REPLACE``d, and a foreign catalog that exists with another connection or other options fails
 the step with a diff (``DriftError``). No credential appears in any statement: only
-``secret(scope, name)`` references. Locally the same statements run on Apache Spark
-(``bq_assets.local.spark_warehouse``): the stage has no local branch.
+``secret(scope, name)`` references. What runs the statements is the Databricks resource's
+business (a SQL warehouse, or locally the same statements on Apache Spark:
+``bq_assets.local.spark_warehouse``); this module never asks which.
 """
 
 from collections.abc import Callable
@@ -31,10 +32,7 @@ from bq_assets.engine.bigquery_jobs import count_rows
 from bq_assets.engine.bigquery_partitions import partition_column_type
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
-    DriftError,
-    ForeignCatalogExpectation,
     TableName,
-    catalog_drift,
     describe_statement,
     foreign_catalog_expectation,
     object_drift,
@@ -47,53 +45,18 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import window_predicate
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import ExportBigQueryResource
-from bq_assets.stages import (
-    NETWORK_RETRY,
-    bigquery_key,
-    check_result,
-    databricks_key,
-    reported_as_failure,
-    upstream_materialization,
-)
+from bq_assets.stages.handoff import HandOff, reading_input, upstream_materialization
 from bq_assets.stages.partitions import checked_partitions
-
-
-def run_publication(
-    databricks: DatabricksSQLResource,
-    statements: list[str],
-    expected_catalog: ForeignCatalogExpectation | None,
-) -> list[str]:
-    """Run ``statements`` on the warehouse; right after the foreign catalog's statement, read the
-    catalog back through the catalogs API and fail on drift before anything downstream is
-    touched. Returns notes for metadata."""
-    notes = []
-    for statement in statements:
-        databricks.execute(statement)
-        if expected_catalog is None or statement != expected_catalog.after:
-            continue
-        info = databricks.foreign_catalog(expected_catalog.catalog)
-        diff = catalog_drift(
-            expected_catalog,
-            info.connection_name if info else None,
-            info.options if info else None,
-        )
-        if diff:
-            raise DriftError(
-                f"{expected_catalog.what} exists with other settings than the spec's:\n  "
-                + "\n  ".join(diff)
-                + f"\n{expected_catalog.remedy}"
-            )
-        notes.append(f"{expected_catalog.what}: matches the spec")
-    return notes
+from bq_assets.stages.results import Check, check_result
+from bq_assets.translator import bigquery_key, databricks_key
 
 
 def refuse_unrunnable_specs(specs: list[ExportSpec], databricks: object) -> None:
-    """At load: refuse ``mode: external`` when statements run on a SQL warehouse.
-
-    Databricks documents the ``USING bigquery`` connector as legacy and unsupported, set up on
-    clusters with the connector and a key in their Spark configuration; a SQL warehouse, where
-    this project runs its statements, does not offer it.
-    """
+    """At load: refuse a spec whose ``databricks.mode`` the configured engine cannot publish
+    (``mode: external`` on a SQL warehouse: Databricks documents the ``USING bigquery``
+    connector as legacy and unsupported, set up on clusters with the connector and a key in
+    their Spark configuration; a SQL warehouse, where this project runs its statements, does
+    not offer it)."""
     if not isinstance(databricks, DatabricksSQLResource):
         return
     refused = [
@@ -102,73 +65,46 @@ def refuse_unrunnable_specs(specs: list[ExportSpec], databricks: object) -> None
         "and unsupported, for clusters with the connector only. Use `mode: federation` (the "
         "default: Lakehouse Federation, which runs on a Pro or Serverless SQL warehouse)."
         for spec in specs
-        if spec.databricks.mode == "external"
+        if spec.databricks.mode not in databricks.runnable_modes
     ]
     if refused:
         raise ExportSpecError("\n".join(refused))
 
 
-def _description(spec: ExportSpec, name: TableName) -> str:
-    if spec.databricks.mode == "federation":
-        return (
-            f"{name} in Databricks: a view over the Lakehouse Federation foreign catalog "
-            f"{spec.databricks.foreign_catalog} (connection {spec.databricks.connection}, key from "
-            "a Databricks secret); needs Unity Catalog and a Pro or Serverless SQL warehouse."
-        )
-    return (
-        f"{name} in Databricks: a legacy `USING bigquery` table. Databricks calls this connector "
-        "legacy, experimental and unsupported; it needs a cluster with the Spark BigQuery "
-        "connector (not a SQL warehouse) and the base64 key in a Databricks secret. Prefer "
-        "mode: federation."
-    )
-
-
-def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
+def databricks_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]:
+    """The body of ``databricks/<export>``: the BigQuery table made queryable in Databricks."""
     name = table_name(spec)
 
-    @dg.asset(
-        key=databricks_key(spec.name),
-        deps=[bigquery_key(spec.name)],
-        group_name=spec.name,
-        kinds={"databricks"},
-        owners=spec.owners,
-        pool="databricks",
-        description=_description(spec, name),
-        retry_policy=NETWORK_RETRY,
-    )
     def _databricks(
         context: dg.AssetExecutionContext,
         databricks: DatabricksSQLResource,
     ) -> dg.MaterializeResult:
-        with reported_as_failure(Databricks=databricks):
-            upstream = upstream_materialization(context, bigquery_key(spec.name))
-            table_id = str(upstream["dagster/table_name"])
-            source = BigQueryTable(*table_id.split("."))
-            statements = publish_statements(
-                spec,
-                source,
-                databricks.bigquery_key_secret_scope,
-                databricks.bigquery_key_secret_name,
+        upstream = upstream_materialization(context, bigquery_key(spec.name))
+        table_id = upstream.table_name
+        source = BigQueryTable(*table_id.split("."))
+        statements = publish_statements(
+            spec,
+            source,
+            databricks.bigquery_key_secret_scope,
+            databricks.bigquery_key_secret_name,
+        )
+        with reading_input(upstream, "The table", table_id):
+            notes = databricks.publish(
+                statements, foreign_catalog_expectation(spec, source), source, name
             )
-            notes = run_publication(
-                databricks, statements, foreign_catalog_expectation(spec, source)
-            )
-            rows = databricks.row_count(name)
-            context.log.info(f"{name}: {rows} rows visible in Databricks")
-            return dg.MaterializeResult(
-                metadata={
-                    "dagster/table_name": str(name),
-                    "dagster/row_count": rows,
-                    "mode": spec.databricks.mode,
-                    "engine": databricks.endpoint,
-                    "source_table": table_id,
-                    "drift": dg.MetadataValue.json(notes),
-                    "input_run_id": upstream.run_id,
-                    "statements": dg.MetadataValue.md(
-                        "```sql\n" + ";\n".join(statements) + ";\n```"
-                    ),
-                }
-            )
+        rows = databricks.row_count(name)
+        context.log.info(f"{name}: {rows} rows visible in Databricks")
+        return dg.MaterializeResult(
+            metadata={
+                **HandOff(row_count=rows, input_run_id=upstream.run_id).metadata(),
+                "dagster/table_name": str(name),
+                "mode": spec.databricks.mode,
+                "engine": databricks.engine,
+                "source_table": table_id,
+                "drift": dg.MetadataValue.json(notes),
+                "statements": dg.MetadataValue.md("```sql\n" + ";\n".join(statements) + ";\n```"),
+            }
+        )
 
     return _databricks
 
@@ -193,13 +129,13 @@ def _databricks_count(databricks: DatabricksSQLResource, name: TableName, where:
     return int(databricks.query(f"SELECT count(*) FROM {{table}} WHERE {where}", name)[0][0])
 
 
-def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def databricks_checks(spec: ExportSpec) -> list[Check]:
     """The Databricks hop's checks (not blocking: nothing is downstream of Databricks)."""
     key = databricks_key(spec.name)
     name = table_name(spec)
 
     def bigquery_table_id(context: dg.AssetCheckExecutionContext) -> str:
-        return str(upstream_materialization(context, bigquery_key(spec.name))["dagster/table_name"])
+        return upstream_materialization(context, bigquery_key(spec.name)).table_name
 
     def partition_filters(
         context: dg.AssetCheckExecutionContext,
@@ -209,7 +145,7 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
     ) -> dict[str, dict[str, str | None]]:
         """What a check compares: the whole table (key ``table``), or each partition of the
         run's window (key: the partition), as a WHERE clause for BigQuery and for Databricks
-        (``databricks_dialect``: ``databricks``, or ``duckdb`` for the local stand-in)."""
+        (``databricks_dialect``: the Databricks resource's, ``databricks``)."""
         partitions = checked_partitions(context, spec)
         if partitions is None or spec.partitioning is None:
             return {"table": {"bigquery": None, databricks_dialect: None}}
@@ -233,25 +169,17 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         """``(BigQuery's, Databricks')`` value of each scope the check compares (the whole
         table, or each partition of the run), each engine given its own WHERE clause."""
         table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                filters = partition_filters(context, client, table_id, databricks.dialect)
-                expected = {
-                    scope: bigquery_value(client, table_id, where["bigquery"])
-                    for scope, where in filters.items()
-                }
-            actual = {
-                scope: databricks_value(where[databricks.dialect])
+        with bigquery.get_client() as client:
+            filters = partition_filters(context, client, table_id, databricks.dialect)
+            expected = {
+                scope: bigquery_value(client, table_id, where["bigquery"])
                 for scope, where in filters.items()
             }
+        actual = {
+            scope: databricks_value(where[databricks.dialect]) for scope, where in filters.items()
+        }
         return expected, actual
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_ROWS_MATCH_BIGQUERY,
-        description="Rows visible in Databricks equal the BigQuery table's rows (of each "
-        "partition the run loaded, for a partitioned export).",
-    )
     def rows_match(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
@@ -284,39 +212,28 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_COLUMNS_MATCH_BIGQUERY,
-        description="Databricks shows the same columns, in order, as the BigQuery table.",
-    )
     def columns_match(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
         table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                expected = [f.name for f in client.get_table(table_id).schema]
-            actual = databricks.column_names(name)
+        with bigquery.get_client() as client:
+            expected = [f.name for f in client.get_table(table_id).schema]
+        actual = databricks.column_names(name)
         return check_result(
             same_column_names(actual, expected),
             f"Databricks shows the columns {actual}, BigQuery has {expected}",
             {"databricks_columns": actual, "bigquery_columns": expected},
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY,
-        description="Row count and a checksum of the primary key are equal in Databricks and "
-        "BigQuery (both engines compute it; per partition the run loaded, for a partitioned "
-        "export).",
-    )
     def key_checksum_matches(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
+        # The key columns' BigQuery types: each has a canonical string both engines compute
+        # alike (engine/key_checksum.py); a type without one fails the check, naming it.
         key_columns: list[tuple[str, str]] = []
 
         def bigquery_checksum(client: bq.Client, table_id: str, where: str | None) -> tuple:
@@ -362,23 +279,15 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_MATCHES_SPEC,
-        description="The Databricks object is what the spec declares: the BigQuery table's "
-        "columns, in order, with the types Lakehouse Federation gives them, and the spec's "
-        "description as its comment (read back with DESCRIBE TABLE … AS JSON).",
-    )
     def matches_spec(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
         table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                columns = [(f.name, f.field_type) for f in client.get_table(table_id).schema]
-            ((described,),) = databricks.execute(describe_statement(name))
+        with bigquery.get_client() as client:
+            columns = [(f.name, f.field_type) for f in client.get_table(table_id).schema]
+        ((described,),) = databricks.execute(describe_statement(name))
         differences = object_drift(str(described), columns, spec.description)
         return check_result(
             not differences,
@@ -386,4 +295,42 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             {"differences": dg.MetadataValue.json(differences), "described": str(described)},
         )
 
-    return [rows_match, columns_match, key_checksum_matches, matches_spec]
+    return [
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_ROWS_MATCH_BIGQUERY,
+                asset=key,
+                description="Rows visible in Databricks equal the BigQuery table's rows (of each "
+                "partition the run loaded, for a partitioned export).",
+            ),
+            rows_match,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_COLUMNS_MATCH_BIGQUERY,
+                asset=key,
+                description="Databricks shows the same columns, in order, as the BigQuery table.",
+            ),
+            columns_match,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY,
+                asset=key,
+                description="Row count and a checksum of the primary key are equal in Databricks and "
+                "BigQuery (both engines compute it; per partition the run loaded, for a partitioned "
+                "export).",
+            ),
+            key_checksum_matches,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_MATCHES_SPEC,
+                asset=key,
+                description="The Databricks object is what the spec declares: the BigQuery "
+                "table's columns, in order, with the types Lakehouse Federation gives them, and "
+                "the spec's description as its comment (read back with DESCRIBE TABLE … AS JSON).",
+            ),
+            matches_spec,
+        ),
+    ]
