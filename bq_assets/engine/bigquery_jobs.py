@@ -187,7 +187,7 @@ def wait_for(job: Job, table_id: str, location: str, table_existed: bool) -> Non
         ) from None
     except Exception as exc:
         if job.state != "DONE":
-            raise _still_running(job, table_id, location, exc) from None
+            raise still_running_error(job, table_id, location, exc) from None
         # A DONE job's own errors are raised as an exception too: read below, from the job.
     if job.error_result:
         kind = "load" if isinstance(job, bigquery.LoadJob) else "copy"
@@ -205,7 +205,11 @@ def wait_for(job: Job, table_id: str, location: str, table_existed: bool) -> Non
         )
 
 
-def _still_running(job: Job, table_id: str, location: str, exc: Exception) -> BqAssetsError:
+def still_running_error(
+    job: Job | bigquery.QueryJob, table_id: str, location: str, exc: BaseException
+) -> BqAssetsError:
+    """The error for a job whose status could not be read before it was DONE: retryable (the
+    step's retry reattaches, or starts an idempotent publish again), nothing published yet."""
     message = str(getattr(exc, "message", "") or exc).strip().splitlines()
     return BqAssetsError(
         f"BigQuery job {job.job_id} (location {job.location or location}) for {table_id} was "
