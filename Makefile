@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg demo dev up down status test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e bench-partitions lint clean
+.PHONY: install gnupg demo dev up down status test postgres mariadb deploy-test faults live-test e2e screenshots bench bench-e2e bench-partitions lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,9 @@ deploy-test: install postgres ## the deployment suite alone: Postgres-backed ins
 faults: install postgres ## the fault and bad-input suite alone, with its report table
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/pytest -m faults
+
+live-test: install ## the opt-in live suite against real GCP (and Databricks): set the BQ_ASSETS_LIVE_* / DATABRICKS_* variables (docs/testing.md); skipped otherwise
+	$(BIN)/pytest -m live -rs bq_assets_tests/test_live.py bq_assets_tests/test_live_bigquery.py
 
 e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedules (screenshots in .local/)
 	@if [ ! -x /usr/bin/chromium ]; then \
