@@ -234,3 +234,33 @@ def test_an_existing_dataset_is_read_not_created_again(local_stack, resources, t
         client.create_dataset(f"{local_stack.project}.amperity_exports", exists_ok=True)
         dataset = ensure_dataset(FakeWithoutDatasetsCreate(client), local_stack.project, spec)
     assert dataset.dataset_id == "amperity_exports"
+
+
+def test_a_changed_clustering_is_applied_to_the_existing_table_before_the_copy(
+    local_stack, resources, tmp_path
+) -> None:
+    """BigQuery refuses to copy into a table clustered otherwise than the source; a table's
+    clustering can be changed in place (manage-clustered-tables#modifying-cluster-spec). The
+    emulator keeps the destination's clustering on a copy. Before: the table kept the old
+    clustering here (and BigQuery refused the publish)."""
+    table = f"c_{uuid.uuid4().hex[:8]}"
+    schema = [
+        bigquery.SchemaField("amperity_id", "STRING"),
+        bigquery.SchemaField("state", "STRING"),
+    ]
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "c.sql").write_text("SELECT amperity_id, state FROM customer_360")
+
+    def spec_clustered_by(column: str):
+        (folder / "c.yaml").write_text(
+            "primary_key: [amperity_id]\ncadence: daily\n"
+            f"bigquery: {{table: {table}, clustering_fields: [{column}]}}\n"
+        )
+        return load_spec(folder / "c.yaml")
+
+    with resources["bigquery"].get_client() as client:
+        for column in ("amperity_id", "state"):
+            manifest = manifest_with(local_stack, resources, "amperity_id,state", ["a,WA"], schema)
+            result = run_load(client, local_stack.project, spec_clustered_by(column), manifest, log)
+        assert client.get_table(result.table_id).clustering_fields == ["state"]
