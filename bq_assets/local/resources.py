@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from bq_assets.local import sample_data
+from bq_assets.local.limits import emulator_cannot_store
 from bq_assets.local.stack import StackState, read_state
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.resources.source import DuckDBSourceResource
@@ -41,6 +42,9 @@ class LocalBigQueryResource(ExportBigQueryResource):
 
     def emulator(self) -> StackState:
         return read_state(Path(self.local_stack_dir))
+
+    def unstorable(self, columns: list[tuple[str, str, str]]) -> list[str]:
+        return emulator_cannot_store(columns)
 
 
 class SampleSourceResource(DuckDBSourceResource):

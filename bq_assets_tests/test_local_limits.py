@@ -1,0 +1,52 @@
+"""What the local stack cannot hold, said before it tries: the rule behind the BigQuery
+resource's seam (``unstorable``), production answering none."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from bq_assets.local.limits import emulator_cannot_store
+from bq_assets.resources import ExportBigQueryResource
+from bq_assets.schema import snapshot_column
+
+
+@pytest.fixture(scope="module")
+def tpch() -> duckdb.DuckDBPyConnection:
+    """DuckDB's own TPC-H data (the tpch extension, from the duckdb-extension-tpch wheel)."""
+    import duckdb_extensions
+
+    duckdb_extensions.import_extension("tpch")
+    con = duckdb.connect()
+    con.execute("LOAD tpch")
+    con.execute("CALL dbgen(sf=0.001)")
+    return con
+
+
+def q1_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """TPC-H Q1 as DuckDB ships it (``PRAGMA tpch(1)``), described: name, type, BigQuery type."""
+    q1 = con.execute("FROM tpch_queries() WHERE query_nr = 1").fetchone()[1]
+    described = con.execute(f"DESCRIBE {q1.rstrip().rstrip(';')}").fetchall()
+    return [(name, kind, snapshot_column(name, kind)[1]) for name, kind, *_ in described]
+
+
+def test_tpch_q1_sums_are_decimal_38_mapped_exactly_to_bignumeric(tpch) -> None:
+    columns = {name: (kind, bq) for name, kind, bq in q1_columns(tpch)}
+    assert columns["sum_base_price"] == ("DECIMAL(38,2)", "BIGNUMERIC")
+    assert columns["sum_charge"] == ("DECIMAL(38,6)", "BIGNUMERIC")
+    assert columns["count_order"] == ("BIGINT", "INT64")
+
+
+def test_the_local_stack_names_each_column_the_emulator_cannot_store_with_its_cast(tpch) -> None:
+    refusals = emulator_cannot_store(q1_columns(tpch))
+    assert len(refusals) == 4  # sum_qty, sum_base_price, sum_disc_price, sum_charge
+    (base,) = [r for r in refusals if "'sum_base_price'" in r]
+    assert "is DECIMAL(38,2), which maps exactly to BIGNUMERIC" in base
+    assert "DECIMAL width must be between 1 and 38" in base
+    assert 'CAST("sum_base_price" AS DECIMAL(31, 2))' in base
+    assert "real BigQuery keeps BIGNUMERIC" in base
+
+
+def test_production_bigquery_refuses_no_column() -> None:
+    columns = [("sum_charge", "DECIMAL(38,6)", "BIGNUMERIC")]
+    assert ExportBigQueryResource(project="p").unstorable(columns) == []
