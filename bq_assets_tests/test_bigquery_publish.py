@@ -22,12 +22,13 @@ from google.cloud import bigquery
 
 from bq_assets.engine.bigquery_load import run_load
 from bq_assets.engine.bigquery_partitions import run_partition_load
-from bq_assets.engine.bigquery_tables import ensure_dataset
+from bq_assets.engine.bigquery_tables import ensure_dataset, spec_differences
 from bq_assets.engine.manifest import Manifest, Shard
 from bq_assets.exports.spec import load_spec
 from bq_assets.partitioning import Window
 from bq_assets.schema import schema_to_json
 from bq_assets_tests.bigquery_fakes import COPY_PARTITIONS, Copy, FakePartitionDecorators
+from bq_assets_tests.bq_cli import bq_show
 
 pytestmark = pytest.mark.stack
 log = logging.getLogger("test")
@@ -264,3 +265,63 @@ def test_a_changed_clustering_is_applied_to_the_existing_table_before_the_copy(
             manifest = manifest_with(local_stack, resources, "amperity_id,state", ["a,WA"], schema)
             result = run_load(client, local_stack.project, spec_clustered_by(column), manifest, log)
         assert client.get_table(result.table_id).clustering_fields == ["state"]
+
+
+def test_the_table_matches_its_spec_and_each_dropped_property_is_named(
+    local_stack, resources, tmp_path
+) -> None:
+    """The comparison behind the ``table_matches_spec`` check, on the emulator; Google's own
+    ``bq show`` reads the same clustering and labels (DESIGN.md: it showed customer_360's labels
+    but no clustering, because the emulator's load dropped it: the table is now created as
+    declared)."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "c.sql").write_text("SELECT amperity_id, state FROM customer_360")
+    (folder / "c.yaml").write_text(
+        "description: Customers.\nprimary_key: [amperity_id]\ncadence: daily\n"
+        f"bigquery: {{table: c_{uuid.uuid4().hex[:8]}, clustering_fields: [state], "
+        "labels: {source: amperity, export: c}}\n"
+    )
+    spec = load_spec(folder / "c.yaml")
+    schema = [
+        bigquery.SchemaField("amperity_id", "STRING"),
+        bigquery.SchemaField("state", "STRING"),
+    ]
+    manifest = manifest_with(local_stack, resources, "amperity_id,state", ["a,WA"], schema)
+    with resources["bigquery"].get_client() as client:
+        result = run_load(client, local_stack.project, spec, manifest, log)
+        table = client.get_table(result.table_id)
+        assert spec_differences(table, spec, None) == []
+        shown = bq_show(local_stack.bigquery_endpoint, local_stack.project, result.table_id,
+                        tmp_path / "bq")  # fmt: skip
+        assert shown["clustering"] == {"fields": ["state"]}
+        assert shown["labels"] == {"source": "amperity", "export": "c"}
+
+        table.clustering_fields = ["amperity_id"]
+        table.labels = {"source": "amperity"}  # the emulator's PATCH replaces labels
+        client.update_table(table, ["clustering_fields", "labels"])
+        dropped = spec_differences(client.get_table(result.table_id), spec, None)
+    assert dropped == [
+        "clustering: the table has ['amperity_id'], the spec ['state']",
+        "label export: the table has '(none)', the spec 'c'",
+    ]
+
+
+def test_an_expiring_table_or_partition_is_a_difference_from_the_spec(tmp_path) -> None:
+    """The emulator keeps no expiration (it drops expirationTime), so this is read from a table
+    resource as BigQuery returns it (https://cloud.google.com/bigquery/docs/reference/rest/v2/tables:
+    expirationTime in ms, timePartitioning.expirationMs)."""
+    spec = orders_spec(tmp_path, "t")
+    partitioning = bigquery.TimePartitioning(type_="DAY", field="order_date")
+    table = bigquery.Table.from_api_repr({
+        "tableReference": {"projectId": "p", "datasetId": "d", "tableId": "t"},
+        "expirationTime": "1796600000000", "description": "Orders by day.",
+        "labels": {"team": "data"}, "clustering": {"fields": ["amperity_id"]},
+        "timePartitioning": {"type": "DAY", "field": "order_date", "expirationMs": "2592000000"},
+    })  # fmt: skip
+    found = spec_differences(table, spec, partitioning)
+    assert found[0].startswith("expiration: the table expires at 2026-")
+    assert found[1] == (
+        "partition expiration: the table's partitions expire after 30 day(s), the spec declares none"
+    )
+    assert len(found) == 2

@@ -250,3 +250,44 @@ def widen_schema(
 def table_ref(table: bigquery.Table) -> str:
     """``project.dataset.table`` of a table."""
     return f"{table.project}.{table.dataset_id}.{table.table_id}"
+
+
+def spec_differences(
+    table: bigquery.Table, spec: ExportSpec, partitioning: bigquery.TimePartitioning | None
+) -> list[str]:
+    """How the table differs from what the spec declares, one line per property (empty: it
+    matches): partitioning (``partitioning`` is what the spec's load declares), clustering,
+    labels, description, and expiration (a spec declares none: an export's table must not
+    expire, neither as a whole nor by partition). Read-only."""
+    found: list[str] = []
+    if _partitioning(table.time_partitioning) != _partitioning(partitioning):
+        found.append(
+            f"partitioning: the table is {_describe(table.time_partitioning)}, the spec "
+            f"{_describe(partitioning).replace('not partitioned', 'declares none')}"
+        )
+    clustering, wanted = list(table.clustering_fields or []), list(spec.bigquery.clustering_fields)
+    if clustering != wanted:
+        found.append(
+            f"clustering: the table has {clustering or 'none'}, the spec {wanted or 'none'}"
+        )
+    labels, declared = dict(table.labels or {}), dict(spec.bigquery.labels)
+    for key in sorted(set(labels) | set(declared)):
+        if labels.get(key) != declared.get(key):
+            found.append(
+                f"label {key}: the table has {labels.get(key, '(none)')!r}, the spec "
+                f"{declared.get(key, '(none)')!r}"
+            )
+    if (table.description or None) != (spec.description or None):
+        found.append(
+            f"description: the table has {table.description!r}, the spec {spec.description!r}"
+        )
+    if table.expires is not None:
+        found.append(f"expiration: the table expires at {table.expires.isoformat()}, the spec "
+                     "declares none")  # fmt: skip
+    if table.time_partitioning is not None and table.time_partitioning.expiration_ms:
+        days = table.time_partitioning.expiration_ms / 86_400_000
+        found.append(
+            f"partition expiration: the table's partitions expire after {days:g} day(s), the "
+            "spec declares none"
+        )
+    return found
