@@ -159,14 +159,22 @@ def load_job_config(spec: ExportSpec, manifest: Manifest) -> bigquery.LoadJobCon
             config.null_marker = csv["null_marker"]
     if spec.bigquery.schema_update_options and spec.bigquery.write_disposition == "WRITE_APPEND":
         config.schema_update_options = list(spec.bigquery.schema_update_options)
-    if spec.bigquery_partition_field:
-        config.time_partitioning = bigquery.TimePartitioning(
-            type_=bigquery_partitioning(spec.partitioning.by) if spec.partitioning else "DAY",
-            field=spec.bigquery_partition_field,
-        )
+    partitioning = declared_partitioning(spec)
+    if partitioning is not None:
+        config.time_partitioning = partitioning
     if spec.bigquery.clustering_fields:
         config.clustering_fields = spec.bigquery.clustering_fields
     return config
+
+
+def declared_partitioning(spec: ExportSpec) -> bigquery.TimePartitioning | None:
+    """The partitioning the spec declares for its BigQuery table (None: unpartitioned)."""
+    if not spec.bigquery_partition_field:
+        return None
+    return bigquery.TimePartitioning(
+        type_=bigquery_partitioning(spec.partitioning.by) if spec.partitioning else "DAY",
+        field=spec.bigquery_partition_field,
+    )
 
 
 def job_id_base(spec: ExportSpec, manifest: Manifest, config: bigquery.LoadJobConfig) -> str:
