@@ -85,8 +85,11 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("gcs/amperity_orders", "rows_add_up")].blocking
     # The latest-partition freshness check warns and never blocks.
     assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
-    # Three queried exports (one partitioned: its freshness check), one delivered.
-    assert len(checks) == 30 + 1 + 7
+    # What the table's spec declares is checked but does not block the next hop.
+    assert not checks[("bigquery/customer_360", "table_matches_spec")].blocking
+    # Three queried exports (one partitioned: its freshness check), one delivered; each of the
+    # four BigQuery tables has table_matches_spec.
+    assert len(checks) == 30 + 1 + 7 + 4
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:
