@@ -681,7 +681,8 @@ class FrontedBigQueryResource(LocalBigQueryResource):
 
 
 def through_front(fault_stack, fault_resources: dict, fault_dir: Path) -> tuple:
-    front = BigQueryFront(fault_stack.bigquery_endpoint)
+    # The stack as it runs now: earlier cases restart the emulators on new ports.
+    front = BigQueryFront(stack.read_state(fault_dir).bigquery_endpoint)
     fronted = FrontedBigQueryResource(local_stack_dir=str(fault_dir), front_port=front.port)
     return front, fault_resources | {"bigquery": fronted}
 
