@@ -164,9 +164,20 @@ def test_a_bucket_in_another_location_is_refused_before_loading(tmp_path) -> Non
 @pytest.mark.parametrize(
     ("bucket", "dataset", "ok"),
     [("US-CENTRAL1", "US", True), ("US", "US", True), ("EUROPE-WEST1", "EU", True),
-     ("us-east1", "US-EAST1", True), ("US-CENTRAL1", "EU", False), ("EU", "europe-west1", False)],
+     ("us-east1", "US-EAST1", True), ("US-CENTRAL1", "EU", False), ("EU", "europe-west1", False),
+     # A US multi-region dataset loads from a bucket in any location; before, these were refused.
+     ("EU", "US", True), ("ASIA-NORTHEAST1", "US", True), ("EUR4", "US", True),
+     # London and Zurich are in Europe but not in the EU multi-region; before, any EUROPE-*
+     # was accepted and the load then failed in BigQuery.
+     ("EUROPE-WEST2", "EU", False), ("EUROPE-WEST6", "EU", False), ("EUR4", "EU", True),
+     # A regional dataset loads only from its own region, not from a dual-region around it.
+     ("NAM4", "us-central1", False), ("US", "us-central1", False)],
 )  # fmt: skip
 def test_location_compatibility_follows_bigquery_rules(bucket: str, dataset: str, ok: bool) -> None:
+    """BigQuery's rule (https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-csv
+    #limitations): "If your dataset's location is set to a value other than the US
+    multi-region, then the Cloud Storage bucket must be in the same region or contained in the
+    same multi-region as the dataset." """
     assert locations_compatible(bucket, dataset) is ok
 
 

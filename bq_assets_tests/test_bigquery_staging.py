@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bq_assets.engine.bigquery_load import STAGING_TABLE_EXPIRATION_MS, run_load
+from bq_assets.engine.bigquery_load import run_load
+from bq_assets.engine.bigquery_tables import STAGING_TABLE_EXPIRATION_MS
 from bq_assets.errors import BqAssetsError
 from bq_assets_tests.test_bigquery_load import manifest_of, spec_for, table_rows
 

@@ -103,6 +103,7 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
         # An apostrophe: the view's COMMENT literal must round-trip through Spark exactly.
         'description: "The checks\' orders: each check is seen failing on them."\n'
         "primary_key: [order]\nrequired: [email]\ncadence: daily\n"
+        "bigquery: {clustering_fields: [email], labels: {team: catch}}\n"
     )
     resources["source"]._database_path()  # the sample source exists before we add a table
     with dg.instance_for_test() as instance:
@@ -115,7 +116,7 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
         assert result.success, step_errors(result)
         # The reserved-word key works on every engine: every check passed to begin with.
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 11 and all(e.passed for e in evaluations)
+        assert len(evaluations) == 12 and all(e.passed for e in evaluations)
         yield done
 
 
@@ -262,7 +263,10 @@ def test_schema_check_fails_when_a_column_changed_type(exported: Materialized) -
             assert "amount" in difference and "STRING" in difference
         finally:
             client.delete_table(table)
-            client.create_table(bigquery.Table(table, schema=original.schema))
+            restored = bigquery.Table(table, schema=original.schema)
+            restored.clustering_fields = original.clustering_fields
+            restored.labels, restored.description = original.labels, original.description
+            client.create_table(restored)
             client.insert_rows_json(table, [{**r, "amount": float(r["amount"])} for r in rows])
     assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_SCHEMA_MATCHES).passed
     assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST).passed
@@ -278,6 +282,32 @@ def restore_databricks_copy(exported: Materialized) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_databricks_copy")
+def test_table_matches_spec_fails_when_a_declared_property_is_dropped(
+    exported: Materialized,
+) -> None:
+    """Issue 23 point 4: the table's clustering and a label, dropped behind the pipeline's back,
+    are named; the next load puts them back."""
+    table_id = exported.metadata(bigquery_key(EXPORT))["dagster/table_name"]
+    with exported.resources["bigquery"].get_client() as client:
+        table = client.get_table(table_id)
+        table.clustering_fields = ["amount"]
+        table.labels = {"owner": "someone"}  # the emulator's PATCH replaces the labels
+        # (and clears every field it is not sent: the description goes along)
+        client.update_table(table, ["clustering_fields", "labels", "description"])
+    check = exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_TABLE_MATCHES_SPEC)
+    assert not check.passed
+    assert check.metadata["differences"].value == [
+        "clustering: the table has ['amount'], the spec ['email']",
+        "label owner: the table has 'someone', the spec '(none)'",
+        "label team: the table has '(none)', the spec 'catch'",
+    ]
+    assert "differs from catch_orders.yaml: clustering" in (check.description or "")
+    # The next load gives the table the spec's clustering and labels again (the emulator's
+    # PATCH replaces the labels; BigQuery's merges them and would keep `owner`, still named).
+    exported.materialize(bigquery_key(EXPORT))
+    assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_TABLE_MATCHES_SPEC).passed
+
+
 def test_rows_check_fails_when_the_databricks_copy_lost_a_row(exported: Materialized) -> None:
     exported.databricks_shows("SELECT * FROM {source} WHERE `order` <> 'o-5'")
     check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_ROWS_MATCH_BIGQUERY)

@@ -85,9 +85,12 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("gcs/amperity_orders", "rows_add_up")].blocking
     # The latest-partition freshness check warns and never blocks.
     assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
-    # Three queried exports (one partitioned: its freshness check), one delivered.
-    # 11 checks per queried export, 8 for the delivered one (matches_spec on each Databricks view)
-    assert len(checks) == 33 + 1 + 8
+    # What the table's spec declares is checked but does not block the next hop.
+    assert not checks[("bigquery/customer_360", "table_matches_spec")].blocking
+    # Three queried exports (one partitioned: its freshness check), one delivered: 12 checks per
+    # queried export, 9 for the delivered one (matches_spec on each Databricks view,
+    # table_matches_spec on each BigQuery table).
+    assert len(checks) == 36 + 1 + 9
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

@@ -25,12 +25,21 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.errors import DagsterInvalidConfigError
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpec, load_specs
 from bq_assets.partitioning import Window
 from bq_assets.schedules import EXPORT_TAG
 from bq_assets.settings import local_resources
 from bq_assets.translator import gcs_key, query_key
+from bq_assets_tests.helm_chart import (
+    CONCURRENCY_KEYS,
+    QUEUED_RUN_COORDINATOR_KEYS,
+    TAG_LIMIT_KEYS,
+    WEBSERVER_KEYS,
+    ChartFailure,
+    rendered_instance,
+)
 from bq_assets_tests.postgres import PostgresServer, free_port
 from bq_assets_tests.test_pipeline import normalized, source_rows
 
@@ -376,7 +385,13 @@ def test_the_compose_file_runs_the_services_the_instance_and_workspace_need() ->
         load("workspace.yaml"),
     )
     services = compose["services"]
-    assert set(services) == {"postgres", "code-location", "webserver", "daemon"}
+    assert set(services) == {
+        "postgres",
+        "code-location",
+        "webserver",
+        "webserver-read-only",
+        "daemon",
+    }
     (grpc,) = [entry["grpc_server"] for entry in workspace["load_from"]]
     code_location = services["code-location"]["command"]
     assert grpc["host"] == "code-location"
@@ -386,12 +401,12 @@ def test_the_compose_file_runs_the_services_the_instance_and_workspace_need() ->
     needed = env_vars_of(instance["storage"])
     assert needed == {f"DAGSTER_PG_{k}" for k in ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")}
     home = dockerfile_env()["DAGSTER_HOME"]
-    for name in ("code-location", "webserver", "daemon"):
+    for name in ("code-location", "webserver", "webserver-read-only", "daemon"):
         env = services[name]["environment"]
         assert needed <= set(env), name
         assert env["DAGSTER_HOME"] == home, name
         assert env["DAGSTER_PG_HOST"] == "postgres", name
-    for name in ("webserver", "daemon"):
+    for name in ("webserver", "webserver-read-only", "daemon"):
         assert f"{home}/workspace.yaml" in " ".join(services[name]["command"]), name
     assert "pool-limits.sh" in " ".join(services["daemon"]["command"])
     pg = services["postgres"]["environment"]
@@ -454,3 +469,106 @@ def test_the_helm_values_say_what_dagster_yaml_says() -> None:
     assert deployment["port"] == grpc["port"]
     secrets = values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]
     assert deployment["envSecrets"] == secrets, "runs see the settings the code location sees"
+
+
+# --- the Helm chart renders the run queue; nobody outside reaches the webserver ----------------
+
+
+def concurrency_of(instance_config: dict) -> tuple:
+    """What Dagster makes of an instance's run coordinator and concurrency sections: the run
+    queue's limits and the pools' defaults (Dagster validates the combination on load)."""
+    with dg.instance_for_test(overrides=instance_config) as instance:
+        config = instance.get_concurrency_config()
+    queue, pools = config.run_queue_config, config.pool_config
+    assert queue is not None
+    return (
+        queue.max_concurrent_runs,
+        sorted(map(str, queue.tag_concurrency_limits)),
+        pools.default_pool_limit,
+        pools.pool_granularity,
+    )
+
+
+def dagster_yaml_concurrency() -> tuple:
+    instance = load("dagster.yaml")
+    return concurrency_of(
+        {"run_coordinator": instance["run_coordinator"], "concurrency": instance["concurrency"]}
+    )
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["chart-before-33225", "chart-after-33225"])
+def test_the_helm_chart_renders_the_run_queue_and_pools_of_dagster_yaml(fixed: bool) -> None:
+    """Our values, rendered as the chart's templates do (helm_chart.py transcribes them from
+    dagster-io/dagster: PR #33194, issue #33225), give an instance Dagster accepts, with exactly
+    the run queue (10 runs, one per export) and pool defaults of deploy/dagster.yaml, with or
+    without the chart's fix of #33225. Before: `concurrency` lacked `enabled: true`, so the
+    chart rendered no block and Kubernetes had no per-export limit and no pool default."""
+    rendered = rendered_instance(load("helm/values.yaml"), fixed)
+    assert "concurrency" in rendered, "the chart renders the concurrency block"
+    assert concurrency_of(rendered) == dagster_yaml_concurrency()
+
+
+def test_without_enabled_the_chart_drops_the_run_queue() -> None:
+    """The finding itself: the earlier values (a `concurrency` block without `enabled`) render
+    neither the per-export limit nor the pool default."""
+    values = load("helm/values.yaml")
+    del values["concurrency"]["enabled"]
+    del values["dagsterDaemon"]["runCoordinator"]["config"]
+    rendered = rendered_instance(values, fixed=True)
+    assert "concurrency" not in rendered
+    queue_limit, tag_limits, pool_default, _ = concurrency_of(rendered)
+    assert (queue_limit, tag_limits, pool_default) != dagster_yaml_concurrency()[:3]
+    assert tag_limits == []
+
+
+def test_run_limits_beside_the_run_coordinators_defaults_would_stop_the_daemon() -> None:
+    """Why the run coordinator's defaults are cleared: left in, a chart without the fix of
+    issue #33225 renders max_concurrent_runs: -1 next to `concurrency`, which Dagster refuses
+    (the daemon does not start); set there instead, the chart itself fails."""
+    values = load("helm/values.yaml")
+    del values["dagsterDaemon"]["runCoordinator"]["config"]
+    with pytest.raises(DagsterInvalidConfigError, match="incompatible with the `concurrency"):
+        concurrency_of(rendered_instance(values, fixed=False))
+    values["dagsterDaemon"]["runCoordinator"]["config"] = {
+        "queuedRunCoordinator": {"maxConcurrentRuns": 10}
+    }
+    with pytest.raises(ChartFailure, match=r"Cannot set both concurrency\.runs\.maxConcurrentRuns"):
+        rendered_instance(values, fixed=True)
+
+
+def test_the_helm_values_use_only_keys_the_chart_defines() -> None:
+    """Keys from the chart's schema (helm/dagster/schema/.../subschema/daemon.py,
+    concurrency.py, webserver.py): a misspelt key would be dropped silently."""
+    values = load("helm/values.yaml")
+    qrc = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert set(qrc) <= QUEUED_RUN_COORDINATOR_KEYS
+    concurrency = values["concurrency"]
+    assert set(concurrency) <= set(CONCURRENCY_KEYS)
+    for section in ("pools", "runs"):
+        assert set(concurrency[section]) <= CONCURRENCY_KEYS[section], section
+    assert all(
+        set(limit) <= TAG_LIMIT_KEYS for limit in concurrency["runs"]["tagConcurrencyLimits"]
+    )
+    assert set(values["dagsterWebserver"]) <= WEBSERVER_KEYS
+
+
+def test_nobody_outside_the_host_or_cluster_reaches_the_webserver() -> None:
+    """The webserver has no login and can launch runs that move customer data: compose publishes
+    it on loopback only, the chart keeps it inside the cluster (ClusterIP, no ingress), and
+    viewers get a read-only webserver in both (docs/deploying.md says how to put an
+    authenticating proxy in front)."""
+    services = load("docker-compose.yaml")["services"]
+    webservers = {
+        n: s for n, s in services.items() if s.get("command", [""])[0] == "dagster-webserver"
+    }
+    assert set(webservers) == {"webserver", "webserver-read-only"}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    assert "--read-only" in webservers["webserver-read-only"]["command"]
+    assert "--read-only" not in webservers["webserver"]["command"]
+
+    values = load("helm/values.yaml")
+    assert values["ingress"]["enabled"] is False
+    assert values["dagsterWebserver"]["service"]["type"] == "ClusterIP"
+    assert values["dagsterWebserver"]["enableReadOnly"] is True

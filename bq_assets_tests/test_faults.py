@@ -4,6 +4,7 @@ never loses or duplicates a row, and never leaks a secret. Run alone with ``make
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import json
 import logging
@@ -30,11 +31,12 @@ from bq_assets.factory import build_definitions
 from bq_assets.failures import reported_as_failure
 from bq_assets.local import sample_data, stack
 from bq_assets.local.delivery import simulate_deliveries
-from bq_assets.local.resources import LocalGCSResource, SampleSourceResource
+from bq_assets.local.resources import LocalBigQueryResource, LocalGCSResource, SampleSourceResource
 from bq_assets.resources import DatabricksSQLResource, ExportGCSResource
 from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
 from bq_assets.translator import ExportTranslator, bigquery_key, gcs_key
+from bq_assets_tests.bigquery_front import BigQueryFront
 from bq_assets_tests.conftest import error_chain, run_exports, step_errors
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack]
@@ -674,6 +676,83 @@ def test_concurrent_exports_and_back_to_back_reruns_agree(
         "2 exports at once + 2 back-to-back re-runs: all exit 0, tables equal the source"
     )
     assert (lost, duplicated) == (0, 0)
+
+
+# 10 ─ BigQuery's answers the emulator never gives: a lost insert answer, a failing poll ─────────
+class FrontedBigQueryResource(LocalBigQueryResource):
+    """The local BigQuery resource, its REST calls going through a ``BigQueryFront``."""
+
+    front_port: int
+
+    def emulator(self) -> stack.StackState:
+        return dataclasses.replace(super().emulator(), bigquery_rest_port=self.front_port)
+
+
+def through_front(fault_stack, fault_resources: dict, fault_dir: Path) -> tuple:
+    # The stack as it runs now: earlier cases restart the emulators on new ports.
+    front = BigQueryFront(stack.read_state(fault_dir).bigquery_endpoint)
+    fronted = FrontedBigQueryResource(local_stack_dir=str(fault_dir), front_port=front.port)
+    return front, fault_resources | {"bigquery": fronted}
+
+
+def test_a_job_whose_status_poll_fails_while_it_runs_is_never_published_early(
+    fault, fault_stack, fault_resources, fault_dir, tmp_path
+) -> None:
+    fault.expected = (
+        "attempt fails 'still RUNNING' (retryable); the retry reattaches; nothing copied early"
+    )
+    sql = "SELECT amperity_id, email FROM customer_360"
+    specs = export(tmp_path / "poll", "poll_fails", sql)
+    front, resources = through_front(fault_stack, fault_resources, fault_dir)
+    front.fail_polls_while_running("bq_assets_poll_fails_")
+    try:
+        with dg.instance_for_test() as instance:
+            exported = run_exports(
+                specs, fault_resources, instance, ["query/poll_fails", "gcs/poll_fails"]
+            )
+            assert exported.success, step_errors(exported)
+            loaded = run_exports(specs, resources, instance, "bigquery/poll_fails")
+    finally:
+        front.stop()
+    messages = failure_messages(loaded)
+    assert loaded.success, step_errors(loaded)
+    assert len(messages) == 1 and "was still RUNNING" in messages[0], messages
+    assert "nothing was published" in messages[0] and "Traceback" not in messages[0]
+    released = next(i for i, e in enumerate(front.events) if "reaches the emulator" in e)
+    assert not any("_publish" in e for e in front.events[:released]), front.events
+    assert all(check.passed for check in loaded.get_asset_check_evaluations())
+    table_id = materialization(loaded, bigquery_key("poll_fails"))["dagster/table_name"]
+    reconcile(fault, source_keys(fault_resources, sql), bigquery_keys(fault_resources, table_id))
+    fault.observed = f"1 failed attempt 'still RUNNING', retry reattached; {len(front.events)} front events; rows exact"
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+def test_a_job_insert_answered_409_after_a_retry_is_reattached_in_the_same_attempt(
+    fault, fault_stack, fault_resources, fault_dir, tmp_path
+) -> None:
+    fault.expected = "409 on the retried insert reattaches: one attempt, one load job, rows exact"
+    sql = "SELECT amperity_id, email FROM customer_360"
+    specs = export(tmp_path / "conflict", "insert_409", sql)
+    front, resources = through_front(fault_stack, fault_resources, fault_dir)
+    front.lose_insert_answer("bq_assets_insert_409_")
+    try:
+        with dg.instance_for_test() as instance:
+            exported = run_exports(
+                specs, fault_resources, instance, ["query/insert_409", "gcs/insert_409"]
+            )
+            assert exported.success, step_errors(exported)
+            loaded = run_exports(specs, resources, instance, "bigquery/insert_409")
+    finally:
+        front.stop()
+    assert loaded.success, step_errors(loaded)
+    assert failure_messages(loaded) == [], "no failed attempt"
+    assert sum("answered 409" in e for e in front.events) == 1, front.events
+    assert sum("reaches the emulator" in e for e in front.events) == 1, "one load job"
+    assert all(check.passed for check in loaded.get_asset_check_evaluations())
+    table_id = materialization(loaded, bigquery_key("insert_409"))["dagster/table_name"]
+    reconcile(fault, source_keys(fault_resources, sql), bigquery_keys(fault_resources, table_id))
+    fault.observed = "insert's answer lost, retry answered 409, reattached: 1 attempt, 1 job"
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
 
 
 # 13 ─ every step, one way to fail ────────────────────────────────────────────────────────────

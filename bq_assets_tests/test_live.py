@@ -138,10 +138,12 @@ def test_the_generated_statements_run_on_a_real_sql_warehouse(tmp_path: Path) ->
 
 
 def test_partitions_are_replaced_through_partition_decorators(tmp_path: Path) -> None:
-    """What only this test proves: BigQuery accepts the production partition load of issue 14:
-    a range of days split into per-partition tables and copied to `table$YYYYMMDD` with
+    """What only this test proves: BigQuery accepts the production partition load of issue 14
+    as issue 23 corrected it: a range of days loaded into a staging table partitioned and
+    clustered like the table, each day copied `staging$YYYYMMDD` -> `table$YYYYMMDD` with
     WRITE_TRUNCATE, then one day again alone, other days untouched. (The emulator has no
-    decorators; locally the same result comes from a DELETE + INSERT transaction.)"""
+    decorators: locally `FakePartitionDecorators` asserts the same copies, and the pipeline
+    uses a DELETE + INSERT transaction.)"""
     require(GCP_VARIABLES)
     suffix = uuid.uuid4().hex[:8]
     (tmp_path / "live_orders.sql").write_text(

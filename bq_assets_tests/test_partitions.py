@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.cloud import bigquery
 
-from bq_assets.engine.bigquery_partitions import check_partitioning
+from bq_assets.engine.bigquery_tables import check_partitioning
 from bq_assets.engine.layout import ObjectLayout
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs

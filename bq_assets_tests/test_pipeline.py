@@ -68,7 +68,7 @@ def test_the_whole_graph_materializes_and_every_check_passes(customer_360_run) -
     _, result = customer_360_run
     assert result.success, step_errors(result)
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 11
+    assert len(checks) == 12  # matches_spec and table_matches_spec among them
     assert all(check.passed for check in checks), [c.check_name for c in checks if not c.passed]
 
 

@@ -28,12 +28,12 @@ import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from google.api_core.exceptions import GoogleAPICallError, InternalServerError
 from google.cloud import bigquery
 
-from bq_assets.engine.bigquery_load import load_job_config, run_load
-from bq_assets.engine.manifest import Manifest, Shard, read_manifest
+from bq_assets.engine.bigquery_load import load_job_config
+from bq_assets.engine.manifest import Manifest, read_manifest
 from bq_assets.engine.writers import object_suffix
-from bq_assets.errors import BqAssetsError
 from bq_assets.exports import ExportSpec, ExportSpecError, load_specs
 from bq_assets.exports.spec import load_spec
 from bq_assets.factory import build_definitions
@@ -291,31 +291,29 @@ def test_the_transfer_format_is_validated_and_chooses_the_load_format(tmp_path: 
 @pytest.mark.stack
 def test_the_emulator_cannot_load_a_bignumeric_column(local_stack, resources, tmp_path) -> None:
     """An emulator difference: it maps BIGNUMERIC to DuckDB's DECIMAL(76, 38), beyond DuckDB's
-    precision of 38, so no BIGNUMERIC table can exist there. Real BigQuery is covered by the
-    live test. If this starts failing, the emulator learnt BIGNUMERIC: move the column into the
-    local round trip."""
-    (tmp_path / "big.sql").write_text("SELECT id, big FROM t")
-    (tmp_path / "big.yaml").write_text("primary_key: [id]\ncadence: daily\n")
-    spec = load_spec(tmp_path / "big.yaml")
+    precision of 38, so no BIGNUMERIC table can exist there: ``tables.insert`` answers 500 and a
+    load job that creates its table fails with DuckDB's binder error. The local stack therefore
+    refuses such a column at the query step (``LocalBigQueryResource.unstorable``). Real
+    BigQuery is covered by the live test. If this starts failing, the emulator learnt
+    BIGNUMERIC: move the column into the local round trip and drop the local refusal."""
     run_id = uuid.uuid4().hex
     name = f"tests/{run_id}/part-00000.csv"
     bucket = resources["gcs"].get_client().bucket(local_stack.bucket)
     bucket.blob(name).upload_from_string("id,big\n1,0.0000000001\n")
     schema = [bigquery.SchemaField("id", "INT64"), bigquery.SchemaField("big", "BIGNUMERIC")]
-    manifest = Manifest(
-        export="big",
-        run_id=run_id,
-        prefix=f"gs://{local_stack.bucket}/tests/{run_id}/",
-        rows=1,
-        shards=[Shard(uri=f"gs://{local_stack.bucket}/{name}", rows=1, bytes=0, crc32c="")],
-        bigquery_schema=schema_to_json(schema),
-        csv={"header": True, "delimiter": ","},
-    )
-    with (
-        resources["bigquery"].get_client() as client,
-        pytest.raises(BqAssetsError, match="DECIMAL type width must be between 1 and 38"),
-    ):
-        run_load(client, local_stack.project, spec, manifest, dg.get_dagster_logger())
+    dataset = f"{local_stack.project}.amperity_exports"
+    with resources["bigquery"].get_client() as client:
+        client.create_dataset(dataset, exists_ok=True)
+        with pytest.raises(InternalServerError):
+            client.create_table(
+                bigquery.Table(f"{dataset}.big_{run_id}", schema=schema), retry=None
+            )
+        job = client.load_table_from_uri(
+            f"gs://{local_stack.bucket}/{name}", f"{dataset}.big_load_{run_id}",
+            job_config=bigquery.LoadJobConfig(schema=schema, skip_leading_rows=1),
+        )  # fmt: skip
+        with pytest.raises(GoogleAPICallError, match="DECIMAL type width must be between 1 and 38"):
+            job.result(timeout=60)
 
 
 # -- the same round trip against real GCS and BigQuery (opt in) ------------------------------

@@ -2,7 +2,6 @@
 retry, waited for with a deadline, failed with BigQuery's own errors and the right retry rule."""
 
 import concurrent.futures
-import contextlib
 import datetime as dt
 from collections.abc import Callable
 
@@ -18,14 +17,14 @@ Job = bigquery.job.LoadJob | bigquery.job.CopyJob
 MAX_GENERATIONS = 20
 # A load or copy job that has not finished by then fails the step (and its retry re-attaches).
 JOB_TIMEOUT_S = 3600.0
-# Only transient failures are retried: rate limits and server errors, with exponential backoff.
-TRANSIENT = Retry(
-    predicate=lambda exc: isinstance(
-        exc, gexc.TooManyRequests | gexc.InternalServerError | gexc.BadGateway
-        | gexc.ServiceUnavailable | gexc.GatewayTimeout
-    ),
-    initial=1.0, maximum=30.0, multiplier=2.0, timeout=300.0,
-)  # fmt: skip
+# A read-only query (a row count) that has not answered by then fails the step (retryable).
+QUERY_TIMEOUT_S = 600.0
+#: Only transient failures are retried, with exponential backoff for at most 300 s: the client
+#: library's own rule (google.cloud.bigquery.retry.DEFAULT_RETRY): the error reasons
+#: rateLimitExceeded (which BigQuery answers with HTTP 403), backendError, internalError and
+#: badGateway, HTTP 429/500/502/503 and dropped connections. A retried job insert is safe: job ids
+#: are ours, and an insert that had reached BigQuery answers 409 (``start_or_reattach``).
+TRANSIENT: Retry = bigquery.DEFAULT_RETRY.with_deadline(300.0)
 
 #: Job error reasons that a new attempt can fix: BigQuery's own failures and rate limits
 #: (https://cloud.google.com/bigquery/docs/error-messages: "retry" for these). Any other reason
@@ -61,7 +60,7 @@ def start_or_reattach(
             job = client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
         except gexc.NotFound:
             log.info(f"starting job {job_id}")
-            return start(job_id)
+            return _started(client, job_id, project, location, start, log)
         if job.state == "DONE" and job.error_result:
             log.info(f"job {job_id} already failed; starting generation {generation + 1}")
             continue
@@ -74,6 +73,36 @@ def start_or_reattach(
         log.info(f"reattaching to job {job_id} (state {job.state})")
         return job
     raise BqAssetsError(f"{MAX_GENERATIONS} generations of job {base} failed for one run.")
+
+
+def _started(
+    client: bigquery.Client,
+    job_id: str,
+    project: str,
+    location: str,
+    start: Callable[[str], Job],
+    log: Log,
+) -> Job:
+    """``start(job_id)``, or the job already inserted under that id: the client retries a job
+    insert whose answer was lost (a dropped connection, a 5xx), and BigQuery answers the retry
+    409 Already Exists when the first insert had created the job. That job is ours (the id is
+    deterministic), so it is reattached to, not started again and not reported as a failure
+    (https://cloud.google.com/bigquery/docs/running-jobs: generate the job id on the client
+    "to allow reliable retry of the jobs.insert call")."""
+    try:
+        return start(job_id)
+    except gexc.Conflict:
+        log.info(f"job {job_id} already exists (its insert was retried); reattaching to it")
+    try:
+        return client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
+    except gexc.NotFound:
+        # BigQuery can answer 404 for a moment right after a 409 (googleapis/python-bigquery
+        # issue 2134); the step's retry finds the job.
+        raise BqAssetsError(
+            f"BigQuery said job {job_id} (location {location}) already exists but does not "
+            "show it yet; the step's retry reattaches to it.",
+            retryable=True,
+        ) from None
 
 
 def table_id_of(table: bigquery.TableReference | None) -> str:
@@ -140,16 +169,26 @@ def _describe_errors(job: Job) -> str:
 
 def wait_for(job: Job, table_id: str, location: str, table_existed: bool) -> None:
     """Wait for the job, at most ``JOB_TIMEOUT_S``; a failed job raises ``BqAssetsError`` with
-    BigQuery's errors, retryable only for the reasons in ``RETRYABLE_REASONS``."""
+    BigQuery's errors, retryable only for the reasons in ``RETRYABLE_REASONS``.
+
+    Returns only once BigQuery has said the job is DONE without an error. A job whose status
+    cannot be read (a poll the client does not retry, or one retried past its deadline) is a
+    retryable error naming the job, never taken for a finished one: the job may still be running,
+    and what it writes must not be read (published) before it is done. The step's retry then
+    reattaches to the job by its id."""
     try:
-        with contextlib.suppress(gexc.GoogleAPICallError):  # the job's own errors: see below
-            job.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+        job.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
         raise BqAssetsError(
             f"BigQuery job {job.job_id} (location {job.location or location}) for {table_id} "
-            f"did not finish within {JOB_TIMEOUT_S:g} s (JOB_TIMEOUT_S).",
+            f"did not finish within {JOB_TIMEOUT_S:g} s (JOB_TIMEOUT_S), or its status could "
+            "not be read in that time; nothing was published. The step's retry reattaches to it.",
             retryable=True,
         ) from None
+    except Exception as exc:
+        if job.state != "DONE":
+            raise still_running_error(job, table_id, location, exc) from None
+        # A DONE job's own errors are raised as an exception too: read below, from the job.
     if job.error_result:
         kind = "load" if isinstance(job, bigquery.LoadJob) else "copy"
         kept = "the table keeps its previous data" if table_existed else "the table was not created"
@@ -166,8 +205,41 @@ def wait_for(job: Job, table_id: str, location: str, table_existed: bool) -> Non
         )
 
 
+def still_running_error(
+    job: Job | bigquery.QueryJob, table_id: str, location: str, exc: BaseException
+) -> BqAssetsError:
+    """The error for a job whose status could not be read before it was DONE: retryable (the
+    step's retry reattaches, or starts an idempotent publish again), nothing published yet."""
+    message = str(getattr(exc, "message", "") or exc).strip().splitlines()
+    return BqAssetsError(
+        f"BigQuery job {job.job_id} (location {job.location or location}) for {table_id} was "
+        f"still {job.state or 'starting'} when its status could no longer be read "
+        f"({type(exc).__name__}: {message[0] if message else ''}); nothing was published. The "
+        "step's retry reattaches to the job.",
+        retryable=True,
+        metadata={"job_id": job.job_id, "location": job.location or location, "table": table_id},
+    )
+
+
+def query_rows(
+    client: bigquery.Client, sql: str, config: bigquery.QueryJobConfig | None = None
+) -> list[bigquery.Row]:
+    """The rows of a read-only query, waited for at most ``QUERY_TIMEOUT_S`` (the client waits
+    forever by default); a query that outlives it is a retryable ``BqAssetsError``."""
+    job = client.query(sql, job_config=config, retry=TRANSIENT)
+    try:
+        return list(job.result(retry=TRANSIENT, timeout=QUERY_TIMEOUT_S))
+    except concurrent.futures.TimeoutError:
+        raise BqAssetsError(
+            f"BigQuery query job {job.job_id} did not answer within {QUERY_TIMEOUT_S:g} s "
+            f"(QUERY_TIMEOUT_S): {sql[:200]}",
+            retryable=True,
+        ) from None
+
+
 def count_rows(client: bigquery.Client, table_id: str) -> int:
     """``COUNT(*)`` of the table: exact right after a publish (the emulator's ``num_rows`` is
-    stale after a copy job; BigQuery answers this from metadata, without scanning)."""
-    (count,) = next(iter(client.query(f"SELECT COUNT(*) FROM `{table_id}`").result()))
+    stale after a copy job; BigQuery answers this from metadata, without scanning). Read-only;
+    waited for at most ``QUERY_TIMEOUT_S``."""
+    ((count,),) = query_rows(client, f"SELECT COUNT(*) FROM `{table_id}`")
     return int(count)

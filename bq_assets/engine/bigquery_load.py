@@ -21,19 +21,22 @@ from bq_assets.engine.bigquery_jobs import (
     start_or_reattach,
     wait_for,
 )
+from bq_assets.engine.bigquery_tables import (
+    LocationError,
+    align_clustering,
+    apply_labels_and_description,
+    check_partitioning,
+    create_staging_table,
+    ensure_dataset,
+    ensure_export_table,
+    ensure_staging_dataset,
+)
 from bq_assets.engine.log import Log
 from bq_assets.engine.manifest import Manifest
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import bigquery_partitioning
 from bq_assets.schema import schema_diff, schema_from_json
-
-#: Staging tables left behind (a run killed mid-load) expire after a day by themselves.
-STAGING_TABLE_EXPIRATION_MS = 24 * 60 * 60 * 1000
-
-
-class LocationError(BqAssetsError):
-    """The bucket, the dataset and the spec disagree on where the data lives."""
 
 
 class SchemaDriftError(BqAssetsError):
@@ -50,19 +53,36 @@ class LoadResult:
     schema: list[bigquery.SchemaField]
 
 
+#: Regions inside BigQuery's EU multi-region: those in member states of the European Union
+#: (https://cloud.google.com/bigquery/docs/locations); London (europe-west2) and Zurich
+#: (europe-west6) are in Europe but not in the EU multi-region.
+EU_REGIONS = frozenset(
+    {"EUROPE-WEST1", "EUROPE-WEST3", "EUROPE-WEST4", "EUROPE-WEST8", "EUROPE-WEST9",
+     "EUROPE-WEST10", "EUROPE-WEST12", "EUROPE-NORTH1", "EUROPE-NORTH2", "EUROPE-CENTRAL2",
+     "EUROPE-SOUTHWEST1"}
+)  # fmt: skip
+#: Cloud Storage's predefined dual-regions inside the EU multi-region (EUR4: europe-north1 and
+#: europe-west4: https://cloud.google.com/storage/docs/locations#predefined). A configurable
+#: dual-region reports its multi-region ("EU", "US") as its location.
+EU_DUAL_REGIONS = frozenset({"EUR4"})
+
+
 def locations_compatible(bucket_location: str, dataset_location: str) -> bool:
     """Can a dataset in ``dataset_location`` load from a bucket in ``bucket_location``?
 
-    Same location always; a US or EU multi-region dataset also loads from buckets in the
-    regions of that multi-region (BigQuery's documented rule for Cloud Storage loads).
+    BigQuery's rule for loads from Cloud Storage
+    (https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-csv#limitations): "If
+    your dataset's location is set to a value other than the US multi-region, then the Cloud
+    Storage bucket must be in the same region or contained in the same multi-region as the
+    dataset." So a US dataset loads from a bucket anywhere; an EU dataset from the EU
+    multi-region, a region in it or a dual-region in it; a regional dataset only from a bucket
+    in that same region (not from a dual- or multi-region that contains it).
     """
     bucket, dataset = bucket_location.upper(), dataset_location.upper()
-    if bucket == dataset:
+    if dataset == "US" or bucket == dataset:
         return True
-    if dataset == "US":
-        return bucket.startswith("US-") or bucket == "NAM4"
     if dataset == "EU":
-        return bucket.startswith("EUROPE-") or bucket == "EUR4"
+        return bucket in EU_REGIONS or bucket in EU_DUAL_REGIONS
     return False
 
 
@@ -139,14 +159,22 @@ def load_job_config(spec: ExportSpec, manifest: Manifest) -> bigquery.LoadJobCon
             config.null_marker = csv["null_marker"]
     if spec.bigquery.schema_update_options and spec.bigquery.write_disposition == "WRITE_APPEND":
         config.schema_update_options = list(spec.bigquery.schema_update_options)
-    if spec.bigquery_partition_field:
-        config.time_partitioning = bigquery.TimePartitioning(
-            type_=bigquery_partitioning(spec.partitioning.by) if spec.partitioning else "DAY",
-            field=spec.bigquery_partition_field,
-        )
+    partitioning = declared_partitioning(spec)
+    if partitioning is not None:
+        config.time_partitioning = partitioning
     if spec.bigquery.clustering_fields:
         config.clustering_fields = spec.bigquery.clustering_fields
     return config
+
+
+def declared_partitioning(spec: ExportSpec) -> bigquery.TimePartitioning | None:
+    """The partitioning the spec declares for its BigQuery table (None: unpartitioned)."""
+    if not spec.bigquery_partition_field:
+        return None
+    return bigquery.TimePartitioning(
+        type_=bigquery_partitioning(spec.partitioning.by) if spec.partitioning else "DAY",
+        field=spec.bigquery_partition_field,
+    )
 
 
 def job_id_base(spec: ExportSpec, manifest: Manifest, config: bigquery.LoadJobConfig) -> str:
@@ -157,42 +185,6 @@ def job_id_base(spec: ExportSpec, manifest: Manifest, config: bigquery.LoadJobCo
     )
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     return f"bq_assets_{spec.name}_{manifest.run_id.replace('-', '')[:16]}_{digest}"
-
-
-def _ensure_in_location(
-    client: bigquery.Client, dataset: bigquery.Dataset, spec: ExportSpec, what: str, fix: str
-) -> bigquery.Dataset:
-    """Create ``dataset`` in the spec's location with its labels, unless it exists; an existing
-    one in another location is a ``LocationError`` (``what`` names it, ``fix`` says what to do).
-    Idempotent."""
-    dataset.location = spec.bigquery.location
-    dataset.labels = dict(spec.bigquery.labels)
-    dataset = client.create_dataset(dataset, exists_ok=True, retry=TRANSIENT)
-    if (dataset.location or "").upper() != spec.bigquery.location.upper():
-        raise LocationError(
-            f"{spec.spec_file}: {what} {dataset.full_dataset_id} already exists in "
-            f"{dataset.location}, not in bigquery.location {spec.bigquery.location}{fix}"
-        )
-    return dataset
-
-
-def ensure_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> bigquery.Dataset:
-    """The export's dataset, created in the spec's location when missing. Idempotent."""
-    dataset = bigquery.Dataset(f"{project}.{spec.bigquery.dataset}")
-    dataset.description = "Exports written by bq_assets."
-    return _ensure_in_location(client, dataset, spec, "dataset", ".")
-
-
-def ensure_staging_dataset(client: bigquery.Client, project: str, spec: ExportSpec) -> str:
-    """The dataset for the load's staging tables (``bigquery.staging_dataset``, default
-    ``<dataset>_staging``): apart from the published dataset, so a Databricks foreign catalog
-    over that dataset never shows them; same location; tables expire after a day by default.
-    Idempotent."""
-    dataset = bigquery.Dataset(f"{project}.{spec.bigquery_staging_dataset}")
-    dataset.default_table_expiration_ms = STAGING_TABLE_EXPIRATION_MS
-    dataset.description = "Staging tables of bq_assets loads; each is deleted after its load."
-    fix = "; set bigquery.staging_dataset to a dataset in that location."
-    return _ensure_in_location(client, dataset, spec, "staging dataset", fix).dataset_id
 
 
 def prepare_load(
@@ -213,16 +205,6 @@ def prepare_load(
     return table_id, config, existing
 
 
-def _create_for_parquet(client: bigquery.Client, table_id: str, config: bigquery.LoadJobConfig):
-    """Create the load target with the load's schema, partitioning and clustering. BigQuery does
-    not need it (a Parquet load creates its table); the emulator loads Parquet only into a table
-    that exists, and creating it first costs BigQuery nothing. Idempotent."""
-    target = bigquery.Table(table_id, schema=config.schema)
-    target.time_partitioning = config.time_partitioning
-    target.clustering_fields = config.clustering_fields
-    client.create_table(target, exists_ok=True, retry=TRANSIENT)
-
-
 def run_load(
     client: bigquery.Client, project: str, spec: ExportSpec, manifest: Manifest, log: Log
 ) -> LoadResult:
@@ -234,8 +216,18 @@ def run_load(
     are not, and a publish step costs nothing extra in the same location). ``WRITE_APPEND``
     loads go straight to the table. Job ids are deterministic (see ``job_id_base``): running
     this again for the same manifest reattaches instead of loading twice.
+
+    Every table is created before a job writes it, laid out as the spec declares
+    (``bigquery_tables``): the staging table like the export's, and the export's table, on its
+    first publish, with the spec's partitioning, clustering, labels and description, so it
+    takes nothing from its staging table. An existing table keeps its data until the copy
+    replaces it; its clustering is first set to the spec's, and a partitioning other than the
+    spec's is refused before anything is loaded.
     """
     table_id, config, existing = prepare_load(client, project, spec, manifest, log)
+    if existing is not None:
+        check_partitioning(existing, config, spec)
+        existing = align_clustering(client, existing, config, log)
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
     staged = spec.bigquery.write_disposition == "WRITE_TRUNCATE"
@@ -244,43 +236,36 @@ def run_load(
         staging = ensure_staging_dataset(client, project, spec)
         load_target = f"{project}.{staging}.{spec.bigquery_table}__staging_{base[-16:]}"
         config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
-    if manifest.format == "parquet":
-        _create_for_parquet(client, load_target, config)
+    created: list[str] = []
+
+    def start_load(job_id: str) -> bigquery.LoadJob:
+        # Created only when a load starts: a table made earlier would make a finished job of
+        # an earlier run look as if its output were still there.
+        if staged:
+            create_staging_table(client, load_target, config)
+        elif ensure_export_table(client, table_id, config, spec):
+            created.append(table_id)
+        return client.load_table_from_uri(
+            manifest.uris, load_target, job_id=job_id, location=location, job_config=config,
+            retry=TRANSIENT,
+        )  # fmt: skip
 
     log.info(f"loading {len(manifest.uris)} object(s) of {manifest.prefix} into {load_target}")
     try:
-        job = start_or_reattach(
-            client, base, project, location,
-            lambda job_id: client.load_table_from_uri(
-                manifest.uris, load_target, job_id=job_id, location=location, job_config=config,
-                retry=TRANSIENT,
-            ),
-            log,
-        )  # fmt: skip
+        job = start_or_reattach(client, base, project, location, start_load, log)
         wait_for(job, table_id, location, existing is not None)
     except BaseException:
         # A failed load leaves nothing behind; a failed publish below keeps the loaded staging
         # table, so a retry reattaches to the load and only repeats the copy.
-        if staged:
-            drop_quietly(client, load_target, log)
+        for table in [load_target] if staged else created:
+            drop_quietly(client, table, log)
         raise
     if staged:
-        copy = start_or_reattach(
-            client, f"{job.job_id}_publish", project, location,
-            lambda job_id: client.copy_table(
-                load_target, table_id, job_id=job_id, location=location, retry=TRANSIENT,
-                job_config=bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE"),
-            ),
-            log,
-        )  # fmt: skip
-        wait_for(copy, table_id, location, existing is not None)
+        publish(client, project, load_target, table_id, config, spec, f"{job.job_id}_publish", log)
         client.delete_table(load_target, not_found_ok=True, retry=TRANSIENT)
 
     table = client.get_table(table_id, retry=TRANSIENT)
-    if spec.bigquery.labels or spec.description:
-        table.labels = dict(spec.bigquery.labels)
-        table.description = spec.description
-        table = client.update_table(table, ["labels", "description"], retry=TRANSIENT)
+    table = apply_labels_and_description(client, table, spec)
     return LoadResult(
         table_id=table_id,
         job_id=job.job_id,
@@ -291,10 +276,49 @@ def run_load(
     )
 
 
+def publish(
+    client: bigquery.Client,
+    project: str,
+    staging_id: str,
+    table_id: str,
+    config: bigquery.LoadJobConfig,
+    spec: ExportSpec,
+    job_base: str,
+    log: Log,
+) -> str:
+    """Replace the export's table with the staging table in one copy job (``WRITE_TRUNCATE``,
+    ``CREATE_NEVER``: the table is created first as the spec declares it, see
+    ``ensure_export_table``; a table created here is dropped again when the copy fails, so a
+    failed first publish leaves no table). Returns the copy job's id. Idempotent: the copy job
+    id derives from ``job_base``, so a retry reattaches to it."""
+    location = spec.bigquery.location
+    created = ensure_export_table(client, table_id, config, spec)
+    copy_config = bigquery.CopyJobConfig(
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+    )
+    try:
+        copy = start_or_reattach(
+            client, job_base, project, location,
+            lambda job_id: client.copy_table(
+                staging_id, table_id, job_id=job_id, location=location, retry=TRANSIENT,
+                job_config=copy_config,
+            ),
+            log,
+        )  # fmt: skip
+        wait_for(copy, table_id, location, not created)
+    except BaseException:
+        if created:
+            drop_quietly(client, table_id, log)
+        raise
+    return copy.job_id
+
+
 def drop_quietly(client: bigquery.Client, table_id: str, log: Log) -> None:
-    """Delete a staging table while another error is on its way (that error is the story;
-    should this delete fail too, the staging dataset's expiration removes the table)."""
+    """Delete a table this load created (a staging table, or an export table whose first
+    publish failed) while another error is on its way: that error is the story. Should this
+    delete fail too, a staging table expires by itself; an empty export table stays."""
     try:
         client.delete_table(table_id, not_found_ok=True, retry=TRANSIENT.with_timeout(30))
     except Exception as exc:
-        log.warning(f"could not delete staging table {table_id} ({exc}); it expires in a day")
+        log.warning(f"could not delete table {table_id} ({exc}); a staging table expires in a day")

@@ -1,9 +1,10 @@
 """Partitioned exports (issue 14): replace exactly the partitions of a run's window in the
 export's BigQuery table, and count rows per partition.
 
-Pure engine code (no Dagster). The objects are loaded into a staging table, every row is checked
-to fall inside the window, then each partition is replaced: by a copy job to its partition
-decorator (``table$YYYYMMDD`` / ``$YYYYMM``, ``WRITE_TRUNCATE``) where BigQuery supports it for
+Pure engine code (no Dagster). The objects are loaded into a staging table partitioned and
+clustered like the export's table, every row is checked to fall inside the window, then each
+partition is replaced: by a copy job from the staging table's partition to the table's
+(``staging$YYYYMMDD`` → ``table$YYYYMMDD``, ``WRITE_TRUNCATE``) where BigQuery supports it for
 the export's partitions, else by one multi-statement transaction (the emulator, weeks,
 TIMESTAMP days outside UTC). See docs/exports.md, "Partitioned exports".
 """
@@ -18,15 +19,25 @@ from google.cloud import bigquery
 from bq_assets.engine.bigquery_jobs import (
     JOB_TIMEOUT_S,
     TRANSIENT,
+    query_rows,
     start_or_reattach,
+    still_running_error,
     wait_for,
 )
 from bq_assets.engine.bigquery_load import (
     LoadResult,
     drop_quietly,
-    ensure_staging_dataset,
     job_id_base,
     prepare_load,
+)
+from bq_assets.engine.bigquery_tables import (
+    align_clustering,
+    apply_labels_and_description,
+    check_partitioning,
+    create_staging_table,
+    ensure_export_table,
+    ensure_staging_dataset,
+    widen_schema,
 )
 from bq_assets.engine.log import Log
 from bq_assets.engine.manifest import Manifest
@@ -112,10 +123,7 @@ def partition_row_counts(
         f"FROM `{table_id}`"
     )
     params += [_bound(start, column_type), _bound(end, column_type)]
-    job = client.query(
-        sql, job_config=bigquery.QueryJobConfig(query_parameters=params), retry=TRANSIENT
-    )
-    row = next(iter(job.result()))
+    (row,) = query_rows(client, sql, bigquery.QueryJobConfig(query_parameters=params))
     return {part.keys[0]: int(row[f"p{i}"]) for i, part in enumerate(parts)}, int(row["outside"])
 
 
@@ -138,36 +146,6 @@ def _transaction_script(
     )
 
 
-def check_partitioning(
-    existing: bigquery.Table, config: bigquery.LoadJobConfig, spec: ExportSpec
-) -> None:
-    """A decorator can only name a partition of a table partitioned like the export: refuse an
-    existing table partitioned otherwise (or not at all), saying what to do."""
-    wanted = config.time_partitioning
-    found = existing.time_partitioning
-    if found is None or (found.field, found.type_) != (wanted.field, wanted.type_):
-        what = (
-            "not partitioned" if found is None else f"partitioned by {found.type_} on {found.field}"
-        )
-        raise BqAssetsError(
-            f"{existing.project}.{existing.dataset_id}.{existing.table_id} is {what}, but "
-            f"{spec.spec_file} partitions it by {wanted.type_} on {wanted.field}: BigQuery cannot "
-            "change a table's partitioning. Drop the table deliberately and backfill the "
-            "partitions, or load into another table (bigquery.table)."
-        )
-
-
-def _ensure_partitioned_table(
-    client: bigquery.Client, table_id: str, config: bigquery.LoadJobConfig
-) -> None:
-    """Create the partitioned table (schema, partitioning, clustering) unless it exists, so a
-    partition can be written into it. Idempotent."""
-    table = bigquery.Table(table_id, schema=config.schema)
-    table.time_partitioning = config.time_partitioning
-    table.clustering_fields = config.clustering_fields
-    client.create_table(table, exists_ok=True, retry=TRANSIENT)
-
-
 def run_partition_load(
     client: bigquery.Client,
     project: str,
@@ -180,24 +158,30 @@ def run_partition_load(
     """Replace exactly the partitions of ``window`` in the export's table with the manifest's
     rows; every other partition stays as it was.
 
-    The objects are loaded into a staging table first; the load fails (nothing published) when
-    any of its rows falls outside the window. Then each partition of the window is replaced:
-    by a copy job to its decorator (``table$YYYYMMDD`` or ``$YYYYMM``, WRITE_TRUNCATE) when the
-    export's partitions are BigQuery's own and ``overwrite`` is ``decorator``, else by one
-    transaction (delete the window's rows, insert the staging table's). Idempotent: running it
+    The objects are loaded into a staging table partitioned and clustered like the table; the
+    load fails (nothing published) when any of its rows falls outside the window. New columns
+    the spec allows are added to the table first (``widen_schema``). Then each partition of the
+    window is replaced: by a copy job from the staging table's partition to the table's
+    (``publish_partitions``) when the export's partitions are BigQuery's own and ``overwrite``
+    is ``decorator``, else by one transaction (delete the window's rows, insert the staging
+    table's). Idempotent: running it
     again with the same manifest gives the same table.
     """
     assert spec.partitioning is not None
     column = spec.partitioning.column
     table_id, config, existing = prepare_load(client, project, spec, manifest, log)
     column_type = _column_type(config, column)
-    _ensure_partitioned_table(client, table_id, config)
+    if ensure_export_table(client, table_id, config, spec):
+        existing = None
+    elif existing is not None:
+        existing = widen_schema(client, existing, config, log)
     aligned = aligned_with_bigquery(spec.partitioning.by, column_type, spec.timezone)
     mechanism: PartitionOverwrite = (
         "decorator" if overwrite == "decorator" and aligned else ("transaction")
     )
     if mechanism == "decorator" and existing is not None:
         check_partitioning(existing, config, spec)
+        existing = align_clustering(client, existing, config, log)
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
     staging_dataset = ensure_staging_dataset(client, project, spec)
@@ -210,7 +194,7 @@ def run_partition_load(
         # Created only when a load starts (the emulator loads only into a table that exists):
         # a staging table made earlier would make a finished job of an earlier run look as if
         # its output were still there, and be reattached to instead of loading.
-        _ensure_partitioned_table(client, staging_id, config)
+        create_staging_table(client, staging_id, config)
         return client.load_table_from_uri(
             manifest.uris, staging_id, job_id=job_id, location=location, job_config=config,
             retry=TRANSIENT,
@@ -235,24 +219,9 @@ def run_partition_load(
                 "$partition_end (partitioning.column must be the column the query filters on)."
             )
         if mechanism == "decorator":
-            for part in window.split():
-                source_id = staging_id
-                if len(window.keys) > 1:
-                    source_id = f"{staging_id}_{part.keys[0].replace('-', '')}"
-                    staged.append(source_id)
-                    _select_partition(client, staging_id, source_id, column, column_type, part)
-                target = f"{table_id}{decorator(part.keys[0], part.by)}"
-                copy = start_or_reattach(
-                    client, f"{job.job_id}_publish_{part.keys[0].replace('-', '')}", project,
-                    location,
-                    lambda job_id, source_id=source_id, target=target: client.copy_table(
-                        source_id, target, job_id=job_id, location=location, retry=TRANSIENT,
-                        job_config=bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE"),
-                    ),
-                    log,
-                )  # fmt: skip
-                wait_for(copy, target, location, True)
-                publish_jobs.append(copy.job_id)
+            publish_jobs += publish_partitions(
+                client, project, staging_id, table_id, window, loaded, job.job_id, location, log
+            )
         else:
             script = _transaction_script(
                 table_id, staging_id, column, column_type, window, [f.name for f in config.schema]
@@ -263,7 +232,11 @@ def run_partition_load(
             )
             try:
                 query.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
-            except gexc.GoogleAPICallError as exc:
+            except Exception as exc:
+                if query.state != "DONE":  # not known to have rolled back: it may still commit
+                    raise still_running_error(query, table_id, location, exc) from None
+                if not isinstance(exc, gexc.GoogleAPICallError):
+                    raise
                 raise BqAssetsError(
                     f"BigQuery job {query.job_id} replacing {window.describe()} of {table_id} "
                     f"failed; the transaction rolled back, the table keeps its previous data: "
@@ -275,10 +248,7 @@ def run_partition_load(
         for staging in staged:
             drop_quietly(client, staging, log)
     table = client.get_table(table_id, retry=TRANSIENT)
-    if spec.bigquery.labels or spec.description:
-        table.labels = dict(spec.bigquery.labels)
-        table.description = spec.description
-        table = client.update_table(table, ["labels", "description"], retry=TRANSIENT)
+    table = apply_labels_and_description(client, table, spec)
     published, _ = partition_row_counts(client, table_id, column, column_type, window)
     result = LoadResult(
         table_id=table_id,
@@ -296,23 +266,51 @@ def run_partition_load(
     return PartitionLoad(result, window, mechanism, published, publish_jobs)
 
 
-def _select_partition(
+def publish_partitions(
     client: bigquery.Client,
+    project: str,
     staging_id: str,
-    destination: str,
-    column: str,
-    column_type: str,
-    part: Window,
-) -> None:
-    """Write the rows of one partition of the staging table to a table of their own, the
-    source of that partition's copy job (a copy to a decorator needs exactly its rows)."""
-    start, end = (_bound(b, column_type) for b in _window_bounds(part, column_type))
-    config = bigquery.QueryJobConfig(
-        destination=destination,
-        write_disposition="WRITE_TRUNCATE",
-        query_parameters=[start, end],
+    table_id: str,
+    window: Window,
+    loaded: dict[str, int],
+    load_job_id: str,
+    location: str,
+    log: Log,
+) -> list[str]:
+    """Replace every partition of ``window`` in the export's table with the staging table's,
+    partition to partition, and return the jobs' ids.
+
+    The documented form (https://cloud.google.com/bigquery/docs/managing-partitioned-tables#copy_partitions):
+    a copy job from ``staging$YYYYMMDD`` to ``table$YYYYMMDD`` with ``WRITE_TRUNCATE``, which
+    replaces exactly that partition, atomically; both tables partitioned and clustered alike
+    (BigQuery refuses to copy into a column-partitioned table from one that is not: "Failed to
+    copy Non partitioned table to Column partitioned table"). ``CREATE_NEVER``: the table was
+    created as the spec declares it. A partition of the window the run found empty is deleted
+    from the table (``tables.delete`` on its decorator, documented in the same page), since
+    there is no staging partition to copy. Idempotent: job ids derive from the load job's, so a
+    retry reattaches to the copies already done.
+    """
+    config = bigquery.CopyJobConfig(
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
     )
-    sql = f"SELECT * FROM `{staging_id}` WHERE `{column}` >= ? AND `{column}` < ?"
-    client.query(sql, job_config=config, retry=TRANSIENT).result(
-        retry=TRANSIENT, timeout=JOB_TIMEOUT_S
-    )
+    jobs = []
+    for part in window.split():
+        key = part.keys[0]
+        suffix = decorator(key, part.by)
+        source, target = f"{staging_id}{suffix}", f"{table_id}{suffix}"
+        if not loaded.get(key):
+            log.info(f"{target}: no rows in this run's snapshot; deleting the partition")
+            client.delete_table(target, not_found_ok=True, retry=TRANSIENT)
+            continue
+        copy = start_or_reattach(
+            client, f"{load_job_id}_publish_{key.replace('-', '')}", project, location,
+            lambda job_id, source=source, target=target: client.copy_table(
+                source, target, job_id=job_id, location=location, retry=TRANSIENT,
+                job_config=config,
+            ),
+            log,
+        )  # fmt: skip
+        wait_for(copy, target, location, True)
+        jobs.append(copy.job_id)
+    return jobs

@@ -17,6 +17,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_read.transports import 
 from pydantic import Field
 
 from bq_assets.local import sample_data
+from bq_assets.local.limits import emulator_cannot_store
 from bq_assets.local.stack import StackState, read_state
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.resources.source import DuckDBSourceResource
@@ -73,6 +74,9 @@ class LocalBigQueryResource(ExportBigQueryResource):
 
     def emulator(self) -> StackState:
         return read_state(Path(self.local_stack_dir))
+
+    def unstorable(self, columns: list[tuple[str, str, str]]) -> list[str]:
+        return emulator_cannot_store(columns)
 
     @property
     def read_endpoint(self) -> str:

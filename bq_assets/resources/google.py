@@ -143,6 +143,13 @@ class ExportBigQueryResource(BigQueryResource):
         """The emulator to talk to instead of Google (none in production)."""
         return None
 
+    def unstorable(self, columns: list[tuple[str, str, str]]) -> list[str]:
+        """Which of a result's columns ``(name, source type, BigQuery type)`` this BigQuery
+        cannot store, one sentence each naming the column, the reason and the cast that makes
+        it fit. Asked at the query step, before anything is written. BigQuery stores every type
+        the schema maps to: none here (the local stack's resource answers for its emulator)."""
+        return []
+
     def get_object_to_set_on_execution_context(self) -> ExportBigQueryResource:
         return self  # see ExportGCSResource: no client before the step runs
 

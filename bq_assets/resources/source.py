@@ -13,7 +13,12 @@ from pydantic import Field
 
 from bq_assets.sources import DEFAULT_SOURCE, EngineSettings, Source
 from bq_assets.sources.files import GcsAccess, GcsAccessLike
-from bq_assets.sources.snapshot import SNAPSHOT_OBJECT, SourceQueryError, write_snapshot
+from bq_assets.sources.snapshot import (
+    SNAPSHOT_OBJECT,
+    SourceQueryError,
+    Unstorable,
+    write_snapshot,
+)
 
 __all__ = ["SNAPSHOT_OBJECT", "DuckDBSourceResource", "SourceDeclaration", "SourceQueryError"]
 
@@ -128,9 +133,11 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         gcs: GcsAccessLike = None,
         parameters: Mapping[str, object] | None = None,
         partition_column: str | None = None,
+        unstorable: Unstorable | None = None,
     ) -> pq.FileMetaData:
         """Run ``sql`` on the source ``source_name`` and write its result to ``destination``
-        as Parquet, all or nothing (``bq_assets.sources.write_snapshot``, which says how).
+        as Parquet, all or nothing (``bq_assets.sources.write_snapshot``, which says how;
+        ``unstorable``: the target BigQuery's refusals, asked before anything is written).
         Idempotent."""
         return write_snapshot(
             self.source(source_name),
@@ -141,6 +148,7 @@ class DuckDBSourceResource(dg.ConfigurableResource):
             gcs,
             parameters,
             partition_column,
+            unstorable,
         )
 
     def staging_export_prefix(self, export: str) -> str:

@@ -5,7 +5,7 @@ configuration, the query hop wires it to a run)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import duckdb
@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.sql import executable_query
 from bq_assets.partitioning import PARTITION_COLUMN_TYPES
-from bq_assets.schema import UnsupportedTypeError, values_out_of_range
+from bq_assets.schema import UnsupportedTypeError, snapshot_column, values_out_of_range
 from bq_assets.sources.connection import EngineSettings, connect
 from bq_assets.sources.declarations import Source, SourceUnreachableError, blank_secret
 from bq_assets.sources.files import GcsAccessLike
@@ -48,6 +48,26 @@ def check_partition_column(described: list[tuple[str, str]], column: str, sql_fi
     return found
 
 
+#: Asked with each result column ``(name, source type, BigQuery type)``: the ones the BigQuery
+#: the export loads into cannot store, one sentence each (``ExportBigQueryResource.unstorable``).
+Unstorable = Callable[[list[tuple[str, str, str]]], list[str]]
+
+
+class UnstorableColumnError(BqAssetsError):
+    """A result column the BigQuery the export loads into cannot store (the local emulator)."""
+
+
+def refuse_unstorable(
+    described: list[tuple[str, str]], unstorable: Unstorable, sql_file: Path
+) -> None:
+    """Refuse, before anything is written, the result columns the target BigQuery cannot
+    store, naming each with the reason and the cast that makes it fit."""
+    columns = [(name, kind, snapshot_column(name, kind)[1]) for name, kind in described]
+    problems = unstorable(columns)
+    if problems:
+        raise UnstorableColumnError(f"{sql_file}: " + "; ".join(problems) + " Nothing was written.")
+
+
 def write_snapshot(
     source: Source,
     settings: EngineSettings,
@@ -57,6 +77,7 @@ def write_snapshot(
     gcs: GcsAccessLike = None,
     parameters: Mapping[str, object] | None = None,
     partition_column: str | None = None,
+    unstorable: Unstorable | None = None,
 ) -> pq.FileMetaData:
     """Run ``sql`` on ``source`` and write its result to ``destination`` as Parquet, all or
     nothing, streamed (DuckDB's COPY; the result is never held in memory).
@@ -72,7 +93,8 @@ def write_snapshot(
 
     ``parameters`` are bound to the query's ``$name`` placeholders by DuckDB (a partitioned
     export's window; never formatted into the SQL). ``partition_column`` must then be a DATE or
-    TIMESTAMP column of the result, checked before any row is read. Idempotent.
+    TIMESTAMP column of the result, checked before any row is read. ``unstorable`` (the target
+    BigQuery's rule, see ``refuse_unstorable``) is asked before any row is read too. Idempotent.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
@@ -84,6 +106,8 @@ def write_snapshot(
                     result_types(con, query, parameters), partition_column, sql_file
                 )
             snapshot_query = check_result_types(con, query, source, parameters)
+            if unstorable is not None:
+                refuse_unstorable(result_types(con, query, parameters), unstorable, sql_file)
             con.execute(
                 f"COPY ({snapshot_query}) TO '{partial}' "
                 f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})",

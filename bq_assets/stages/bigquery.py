@@ -5,7 +5,8 @@ snapshot's types, ``WRITE_TRUNCATE`` by default through a staging table and one 
 failed load leaves the previous data in place), ``max_bad_records`` 0, and deterministic job
 ids, so a retried step reattaches instead of loading twice. Before loading, the bucket's
 location is checked against the dataset's. Checks (blocking): the table holds the manifest's
-rows, and its schema is the snapshot's.
+rows, and its schema is the snapshot's; (not blocking) the table has the partitioning,
+clustering, labels, description and expiration its spec declares.
 """
 
 from collections.abc import Callable
@@ -14,13 +15,19 @@ import dagster as dg
 from google.cloud import bigquery as bigquery_client
 
 from bq_assets.engine.bigquery_jobs import count_rows, existing_table
-from bq_assets.engine.bigquery_load import bucket_location, check_bucket_location, run_load
+from bq_assets.engine.bigquery_load import (
+    bucket_location,
+    check_bucket_location,
+    declared_partitioning,
+    run_load,
+)
 from bq_assets.engine.bigquery_partitions import (
     PartitionLoad,
     partition_column_type,
     partition_row_counts,
     run_partition_load,
 )
+from bq_assets.engine.bigquery_tables import spec_differences
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
@@ -37,6 +44,7 @@ from bq_assets.translator import bigquery_key, gcs_key, query_key
 
 BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
+BIGQUERY_TABLE_MATCHES_SPEC = "table_matches_spec"
 SAMPLE = 5
 
 
@@ -216,6 +224,21 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
             {"differences": dg.MetadataValue.json(diff)},
         )
 
+    def table_matches(
+        context: dg.AssetCheckExecutionContext, bigquery: ExportBigQueryResource
+    ) -> dg.AssetCheckResult:
+        """The table's properties, read back from BigQuery, against the spec's (see
+        ``spec_differences``): one line per difference."""
+        table_id = upstream_materialization(context, key).table_name
+        with bigquery.get_client() as client:
+            table = client.get_table(table_id)
+        differences = spec_differences(table, spec, declared_partitioning(spec))
+        return check_result(
+            not differences,
+            f"{table_id} differs from {spec.spec_file.name}: " + "; ".join(differences),
+            {"differences": dg.MetadataValue.json(differences)},
+        )
+
     return [
         Check(
             dg.AssetCheckSpec(
@@ -236,5 +259,17 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
                 description="The table's columns and types equal the snapshot's schema.",
             ),
             schema_matches,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                BIGQUERY_TABLE_MATCHES_SPEC,
+                asset=key,
+                # Not blocking: a property that differs (a label the spec dropped, which BigQuery
+                # keeps) does not make the rows wrong, so the next hop still publishes them.
+                blocking=False,
+                description="The table has the partitioning, clustering, labels and description "
+                "its spec declares, and no expiration (of the table or its partitions).",
+            ),
+            table_matches,
         ),
     ]

@@ -36,7 +36,7 @@ from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.exports.sql import partition_parameters
-from bq_assets.resources.google import ExportGCSResource
+from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema
 from bq_assets.stages.handoff import HandOff, fetch_snapshot, upstream_materialization
@@ -113,6 +113,7 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
         context: dg.AssetExecutionContext,
         source: DuckDBSourceResource,
         gcs: ExportGCSResource,
+        bigquery: ExportBigQueryResource,
     ) -> dg.MaterializeResult:
         run_id = context.run.run_id
         with _scratch(source, run_id) as scratch:
@@ -129,6 +130,9 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
                 lambda: gcs_access(gcs),
                 parameters=parameters,
                 partition_column=spec.partitioning.column if spec.partitioning else None,
+                # What the target BigQuery cannot store is refused before anything is written
+                # (the local emulator: BIGNUMERIC; production: nothing).
+                unstorable=bigquery.unstorable,
             )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             refuse_uncomparable_keys(spec, fields)
