@@ -80,6 +80,7 @@ mutation: install ## mutation testing of the engine modules that decide what is 
 	rm -rf mutants
 	@stack=$$(mktemp -d); start=$$(date +%s); \
 	trap 'BQ_ASSETS_LOCAL_DIR=$$stack $(BIN)/python -m bq_assets.local down >/dev/null; rm -rf $$stack' EXIT; \
+	trap 'exit 130' INT TERM; \
 	BQ_ASSETS_LOCAL_DIR=$$stack $(BIN)/python -m bq_assets.local up >/dev/null || exit 1; \
 	BQ_ASSETS_TEST_STACK_DIR=$$stack $(BIN)/mutmut run --max-children 1 > $(BQ_ASSETS_LOCAL_DIR)/mutation.log 2>&1 \
 		|| { tail -c 4000 $(BQ_ASSETS_LOCAL_DIR)/mutation.log; exit 1; }; \
