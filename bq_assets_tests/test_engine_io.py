@@ -5,6 +5,7 @@ mutation` found mutants that no fast test reached.)"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -16,12 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.cloud import bigquery
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.engine.bigquery_load import (
     LocationError,
     _widen_for_append,
+    bucket_location,
     check_bucket_location,
     locations_compatible,
     run_load,
@@ -317,3 +320,44 @@ def test_a_table_partitioned_otherwise_is_refused_saying_how(tmp_path: Path) -> 
         with pytest.raises(BqAssetsError) as refused:
             check_partitioning(table, config, spec)
         assert str(refused.value) == f"p.d.t is {what}, {advice}"
+
+
+class RecordingRetry:
+    """A retry policy that retries nothing and notes each error it was asked about: a call
+    that fails and notes nothing did not use the policy it was given."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def policy(self) -> Retry:
+        return Retry(predicate=self._ask, initial=0.01, maximum=0.01, timeout=5)
+
+    def _ask(self, exc: Exception) -> bool:
+        self.asked.append(type(exc).__name__)
+        return False
+
+
+@pytest.mark.stack
+def test_each_gcs_call_takes_the_retry_policy_it_is_given(resources) -> None:
+    """``retry`` is how a step bounds its GCS calls (``retry_timeout_s``, which the fault suite
+    relies on to fail in seconds): every engine call must hand it to the client. Each call
+    below meets a missing bucket (404), which only a policy it was given can be asked about."""
+    client = resources["gcs"].get_client()
+    missing = client.bucket(f"no-such-bucket-{uuid.uuid4().hex[:8]}")
+    layout = ObjectLayout("exports/{export}/{run}/part-{shard}", "t", "r", dt.date(2026, 1, 31), ".csv")  # fmt: skip
+    # (Uploads and downloads, ``upload``, ``publish_manifest`` and ``read_manifest``, ask their
+    # policy only about transient errors, 429 and 5xx, which the emulator does not give.)
+    calls = {
+        "bucket_location": lambda retry: bucket_location(client, missing.name, retry),
+        "delete_prefix": lambda retry: delete_prefix(missing, "p/", retry),
+        "delete_objects": lambda retry: delete_objects([missing.blob("x")], retry),
+        "tidy_runs": lambda retry: tidy_runs(missing, layout, 1, lambda _: False, retry),
+    }
+    unasked = []
+    for name, call in calls.items():
+        recording = RecordingRetry()
+        with contextlib.suppress(gexc.NotFound):
+            call(recording.policy())
+        if "NotFound" not in recording.asked:
+            unasked.append(name)
+    assert unasked == []
