@@ -337,7 +337,10 @@ def test_a_tampered_manifest_publishes_no_partition_and_the_table_keeps_its_rows
                 run_partition_load(
                     client, local_stack.project, spec, bad, window, "transaction", LOG
                 )
-            assert difference in str(refused.value)
+            message = str(refused.value)
+            staging = f"{local_stack.project}.amperity_exports_staging.guard_partitioned__staging_"
+            assert message.startswith(staging) and difference in message
+            assert f"Nothing was published: {table_id} keeps its previous data" in message
             assert not refused.value.retryable
             assert table_rows(client, table_id) == before
     assert [row[1] for row in before] == [10, 20]
