@@ -73,7 +73,9 @@ def report(found: dict[str, str], equivalent: set[str]) -> tuple[list[str], floa
     score = total["killed"] / counted if counted else 0.0
     unjudged = sorted(m for m, v in found.items() if v == "survived" and m not in equivalent)
     stale = sorted(m for m in equivalent if found.get(m) != "survived")
+    timeouts = sum(v == "timeout" for v in found.values())
     lines += [f"other verdicts: {dict(others)}"] if others else []
+    lines += [f"killed by a timeout (an endless loop, or a very busy machine): {timeouts}"]
     lines += [f"surviving, not judged equivalent: {m}" for m in unjudged]
     lines += [f"no tests: {m}" for m in sorted(m for m, v in found.items() if v == "no tests")]
     lines += [f"judged equivalent in {DOCS} but no longer surviving (stale): {m}" for m in stale]
