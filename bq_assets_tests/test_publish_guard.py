@@ -159,18 +159,25 @@ def test_an_append_with_the_tables_schema_needs_no_change() -> None:
 
 
 def test_an_append_adds_new_columns_at_the_end_and_relaxes_required_ones() -> None:
-    table = [bigquery.SchemaField("id", "INTEGER", "REQUIRED"), SCHEMA[1]]
+    table = [bigquery.SchemaField("id", "INTEGER", "REQUIRED", description="the key"), SCHEMA[1]]
     incoming = [*SCHEMA, bigquery.SchemaField("email", "STRING")]
     widened = appended_schema(table, incoming, "p.d.t")
     assert widened is not None
-    assert [(f.name, f.field_type, f.mode) for f in widened] == [
-        ("id", "INTEGER", "NULLABLE"),
-        ("name", "STRING", "NULLABLE"),
-        ("email", "STRING", "NULLABLE"),
+    assert [(f.name, f.field_type, f.mode, f.description) for f in widened] == [
+        ("id", "INTEGER", "NULLABLE", "the key"),
+        ("name", "STRING", "NULLABLE", None),
+        ("email", "STRING", "NULLABLE", None),
     ]
     still_required = [bigquery.SchemaField("id", "INTEGER", "REQUIRED"), *incoming[1:]]
     kept = appended_schema(table, still_required, "p.d.t")
     assert kept is not None and kept[0].mode == "REQUIRED"
+
+
+def test_an_append_that_drops_a_required_column_is_refused_not_crashed() -> None:
+    """(The drift check refuses a dropped column first; this is the rule on its own.)"""
+    table = [*SCHEMA, bigquery.SchemaField("extra", "STRING", "REQUIRED")]
+    with pytest.raises(SchemaDriftError, match=r"the table would need \(id, name, extra\)"):
+        appended_schema(table, SCHEMA, "p.d.t")
 
 
 @pytest.mark.parametrize(

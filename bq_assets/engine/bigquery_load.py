@@ -243,7 +243,7 @@ def appended_schema(
     widened = [
         field
         if field.mode != "REQUIRED" or wanted.get(field.name, field).mode == "REQUIRED"
-        else bigquery.SchemaField(field.name, field.field_type, "NULLABLE", field.description)
+        else bigquery.SchemaField.from_api_repr({**field.to_api_repr(), "mode": "NULLABLE"})
         for field in existing
     ]
     known = {field.name for field in existing}
