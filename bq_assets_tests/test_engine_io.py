@@ -52,9 +52,9 @@ SCHEMA = [bigquery.SchemaField("id", "INTEGER"), bigquery.SchemaField("name", "S
 
 def test_the_retention_summary_says_what_was_deleted_and_what_was_left() -> None:
     assert Tidied([], [], []).summary() == []
-    assert Tidied(["a/", "b/"], ["c/"], ["d/", "e/"]).summary() == [
+    assert Tidied(["a/", "b/"], ["c/", "f/"], ["d/", "e/"]).summary() == [
         "deleted 2 older run prefix(es): a/, b/",
-        "deleted the partial objects of 1 failed run(s): c/",
+        "deleted the partial objects of 2 failed run(s): c/, f/",
         "left alone, as their runs may still be writing: d/, e/",
     ]
     assert Tidied([], [], ["d/"]).summary() == [
@@ -138,7 +138,7 @@ def test_a_partitioned_tables_column_type_is_read_from_the_table(local_stack, re
 
 
 @pytest.mark.stack
-def test_an_append_widens_the_tables_schema_before_its_copy(local_stack, resources) -> None:
+def test_an_append_widens_the_tables_schema_before_its_copy(local_stack, resources, caplog) -> None:
     """``tables.patch`` with the new NULLABLE column at the end (the copy that follows it is
     live only: the emulator hangs on a copy into a patched table)."""
     table_id = f"{local_stack.project}.amperity_exports.io_widened_{uuid.uuid4().hex[:8]}"
@@ -146,8 +146,12 @@ def test_an_append_widens_the_tables_schema_before_its_copy(local_stack, resourc
     with resources["bigquery"].get_client() as client:
         client.create_dataset(f"{local_stack.project}.amperity_exports", exists_ok=True)
         client.create_table(bigquery.Table(table_id, schema=SCHEMA))
-        _widen_for_append(client, table_id, widened, LOG)
+        with caplog.at_level(logging.INFO, logger=LOG.name):
+            _widen_for_append(client, table_id, widened, LOG)
         found = client.get_table(table_id).schema
+    assert caplog.messages == [
+        f"{table_id}: adding/relaxing columns before the append: ['id', 'name', 'email']"
+    ]
     assert [(f.name, f.field_type, f.mode) for f in found] == [
         ("id", "INTEGER", "NULLABLE"),
         ("name", "STRING", "NULLABLE"),

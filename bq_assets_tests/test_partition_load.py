@@ -14,6 +14,7 @@ from google.cloud import bigquery
 
 from bq_assets.engine.bigquery_partitions import PartitionBoundsError, run_partition_load
 from bq_assets.engine.manifest import Manifest, Shard
+from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import load_spec
 from bq_assets.partitioning import Window
 from bq_assets.schema import schema_to_json
@@ -139,3 +140,38 @@ def test_a_row_outside_the_window_publishes_nothing_and_says_what_to_fix(
         "(partitioning.column must be the column the query filters on)."
     )
     assert not refused.value.retryable
+
+
+def test_a_decorator_publish_first_refuses_a_table_partitioned_otherwise(
+    local_stack, resources, tmp_path: Path
+) -> None:
+    """Asked for decorators on partitions BigQuery's own (New York days of a DATE column are
+    the column's own days), the load checks the existing table's partitioning before it loads
+    anything; asked for them where BigQuery's days are not the export's (a TIMESTAMP in New
+    York), it publishes by transaction and needs no such check."""
+    aligned = sales_spec(tmp_path, "plain_date")
+    fifth = Window(("2026-01-05",), "day", aligned.timezone)
+    with resources["bigquery"].get_client() as client:
+        plain = fresh(client, local_stack.project, "plain_date")
+        client.create_dataset(f"{local_stack.project}.partition_loads", exists_ok=True)
+        client.create_table(bigquery.Table(plain, schema=[bigquery.SchemaField("id", "INTEGER"),
+            bigquery.SchemaField("amount", "INTEGER"), bigquery.SchemaField("sold_at", "DATE")]))  # fmt: skip
+        objects = sales_objects(local_stack, resources, [(1, 10, "2026-01-05")])
+        with pytest.raises(BqAssetsError, match=f"^{plain} is not partitioned, but "):
+            run_partition_load(
+                client, local_stack.project, aligned, objects, fifth, "decorator", LOG
+            )
+        assert rows_of(client, plain) == []
+
+        (tmp_path / "ts").mkdir()
+        unaligned = sales_spec(tmp_path / "ts", "plain_timestamp", "TIMESTAMP")
+        plain_ts = fresh(client, local_stack.project, "plain_timestamp")
+        client.create_table(bigquery.Table(plain_ts, schema=[bigquery.SchemaField("id", "INTEGER"),
+            bigquery.SchemaField("amount", "INTEGER"), bigquery.SchemaField("sold_at", "TIMESTAMP")]))  # fmt: skip
+        stamped = sales_objects(
+            local_stack, resources, [(1, 10, "2026-01-05 12:00:00+00:00")], "TIMESTAMP"
+        )
+        loaded = run_partition_load(
+            client, local_stack.project, unaligned, stamped, fifth, "decorator", LOG
+        )
+        assert loaded.mechanism == "transaction" and loaded.rows_by_partition == {"2026-01-05": 1}
