@@ -1,7 +1,7 @@
 """`make mutation`'s score: mutmut's verdicts per module, less the surviving mutants judged
 equivalent in docs/testing.md ("Mutation testing"), against the 85% target of issue 24.
 
-Reads ``mutmut results --all`` (run from the repository root after ``mutmut run``). A mutant
+Reads ``mutmut results --all true`` (run from the repository root after ``mutmut run``). A mutant
 counts as killed when a test failed on it, or when it made the tests time out (a mutant that
 loops forever is caught). The score is killed / (all mutants - those judged equivalent); a
 mutant no fast test reaches ("no tests") counts against it. Judged-equivalent mutants that no
@@ -26,9 +26,9 @@ RESULT = re.compile(r"^\s+(\S+__mutmut_\d+): (.+)$")
 
 
 def verdicts(mutmut: str) -> dict[str, str]:
-    """Mutant name → mutmut's verdict, from ``mutmut results --all``."""
+    """Mutant name → mutmut's verdict, from ``mutmut results --all true``."""
     out = subprocess.run(
-        [mutmut, "results", "--all"], capture_output=True, text=True, check=True
+        [mutmut, "results", "--all", "true"], capture_output=True, text=True, check=True
     ).stdout
     return {m.group(1): m.group(2).strip() for m in map(RESULT.match, out.splitlines()) if m}
 
@@ -66,10 +66,10 @@ def report(found: dict[str, str], equivalent: set[str]) -> tuple[list[str], floa
             f"{module:<22}{sum(counts.values()):>8}{counts['killed']:>8}"
             f"{counts['equivalent']:>8}{counts['survived']:>9}{counts['no tests']:>9}"
         )
-    others = {
-        k: v for k, v in total.items() if k not in ("killed", "equivalent", "survived", "no tests")
-    }
-    counted = sum(total.values()) - total["equivalent"]
+    shown = ("killed", "equivalent", "survived", "no tests", "not checked")
+    others = {k: v for k, v in total.items() if k not in shown}
+    # An interrupted run leaves mutants "not checked": the score is then of the checked ones.
+    counted = sum(total.values()) - total["equivalent"] - total["not checked"]
     score = total["killed"] / counted if counted else 0.0
     unjudged = sorted(m for m, v in found.items() if v == "survived" and m not in equivalent)
     stale = sorted(m for m in equivalent if found.get(m) != "survived")
@@ -79,6 +79,8 @@ def report(found: dict[str, str], equivalent: set[str]) -> tuple[list[str], floa
     lines += [f"surviving, not judged equivalent: {m}" for m in unjudged]
     lines += [f"no tests: {m}" for m in sorted(m for m, v in found.items() if v == "no tests")]
     lines += [f"judged equivalent in {DOCS} but no longer surviving (stale): {m}" for m in stale]
+    if total["not checked"]:
+        lines.append(f"not checked (the run was interrupted): {total['not checked']}")
     verdict = "meets" if score >= TARGET else "BELOW"
     lines.append(
         f"mutation: {total['killed']} killed of {counted} non-equivalent mutants "
