@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg jdk demo dev up down status test live-test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e bench-partitions lint clean
+.PHONY: install gnupg jdk demo dev up down status test live-test postgres mariadb deploy-test faults mutation e2e screenshots bench bench-e2e bench-partitions lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,22 @@ deploy-test: install postgres ## the deployment suite alone: Postgres-backed ins
 faults: install postgres ## the fault and bad-input suite alone, with its report table
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/pytest -m faults
+
+MUTMUT_VERSION ?= 3.8.1
+# One stack for all of mutmut's test sessions, so one mutant at a time (two would share tables).
+mutation: install ## mutation testing of the engine modules that decide what is published (slow, CPU-heavy; not in CI)
+	@$(BIN)/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("mutmut") != "$(MUTMUT_VERSION)")' 2>/dev/null \
+		|| $(BIN)/pip install --quiet 'mutmut==$(MUTMUT_VERSION)'
+	@mkdir -p $(BQ_ASSETS_LOCAL_DIR)
+	rm -rf mutants
+	@stack=$$(mktemp -d); start=$$(date +%s); \
+	trap 'BQ_ASSETS_LOCAL_DIR=$$stack $(BIN)/python -m bq_assets.local down >/dev/null; rm -rf $$stack' EXIT; \
+	trap 'exit 130' INT TERM; \
+	BQ_ASSETS_LOCAL_DIR=$$stack $(BIN)/python -m bq_assets.local up >/dev/null || exit 1; \
+	BQ_ASSETS_TEST_STACK_DIR=$$stack $(BIN)/mutmut run --max-children 1 > $(BQ_ASSETS_LOCAL_DIR)/mutation.log 2>&1 \
+		|| { tail -c 4000 $(BQ_ASSETS_LOCAL_DIR)/mutation.log; exit 1; }; \
+	echo "mutmut run: $$(( $$(date +%s) - start )) s (log: $(BQ_ASSETS_LOCAL_DIR)/mutation.log)"
+	$(BIN)/python -m bq_assets_tests.mutation_report $(BIN)/mutmut | tee $(BQ_ASSETS_LOCAL_DIR)/mutation-report.txt
 
 e2e: install ## the Dagster UI in headless Chromium: asset graph, a run, schedules (screenshots in .local/)
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -184,14 +184,20 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
     if not rows.isdigit() or int(rows) < 1:
         raise ConfigurationError(f"BQ_ASSETS_SAMPLE_ROWS={rows!r} must be a positive integer")
     bigquery = LocalBigQueryResource(local_stack_dir=str(root))
+    # The default source: a DuckDB file of the user's own when BQ_ASSETS_SOURCE_DATABASE names
+    # one, else the generated sample (which never replaces a file it did not make).
+    own_database = os.environ.get("BQ_ASSETS_SOURCE_DATABASE")
+    settings = {
+        "staging_dir": str(root / "staging"),
+        **staging_settings(),
+        "sources": declared_sources(),
+        **query_engine_settings(),
+    }
     return {
-        "source": SampleSourceResource(
-            database=str(root / "source.duckdb"),
-            staging_dir=str(root / "staging"),
-            sample_rows=int(rows),
-            **staging_settings(),
-            sources=declared_sources(),
-            **query_engine_settings(),
+        "source": DuckDBSourceResource(database=own_database, **settings)
+        if own_database
+        else SampleSourceResource(
+            database=str(root / "source.duckdb"), sample_rows=int(rows), **settings
         ),
         # The emulator is on this machine: if it has not answered in 10 s it is down.
         "gcs": LocalGCSResource(local_stack_dir=str(root), retry_timeout_s=10),

@@ -20,22 +20,29 @@ SAMPLE_ROWS = 500
 pytest_plugins = ["bq_assets_tests.fault_report"]
 
 
+#: A running local stack for every test session to share, left running (`make mutation` starts
+#: one for its many short sessions); without it each session starts and stops its own.
+SHARED_STACK = "BQ_ASSETS_TEST_STACK_DIR"
+
+
 @pytest.fixture(scope="session")
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("local-stack")
+    shared = os.environ.get(SHARED_STACK)
+    return Path(shared) if shared else tmp_path_factory.mktemp("local-stack")
 
 
 @pytest.fixture(scope="session")
 def local_stack(stack_dir: Path) -> Iterator[stack.StackState]:
     """The real emulators and the Spark stand-in, started once per session and stopped at the
-    end."""
+    end (or those of the stack ``BQ_ASSETS_TEST_STACK_DIR`` names, left running)."""
     os.environ["BQ_ASSETS_SAMPLE_ROWS"] = str(SAMPLE_ROWS)
     state = stack.up(stack_dir)
     yield state
     from bq_assets.local.spark_warehouse import close_sessions
 
     close_sessions()
-    stack.down(stack_dir)
+    if not os.environ.get(SHARED_STACK):
+        stack.down(stack_dir)
 
 
 @pytest.fixture(scope="session")

@@ -252,9 +252,12 @@ def denying_gcs() -> Iterator[storage.Client]:
 def test_a_bucket_whose_location_cannot_be_read_names_the_permission(denying_gcs) -> None:
     with pytest.raises(LocationError) as error:
         bucket_location(denying_gcs, "exports", DEFAULT_RETRY.with_timeout(5))
-    message = str(error.value)
-    assert "gs://exports" in message and "lacks storage.buckets.get" in message
-    assert "roles/storage.legacyBucketReader" in message
+    assert str(error.value).startswith(
+        "cannot read the location of gs://exports to check it against the dataset's: the "
+        "service account lacks storage.buckets.get on the bucket. Grant it "
+        "roles/storage.legacyBucketReader on the bucket (or a custom role with "
+        "storage.buckets.get). GCS said: "
+    )
 
 
 def test_any_permission_denied_ends_the_step_once_naming_the_permission(denying_gcs) -> None:

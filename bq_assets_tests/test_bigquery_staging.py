@@ -49,10 +49,10 @@ def test_the_staging_dataset_is_configurable_and_never_the_published_one(
     local_stack, resources, tmp_path: Path
 ) -> None:
     log = logging.getLogger("test")
-    spec = spec_for(tmp_path, "staged_elsewhere", ", staging_dataset: bq_assets_scratch")
+    spec = spec_for(tmp_path, "elsewhere", ", staging_dataset: bq_assets_scratch")
     manifest = manifest_of(local_stack, resources, "id,name\n1,a\n")
     with resources["bigquery"].get_client() as client:
         run_load(client, local_stack.project, spec, manifest, log)
-        assert table_names(client, f"{local_stack.project}.bq_assets_scratch", "staged") == []
+        assert table_names(client, f"{local_stack.project}.bq_assets_scratch", "elsewhere") == []
     with pytest.raises(Exception, match="staging_dataset must differ from dataset"):
         spec_for(tmp_path, "same", ", staging_dataset: amperity_exports")

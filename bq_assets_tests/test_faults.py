@@ -33,9 +33,10 @@ from bq_assets.local import sample_data, stack
 from bq_assets.local.delivery import simulate_deliveries
 from bq_assets.local.resources import LocalBigQueryResource, LocalGCSResource, SampleSourceResource
 from bq_assets.resources import DatabricksSQLResource, ExportGCSResource
+from bq_assets.resources.source import DuckDBSourceResource
 from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
-from bq_assets.translator import ExportTranslator, bigquery_key, gcs_key
+from bq_assets.translator import ExportTranslator, bigquery_key, gcs_key, query_key
 from bq_assets_tests.bigquery_front import BigQueryFront
 from bq_assets_tests.conftest import error_chain, run_exports, step_errors
 
@@ -847,3 +848,123 @@ def test_every_asset_and_check_fails_with_one_message_upstream_missing_or_gcs_st
         f"{steps} steps alone: upstream missing {len(missing_messages)} failed, each one "
         f"message; GCS down {len(down_messages)} failed, {len(unreachable)} naming GCS"
     )
+
+
+# 13 ─ a manifest that does not add up: nothing published (issue 24) ─────────────────────────
+def rewrite_manifest(resources: dict, manifest_uri: str, change) -> dict:
+    """Apply ``change`` to the manifest's JSON in GCS (its objects untouched), as a bug between
+    writing and loading might; returns the manifest as it was."""
+    bucket, _, name = manifest_uri.removeprefix("gs://").partition("/")
+    blob = resources["gcs"].get_client().bucket(bucket).blob(name)
+    manifest = json.loads(blob.download_as_text())
+    blob.upload_from_string(json.dumps(change(dict(manifest))), content_type="application/json")
+    return manifest
+
+
+def one_more_row(manifest: dict) -> dict:
+    first, *others = manifest["shards"]
+    return {**manifest, "rows": manifest["rows"] + 1, "shards": [{**first, "rows": first["rows"] + 1}, *others]}  # fmt: skip
+
+
+def test_a_manifest_promising_a_row_more_than_its_objects_publishes_nothing(
+    fault, fault_stack, fault_resources, tmp_path
+) -> None:
+    fault.expected = "the load fails once naming both counts; the table keeps its previous rows"
+    folder = tmp_path / "tampered"
+    previous = "SELECT amperity_id, email FROM customer_360 ORDER BY amperity_id LIMIT 300"
+    newer = "SELECT amperity_id, email FROM customer_360 ORDER BY amperity_id DESC LIMIT 200"
+    with dg.instance_for_test() as instance:
+        first = run_exports(export(folder, "tampered", previous), fault_resources, instance)
+        assert first.success, step_errors(first)
+        specs = export(folder, "tampered", newer)
+        staged = run_exports(specs, fault_resources, instance, ["query/tampered", "gcs/tampered"])
+        assert staged.success, step_errors(staged)
+        uri = materialization(staged, gcs_key("tampered"))["manifest_uri"]
+        rewrite_manifest(fault_resources, uri, one_more_row)
+        load = run_exports(specs, fault_resources, instance, "bigquery/tampered")
+    messages = failure_messages(load)
+    assert not load.success and len(messages) == 1, messages  # failed once: not retried
+    table_id = materialization(first, bigquery_key("tampered"))["dagster/table_name"]
+    assert "the staging table holds 200 rows, the manifest promises 201" in messages[0]
+    assert f"Nothing was published: {table_id} keeps its previous data" in messages[0]
+    reconcile(
+        fault, source_keys(fault_resources, previous), bigquery_keys(fault_resources, table_id)
+    )
+    fault.observed = "1 attempt: 'the staging table holds 200 rows, the manifest promises 201'; table: the previous 300 rows"  # fmt: skip
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+def test_a_manifest_promising_other_rows_per_partition_replaces_no_partition(
+    fault, fault_stack, fault_resources, tmp_path
+) -> None:
+    from bq_assets_tests.test_partitioned_pipeline import (
+        ORDERS,
+        bigquery_rows,
+        materialize,
+        spec_in,
+    )
+
+    fault.expected = "the partitioned load fails once naming the partition; no partition replaced"
+    database = tmp_path / "orders.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute(ORDERS)
+    resources = fault_resources | {
+        "source": DuckDBSourceResource(database=str(database), staging_dir=str(tmp_path / "s"))
+    }
+    spec = spec_in(tmp_path, name="pt_tampered")
+    days = ("2026-01-05", "2026-01-06")
+    table_id = f"{resources['bigquery'].project_id()}.partition_tests.pt_tampered"
+    with dg.instance_for_test() as instance:
+        first = materialize(spec, resources, instance, *days)
+        assert first.success, step_errors(first)
+        before = sorted(bigquery_rows(resources, table_id))
+        with duckdb.connect(str(database)) as con:  # a correction: one order of the 6th less
+            con.execute("DELETE FROM orders WHERE order_id = 'ORD-20260106-2'")
+        staged = materialize(spec, resources, instance, *days, [query_key(spec.name), gcs_key(spec.name)])  # fmt: skip
+        assert staged.success, step_errors(staged)
+        # One manifest for the run's partitions (each partition's materialization names it).
+        uris = {
+            event.materialization.metadata["manifest_uri"].value
+            for event in staged.get_asset_materialization_events()
+            if event.asset_key == gcs_key(spec.name)
+        }
+        (uri,) = uris
+        # The same total, one row moved from the 6th to the 5th.
+        written = rewrite_manifest(
+            resources, uri, lambda m: {**m, "rows_by_partition": {days[0]: 5, days[1]: 2}}
+        )
+        load = materialize(spec, resources, instance, *days, [bigquery_key(spec.name)])
+    assert written["rows_by_partition"] == {days[0]: 4, days[1]: 3}  # the GCS step's promise
+    messages = failure_messages(load)
+    assert not load.success and len(messages) == 1, messages
+    assert f"partition {days[0]}: the staging table holds 4 rows, the manifest promises 5" in messages[0]  # fmt: skip
+    after = sorted(bigquery_rows(resources, table_id))
+    reconcile(fault, [row[0] for row in before], [row[0] for row in after])
+    assert after == before
+    fault.observed = f"1 attempt: 'partition {days[0]}: … holds 4 rows, the manifest promises 5'; both days as before"  # fmt: skip
+    assert (fault.rows_lost, fault.rows_duplicated) == (0, 0)
+
+
+# 14 ─ a database of one's own where the sample belongs ──────────────────────────────────────
+def test_a_database_of_ones_own_at_the_samples_path_is_never_replaced(
+    fault, fault_stack, fault_dir, tmp_path
+) -> None:
+    fault.expected = "the query step fails once saying whose file it is; the file is untouched"
+    own = tmp_path / "local" / "source.duckdb"
+    own.parent.mkdir()
+    with duckdb.connect(str(own)) as con:
+        con.execute("CREATE TABLE customer_360 AS SELECT 'mine-' || range AS amperity_id, 'x' AS email FROM range(5)")  # fmt: skip
+    before = own.read_bytes()
+    resources = local_resources(fault_dir) | {
+        "source": SampleSourceResource(database=str(own), staging_dir=str(tmp_path / "s"))
+    }
+    specs = export(tmp_path / "own", "own_file", "SELECT amperity_id, email FROM customer_360")
+    with dg.instance_for_test() as instance:
+        result = run_exports(specs, resources, instance, "query/own_file")
+    messages = failure_messages(result)
+    assert not result.success and len(messages) == 1, messages
+    assert f"{own} is not the generated sample" in messages[0]
+    assert "BQ_ASSETS_SOURCE_DATABASE=" in messages[0] and "Traceback" not in messages[0]
+    fault.rows_lost = 0 if own.read_bytes() == before else 5
+    fault.observed = "1 attempt: '… is not the generated sample … (owner …)'; the file byte for byte as it was"  # fmt: skip
+    assert fault.rows_lost == 0

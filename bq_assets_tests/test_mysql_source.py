@@ -260,6 +260,21 @@ def test_a_mysql_type_that_cannot_travel_exactly_is_refused_naming_the_column_an
     assert not list(tmp_path.iterdir())
 
 
+def test_a_refused_mysql_type_is_seen_through_a_select_star_in_an_inner_query(
+    my_resources, tmp_path: Path
+) -> None:
+    """As for PostgreSQL: the outer query names its columns, the inner ``SELECT *`` reads
+    ``wide`` (DECIMAL(65, 30)) as ``amount``, so only a refusal that looks through the star
+    stops DuckDB from rounding it to DOUBLE."""
+    query = "SELECT id, amount FROM (SELECT * FROM adversarial) AS a(id, label, txt, num, amount)"
+    with pytest.raises(UnsupportedTypeError) as refused:
+        my_resources["source"].snapshot(query, Path("r.sql"), tmp_path / "s.parquet", "shop")
+    assert (
+        "column 'wide' of MySQL table 'adversarial' is DECIMAL with more than 38 digits"
+    ) in str(refused.value)
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_suggested_mysql_cast_is_exact(my_resources, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 

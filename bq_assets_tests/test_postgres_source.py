@@ -267,6 +267,22 @@ def test_a_type_that_cannot_travel_exactly_is_refused_naming_the_column_and_cast
     assert not list(tmp_path.iterdir())
 
 
+def test_a_refused_type_is_seen_through_a_select_star_in_an_inner_query(
+    pg_resources, tmp_path: Path
+) -> None:
+    """The outer query names its columns, but the inner ``SELECT *`` reads ``free`` under
+    another name (the subquery's column list renames the table's first five columns): no
+    column of the query is called ``free``, so only a refusal that looks through the star
+    stops DuckDB from rounding it to DOUBLE (issue 24: a survivor of the planted bugs)."""
+    query = "SELECT id, amount FROM (SELECT * FROM adversarial) AS a(id, label, txt, num, amount)"
+    with pytest.raises(UnsupportedTypeError) as refused:
+        pg_resources["source"].snapshot(query, Path("r.sql"), tmp_path / "s.parquet", "crm")
+    assert (
+        "column 'free' of PostgreSQL table 'adversarial' is numeric without a precision"
+    ) in str(refused.value)
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_suggested_casts_work(pg_resources, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 

@@ -120,9 +120,11 @@ def output_unchanged(client: bigquery.Client, job: Job) -> bool:
             publish is not None
             and output_unchanged(client, publish)
             # A DML change need not show in the table's modification time (the emulator's does
-            # not move): the published table must also still hold exactly the loaded rows.
+            # not move): a replaced table must also still hold exactly the loaded rows. (An
+            # appended one holds more; loading it again would append twice.)
             and (
                 job.output_rows is None
+                or publish.write_disposition == "WRITE_APPEND"
                 or count_rows(client, table_id_of(publish.destination)) == job.output_rows
             )
         )

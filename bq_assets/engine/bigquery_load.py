@@ -1,9 +1,11 @@
 """Load exactly a manifest's objects into the export's BigQuery table, atomically.
 
-The load job has an explicit schema (from the snapshot's types), ``WRITE_TRUNCATE`` by default
-(a failed load leaves the previous data in place), ``allow_quoted_newlines``, ``max_bad_records``
-0, and a deterministic job id: a retried step reattaches to the job it already started instead
-of loading twice, and a job id that already failed gets a new generation (``bigquery_jobs``).
+The load job has an explicit schema (from the snapshot's types), ``allow_quoted_newlines``,
+``max_bad_records`` 0, and a deterministic job id. It fills a staging table that is published
+(``WRITE_TRUNCATE`` by default, or ``WRITE_APPEND``) only when it holds exactly the manifest's
+rows, so a failed or short load leaves the previous data in place. A retried step reattaches to
+the job it already started instead of loading twice, and a job id that already failed gets a
+new generation (``bigquery_jobs``).
 """
 
 import hashlib
@@ -30,9 +32,11 @@ from bq_assets.engine.bigquery_tables import (
     ensure_dataset,
     ensure_export_table,
     ensure_staging_dataset,
+    widen_schema,
 )
 from bq_assets.engine.log import Log
 from bq_assets.engine.manifest import Manifest
+from bq_assets.engine.publish_guard import refuse_unless_staged_as_promised
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import bigquery_partitioning
@@ -205,17 +209,53 @@ def prepare_load(
     return table_id, config, existing
 
 
+def appended_schema(
+    existing: list[bigquery.SchemaField], incoming: list[bigquery.SchemaField], table_id: str
+) -> list[bigquery.SchemaField] | None:
+    """The schema the table needs before the staging table (``incoming``) can be appended to it
+    by a copy job: ``None`` when it has it already; else the table's columns (REQUIRED relaxed
+    to NULLABLE where the snapshot's are) followed by the new ones. A copy job takes no
+    ``schema_update_options`` (only loads and queries do), so the table is widened first, the
+    way BigQuery's "Modifying table schemas" page adds columns (``tables.patch``); the drift
+    check has already refused what the spec does not allow. A column order the table cannot
+    take (a new column before an existing one, or the table's columns reordered) is a
+    ``SchemaDriftError``, raised before anything is loaded. Pure."""
+    if not schema_diff(existing, incoming):
+        return None
+    wanted = {field.name: field for field in incoming}
+    widened = [
+        field
+        if field.mode != "REQUIRED" or wanted.get(field.name, field).mode == "REQUIRED"
+        else bigquery.SchemaField.from_api_repr({**field.to_api_repr(), "mode": "NULLABLE"})
+        for field in existing
+    ]
+    known = {field.name for field in existing}
+    widened += [field for field in incoming if field.name not in known]
+    order = [field.name for field in widened]
+    if [field.name for field in incoming] != order:
+        raise SchemaDriftError(
+            f"{table_id}: an append copies the checked staging table into the table, which "
+            "needs the table's columns in the table's order, then any new ones: the query "
+            f"returns ({', '.join(wanted)}), the table would need ({', '.join(order)}). "
+            "Reorder the query's columns."
+        )
+    return widened
+
+
 def run_load(
     client: bigquery.Client, project: str, spec: ExportSpec, manifest: Manifest, log: Log
 ) -> LoadResult:
-    """Load exactly the manifest's objects into the export's table, atomically.
+    """Load exactly the manifest's objects into the export's table; publish only what adds up.
 
-    ``WRITE_TRUNCATE`` loads go to a staging table first (in the staging dataset, see
-    ``ensure_staging_dataset``; deleted if the load fails) and are published with one copy job,
-    so a failed load never touches the table (BigQuery's own loads are atomic; the emulator's
-    are not, and a publish step costs nothing extra in the same location). ``WRITE_APPEND``
-    loads go straight to the table. Job ids are deterministic (see ``job_id_base``): running
-    this again for the same manifest reattaches instead of loading twice.
+    The objects are loaded into a staging table (in the staging dataset, see
+    ``ensure_staging_dataset``), which must hold exactly the rows the manifest promises
+    (``publish_guard``); only then does one copy job publish it, replacing the table
+    (``WRITE_TRUNCATE``) or appending to it (``WRITE_APPEND``, the table widened first where the
+    spec allows, see ``appended_schema``). A load that fails or does not add up deletes its
+    staging table and never touches the table (BigQuery's own loads are atomic; the emulator's
+    are not, and a publish step costs nothing extra in the same location). Job ids are
+    deterministic (see ``job_id_base``): running this again for the same manifest reattaches
+    instead of loading or appending twice.
 
     Every table is created before a job writes it, laid out as the spec declares
     (``bigquery_tables``): the staging table like the export's, and the export's table, on its
@@ -230,21 +270,21 @@ def run_load(
         existing = align_clustering(client, existing, config, log)
     base = job_id_base(spec, manifest, config)
     location = spec.bigquery.location
-    staged = spec.bigquery.write_disposition == "WRITE_TRUNCATE"
-    load_target = table_id
-    if staged:
-        staging = ensure_staging_dataset(client, project, spec)
-        load_target = f"{project}.{staging}.{spec.bigquery_table}__staging_{base[-16:]}"
-        config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
-    created: list[str] = []
+    disposition = spec.bigquery.write_disposition
+    appending = disposition == "WRITE_APPEND" and existing is not None
+    if appending:
+        assert existing is not None
+        # Refuses, before anything is loaded, columns in an order the copy cannot append.
+        appended_schema(list(existing.schema), list(config.schema), table_id)
+    staging = ensure_staging_dataset(client, project, spec)
+    load_target = f"{project}.{staging}.{spec.bigquery_table}__staging_{base[-16:]}"
+    config.write_disposition = bigquery.WriteDisposition.WRITE_TRUNCATE
+    config.schema_update_options = None  # the table's are applied before the publish
 
     def start_load(job_id: str) -> bigquery.LoadJob:
         # Created only when a load starts: a table made earlier would make a finished job of
         # an earlier run look as if its output were still there.
-        if staged:
-            create_staging_table(client, load_target, config)
-        elif ensure_export_table(client, table_id, config, spec):
-            created.append(table_id)
+        create_staging_table(client, load_target, config)
         return client.load_table_from_uri(
             manifest.uris, load_target, job_id=job_id, location=location, job_config=config,
             retry=TRANSIENT,
@@ -254,15 +294,24 @@ def run_load(
     try:
         job = start_or_reattach(client, base, project, location, start_load, log)
         wait_for(job, table_id, location, existing is not None)
+        # A reattached load whose staging table is gone was published (and checked) by an
+        # earlier attempt: start_or_reattach reuses a finished load only then.
+        if existing_table(client, load_target) is not None:
+            staged_rows = count_rows(client, load_target)
+            refuse_unless_staged_as_promised(manifest, load_target, table_id, staged_rows)
     except BaseException:
-        # A failed load leaves nothing behind; a failed publish below keeps the loaded staging
-        # table, so a retry reattaches to the load and only repeats the copy.
-        for table in [load_target] if staged else created:
-            drop_quietly(client, table, log)
+        # A failed or refused load leaves nothing behind; a failed publish below keeps the
+        # loaded staging table, so a retry reattaches to the load and only repeats the copy.
+        drop_quietly(client, load_target, log)
         raise
-    if staged:
-        publish(client, project, load_target, table_id, config, spec, f"{job.job_id}_publish", log)
-        client.delete_table(load_target, not_found_ok=True, retry=TRANSIENT)
+    if appending:
+        assert existing is not None
+        widen_schema(client, existing, config, log)
+    publish(
+        client, project, load_target, table_id, config, spec, f"{job.job_id}_publish", log,
+        disposition,
+    )  # fmt: skip
+    client.delete_table(load_target, not_found_ok=True, retry=TRANSIENT)
 
     table = client.get_table(table_id, retry=TRANSIENT)
     table = apply_labels_and_description(client, table, spec)
@@ -285,16 +334,17 @@ def publish(
     spec: ExportSpec,
     job_base: str,
     log: Log,
+    write_disposition: str = bigquery.WriteDisposition.WRITE_TRUNCATE,
 ) -> str:
-    """Replace the export's table with the staging table in one copy job (``WRITE_TRUNCATE``,
-    ``CREATE_NEVER``: the table is created first as the spec declares it, see
-    ``ensure_export_table``; a table created here is dropped again when the copy fails, so a
-    failed first publish leaves no table). Returns the copy job's id. Idempotent: the copy job
-    id derives from ``job_base``, so a retry reattaches to it."""
+    """Replace the export's table with the staging table in one copy job (``WRITE_TRUNCATE``;
+    ``WRITE_APPEND`` adds it instead), ``CREATE_NEVER``: the table is created first as the
+    spec declares it, see ``ensure_export_table``; a table created here is dropped again when
+    the copy fails, so a failed first publish leaves no table. Returns the copy job's id.
+    Idempotent: the copy job id derives from ``job_base``, so a retry reattaches to it."""
     location = spec.bigquery.location
     created = ensure_export_table(client, table_id, config, spec)
     copy_config = bigquery.CopyJobConfig(
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        write_disposition=write_disposition,
         create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
     )
     try:

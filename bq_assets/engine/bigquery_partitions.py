@@ -41,6 +41,7 @@ from bq_assets.engine.bigquery_tables import (
 )
 from bq_assets.engine.log import Log
 from bq_assets.engine.manifest import Manifest
+from bq_assets.engine.publish_guard import refuse_unless_staged_as_promised
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window, aligned_with_bigquery, decorator, window_predicate
@@ -159,7 +160,8 @@ def run_partition_load(
     rows; every other partition stays as it was.
 
     The objects are loaded into a staging table partitioned and clustered like the table; the
-    load fails (nothing published) when any of its rows falls outside the window. New columns
+    load fails (nothing published) when it does not hold the manifest's rows, in total and per
+    partition (``publish_guard``), or when any of its rows falls outside the window. New columns
     the spec allows are added to the table first (``widen_schema``). Then each partition of the
     window is replaced: by a copy job from the staging table's partition to the table's
     (``publish_partitions``) when the export's partitions are BigQuery's own and ``overwrite``
@@ -205,12 +207,8 @@ def run_partition_load(
         job = start_or_reattach(client, base, project, location, start_load, log)
         wait_for(job, table_id, location, True)
         loaded, outside = partition_row_counts(client, staging_id, column, column_type, window)
-        if sum(loaded.values()) + outside != manifest.rows:
-            raise BqAssetsError(
-                f"{staging_id} holds {sum(loaded.values()) + outside} rows after load job "
-                f"{job.job_id}, the manifest {manifest.rows}; nothing was published.",
-                retryable=True,
-            )
+        staged_rows = sum(loaded.values()) + outside
+        refuse_unless_staged_as_promised(manifest, staging_id, table_id, staged_rows, loaded)
         if outside:
             raise PartitionBoundsError(
                 f"{spec.sql_file}: {outside} row(s) of {window.describe()} have {column} outside "

@@ -44,8 +44,13 @@ def export_snapshot(
     workers: int | None = None,
     file_format: FileFormat = "csv",
     retry: Retry = DEFAULT_RETRY,
+    rows_by_partition: dict[str, int] | None = None,
 ) -> Manifest:
     """Write the snapshot as shards under the run's prefix, then manifest and ``_SUCCESS``.
+
+    ``rows_by_partition`` (a partitioned export's rows per partition key, as the query step
+    counted them in the snapshot) goes into the manifest: a promise the load checks before it
+    publishes.
 
     Idempotent per run: whatever an earlier attempt of this run left under the prefix is
     deleted first, so the prefix ends up holding exactly this attempt's objects. If the export
@@ -57,7 +62,9 @@ def export_snapshot(
     if earlier and log:
         log.info(f"deleted {earlier} object(s) an earlier attempt of this run left behind")
     try:
-        return _write_run(snapshot, bucket, layout, options, log, workers, file_format, retry)
+        return _write_run(
+            snapshot, bucket, layout, options, log, workers, file_format, retry, rows_by_partition
+        )
     except BaseException:
         _discard_partial_run(bucket, layout, retry, log)
         raise
@@ -92,6 +99,7 @@ def _write_run(
     workers: int | None,
     file_format: FileFormat,
     retry: Retry,
+    rows_by_partition: dict[str, int] | None = None,
 ) -> Manifest:
     """The export itself.
 
@@ -179,6 +187,7 @@ def _write_run(
         bigquery_schema=schema_to_json(fields),
         csv=options.model_dump() if file_format == "csv" else {},
         format=file_format,
+        rows_by_partition=dict(rows_by_partition) if rows_by_partition is not None else None,
     )
     publish_manifest(bucket, layout.run_prefix, manifest, retry)
     return manifest

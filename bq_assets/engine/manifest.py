@@ -1,5 +1,5 @@
 """The manifest: what one run wrote (exact URIs, rows, bytes, crc32c, format, BigQuery schema,
-CSV options). The BigQuery hop loads exactly its URIs, so objects of other runs are never
+CSV options, and for a partitioned export the rows of each partition). The BigQuery hop loads exactly its URIs, so objects of other runs are never
 loaded. ``_SUCCESS`` next to it marks the run complete."""
 
 import json
@@ -36,13 +36,20 @@ class Manifest:
     bigquery_schema: list[dict]
     csv: dict = field(default_factory=dict)
     format: FileFormat = "csv"
+    #: A partitioned export's rows per partition key (the snapshot's, counted by the query
+    #: step); ``None`` for an unpartitioned export. The load checks its staging table against
+    #: them before publishing (``publish_guard``).
+    rows_by_partition: dict[str, int] | None = None
 
     @property
     def uris(self) -> list[str]:
         return [s.uri for s in self.shards]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        fields = asdict(self)
+        if self.rows_by_partition is None:
+            del fields["rows_by_partition"]  # an unpartitioned export's manifest is as before
+        return json.dumps(fields, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":

@@ -95,6 +95,27 @@ def simulate_deliveries(specs: list) -> None:
         print(f"simulated delivery {sent.send}: {len(sent.files)} file(s), marker {sent.marker}")
 
 
+def sample_in_place() -> bool:
+    """Before the runs: the generated sample, made now if need be, is the default source; or,
+    when a file the generator did not make sits where the sample belongs, one message saying
+    whose it is and how to declare it (the file is left as it is, and no run starts)."""
+    from pathlib import Path
+
+    from bq_assets.local import sample_data
+    from bq_assets.local.resources import SampleSourceResource
+    from bq_assets.settings import local_resources
+
+    source = local_resources()["source"]
+    if not isinstance(source, SampleSourceResource):
+        return True  # BQ_ASSETS_SOURCE_DATABASE: the user's own default source
+    try:
+        sample_data.ensure(Path(source.database), source.sample_rows)
+    except sample_data.NotTheSampleError as exc:
+        print(exc, file=sys.stderr)
+        return False
+    return True
+
+
 def demo_runs(specs: list) -> list[tuple[list[str], dict[str, str]]]:
     """The demo's runs: (exports, run tags). The unpartitioned exports together; each
     partitioned export alone, over its latest ``DEMO_PARTITIONS`` complete partitions."""
@@ -183,6 +204,8 @@ def run_demo(verbose: bool) -> bool:
     from bq_assets.exports import exports_dir, load_specs
 
     specs = load_specs(exports_dir())
+    if not sample_in_place():
+        return False
     simulate_deliveries(specs)
     translator = ExportTranslator()
     log_level = "INFO" if verbose else "CRITICAL"

@@ -14,9 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import pwd
 from pathlib import Path
 
 import duckdb
+
+from bq_assets.errors import BqAssetsError
 
 DEFAULT_SAMPLE_ROWS = 1_000
 
@@ -141,8 +144,7 @@ def _today() -> dt.date:
 
 def _is_current(path: Path, rows: int) -> bool:
     """Was the sample at ``path`` generated today, with ``rows`` customers? A sample from another
-    day has no orders in the latest partitions of a partitioned export (and one written before
-    ``sample_info`` existed cannot say), so it is made again."""
+    day has no orders in the latest partitions of a partitioned export, so it is made again."""
     try:
         with duckdb.connect(str(path), read_only=True) as con:
             info = con.execute("SELECT generated_on, customers FROM sample_info").fetchone()
@@ -151,9 +153,52 @@ def _is_current(path: Path, rows: int) -> bool:
     return info == (_today(), rows)
 
 
+class NotTheSampleError(BqAssetsError):
+    """Something other than the generated sample sits where the sample belongs: it is someone's
+    own file, and the sample generator leaves it alone."""
+
+
+def _is_sample(path: Path) -> bool:
+    """Was the file at ``path`` written by ``generate`` (it holds ``sample_info`` with the
+    columns ``generate`` writes)? Anything else, a database without that table or a file that
+    is not a DuckDB database, is not the sample's to replace. Read-only."""
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            columns = con.execute(
+                "SELECT column_name FROM duckdb_columns() "
+                "WHERE table_name = 'sample_info' AND schema_name = 'main'"
+            ).fetchall()
+    except duckdb.Error:
+        return False
+    return {name for (name,) in columns} == {"generated_on", "customers"}
+
+
+def _owner_of(path: Path) -> str:
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except KeyError:
+        return f"uid {path.stat().st_uid}"
+
+
+def not_the_sample(path: Path) -> NotTheSampleError:
+    """The one message for a file of someone's own where the sample belongs."""
+    modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M")
+    return NotTheSampleError(
+        f"{path} is not the generated sample (it has no sample_info table): it is a file of "
+        f"your own (owner {_owner_of(path)}, modified {modified} UTC), so it was left as it "
+        "is and no sample was written over it. To export from it, make it the default source "
+        f"(BQ_ASSETS_SOURCE_DATABASE={path}), or move it elsewhere and declare it as a further "
+        "source (BQ_ASSETS_SOURCES=mine, BQ_ASSETS_SOURCE_MINE_KIND=duckdb, "
+        "BQ_ASSETS_SOURCE_MINE_PATH=<its new path>, and `source: mine` in the export's YAML; "
+        'docs/exports.md, "Sources"), which lets the sample be generated here again.'
+    )
+
+
 def ensure(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
     """The sample database at ``path``: generated on first use, and again when it is from
-    another day or of another size (``BQ_ASSETS_SAMPLE_ROWS``); otherwise left as it is.
+    another day or of another size (``BQ_ASSETS_SAMPLE_ROWS``); otherwise left as it is. A
+    file at ``path`` that the generator did not make is never replaced: ``NotTheSampleError``
+    says whose it is and how to declare it as a source.
 
     Safe when several step processes ask at once (the multiprocess executor runs the exports'
     query steps side by side): one generates it under a file lock, the others wait for it, and
@@ -164,6 +209,8 @@ def ensure(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and not _is_sample(path):
+            raise not_the_sample(path)
         if not (path.exists() and _is_current(path, rows)):
             generate(path, rows)
     return path

@@ -88,6 +88,8 @@ def gcs_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]
                 context.log,
                 file_format=spec.format,
                 retry=gcs.retry(),
+                # The snapshot's rows per partition: the manifest promises them to the load.
+                rows_by_partition=upstream.handoff.rows_by_partition if window else None,
             )
             snapshot.unlink()
             tidied = tidy_runs(
