@@ -17,6 +17,12 @@ from bq_assets.exports.lineage import (
     query_lineage,
     select_lineage,
 )
+from bq_assets.exports.source_names import (
+    SourcePlace,
+    delivery_key_path,
+    table_key_path,
+    table_name,
+)
 
 
 def sources(lineage: ColumnLineage) -> set[str]:
@@ -293,3 +299,69 @@ def test_the_lineage_module_imports_no_dagster() -> None:
     code = "import sys, bq_assets.exports.lineage; print('dagster' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert output.stdout.strip() == "False", output.stderr
+
+
+# --- the public names of what a query reads (bq_assets/exports/source_names.py) -------------
+
+
+@pytest.mark.parametrize(
+    ("place", "table", "key", "name"),
+    [
+        (
+            SourcePlace("default", "duckdb"),
+            SourceTable("customer_360"),
+            "source/default/main/customer_360",
+            "main.customer_360",
+        ),
+        (
+            SourcePlace("crm", "postgres", database="crm"),
+            SourceTable("customers"),
+            "source/crm/public/customers",
+            "crm.public.customers",
+        ),
+        (
+            SourcePlace("crm", "postgres", database="crm"),
+            SourceTable("orders", schema="sales", catalog="src"),
+            "source/crm/sales/orders",
+            "crm.sales.orders",
+        ),
+        (
+            SourcePlace("shop", "mysql", database="shop"),
+            SourceTable("orders"),
+            "source/shop/shop/orders",
+            "shop.orders",
+        ),
+        (SourcePlace("app", "sqlite"), SourceTable("users"), "source/app/main/users", "main.users"),
+        (
+            SourcePlace("lake", "files"),
+            SourceTable("gs://lake/orders/*.parquet", is_path=True),
+            "source/lake/gs/lake/orders/*.parquet",
+            None,
+        ),
+        (
+            SourcePlace("lake", "files"),
+            SourceTable("/data/orders_delta", is_path=True),
+            "source/lake/file/data/orders_delta",
+            None,
+        ),
+    ],
+)
+def test_a_source_table_s_key_names_the_source_schema_and_table(
+    place: SourcePlace, table: SourceTable, key: str, name: str | None
+) -> None:
+    """Unqualified names get the schema the source resolves them in (checked on this
+    machine: DuckDB's ``current_schema()`` after ``USE src`` is ``public`` on PostgreSQL and
+    the database on MySQL/MariaDB)."""
+    assert "/".join(table_key_path(place, table)) == key
+    assert table_name(place, table) == name
+
+
+def test_an_unqualified_and_a_qualified_name_of_one_table_are_one_asset() -> None:
+    crm = SourcePlace("crm", "postgres", database="crm")
+    assert table_key_path(crm, SourceTable("customers")) == table_key_path(
+        crm, SourceTable("customers", schema="public")
+    )
+
+
+def test_a_delivery_prefix_is_keyed_under_the_reserved_delivery_source() -> None:
+    assert delivery_key_path("amperity/orders/") == ["source", "delivery", "amperity", "orders"]
