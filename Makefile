@@ -34,12 +34,15 @@ down: ## stop the local cloud stack
 status: install
 	$(BIN)/python -m bq_assets.local status
 
-demo: up ## materialize every export and run every check on the local stack
+# The local instance: the deployment's run queue and pools, SQLite storage (bq_assets/local/dagster.yaml).
+$(DAGSTER_HOME)/dagster.yaml: bq_assets/local/dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/python -m bq_assets.demo
+	cp $< $@
 
-dev: up ## the Dagster UI on the local stack
-	@mkdir -p $(DAGSTER_HOME)
+demo: up $(DAGSTER_HOME)/dagster.yaml ## materialize every export and run every check on the local stack (VERBOSE=1: every event)
+	$(BIN)/python -m bq_assets.local.demo $(if $(VERBOSE),--verbose)
+
+dev: up $(DAGSTER_HOME)/dagster.yaml ## the Dagster UI on the local stack
 	$(BIN)/dagster dev -w workspace.yaml
 
 test: install postgres mariadb ## the test suite (starts its own local stack, PostgreSQL and MariaDB servers)

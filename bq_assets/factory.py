@@ -1,52 +1,68 @@
-"""The asset factory: every export spec becomes four assets, their checks and a schedule."""
+"""The asset factory: every export spec becomes its hops' assets, their checks, its schedule
+and sensors, composed here and only here.
+
+Each hop module gives a body (``<hop>_materialization``) and its checks (``<hop>_checks``);
+the translator gives every asset attribute; every body, asset or check, is wrapped in the one
+error mapping (``bq_assets.failures.failing_clearly``). Queried and delivered exports are
+composed the same way: a delivered export's ``gcs`` hop is its delivery, and it has no query.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import dagster as dg
 
+from bq_assets.dagster_internals import STEP_PRELOAD_MODULES
 from bq_assets.exports.spec import ExportSpec, check_sources
+from bq_assets.failures import failing_clearly
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
-from bq_assets.schedules import build_schedules, failure_sensors, freshness_policy
-from bq_assets.stages.bigquery import bigquery_checks, build_bigquery_asset
+from bq_assets.schedules import build_schedules, failure_sensors
+from bq_assets.stages.bigquery import bigquery_checks, bigquery_materialization
 from bq_assets.stages.databricks import (
-    build_databricks_asset,
     databricks_checks,
+    databricks_materialization,
     refuse_unrunnable_specs,
 )
 from bq_assets.stages.delivery import (
-    build_delivery_asset,
-    build_delivery_checks,
     build_delivery_sensor,
+    delivery_checks,
+    delivery_materialization,
 )
 from bq_assets.stages.freshness import freshness_checks, freshness_sensor
-from bq_assets.stages.gcs import build_gcs_asset, gcs_checks
-from bq_assets.stages.partitions import partitioned
-from bq_assets.stages.query import build_query_asset, query_checks
+from bq_assets.stages.gcs import gcs_checks, gcs_materialization
+from bq_assets.stages.query import query_checks, query_materialization
+from bq_assets.stages.results import Check, CheckGroup
+from bq_assets.translator import ExportTranslator, Hop
 
-STAGES = (build_query_asset, build_gcs_asset, build_bigquery_asset, build_databricks_asset)
-#: A delivered export has no query: its ``gcs/`` asset is the delivery itself.
-DELIVERED_STAGES = (build_delivery_asset, build_bigquery_asset, build_databricks_asset)
-CHECKS = (query_checks, gcs_checks, bigquery_checks, databricks_checks, freshness_checks)
 
-# Modules a step's process needs, imported once by the executor's fork server instead of in
-# every step: the code location, and the Dagster storage a step opens its instance with
-# (SQLAlchemy, alembic; 0.7 s per step otherwise).
-STEP_PRELOAD_MODULES = [
-    "bq_assets.definitions",
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.event_log",
-    "dagster._core.storage.runs",
-    "dagster._core.storage.schedules",
-    "dagster._core.storage.root",
-    "dagster._core.storage.local_compute_log_manager",
-    "dagster._core.run_coordinator",
-    "dagster._core.launcher",
-]
+@dataclass(frozen=True)
+class HopParts:
+    """What a hop module gives the factory for one export."""
+
+    materialization: Callable[[ExportSpec], Callable[..., dg.MaterializeResult]]
+    checks: Callable[[ExportSpec], list[Check] | list[CheckGroup]]
+
+
+QUERIED: dict[Hop, HopParts] = {
+    "query": HopParts(query_materialization, query_checks),
+    "gcs": HopParts(gcs_materialization, gcs_checks),
+    "bigquery": HopParts(bigquery_materialization, bigquery_checks),
+    "databricks": HopParts(databricks_materialization, databricks_checks),
+}
+#: A delivered export's ``gcs`` hop is the delivery itself; the rest is a queried export's.
+DELIVERED: dict[Hop, HopParts] = {
+    **QUERIED,
+    "gcs": HopParts(delivery_materialization, delivery_checks),
+}
+#: Checks that are not one hop's: the latest-partition freshness of a partitioned export.
+EXPORT_CHECKS = (freshness_checks,)
 
 # Every run (from the UI, a schedule, `make demo`) uses this executor. Each step keeps its own
 # process, so a crashed step does not take the run's other steps with it; the processes fork
 # from a server that imported STEP_PRELOAD_MODULES once (`forkserver`) instead of starting
-# Python and importing everything per step (see README "Executor" for the measured figures).
+# Python and importing everything per step (see docs/performance.md, "Executor").
 # Four steps at a time: the checks of a hop run side by side.
 EXECUTOR_CONFIG = {
     "max_concurrent": 4,
@@ -55,34 +71,62 @@ EXECUTOR_CONFIG = {
 EXECUTOR = dg.multiprocess_executor.configured(EXECUTOR_CONFIG, name="bq_assets_multiprocess")
 
 
-def export_assets(spec: ExportSpec) -> list[dg.AssetsDefinition]:
-    """The export's assets (four, or three when delivered), in lineage order, each with the
-    cadence's freshness policy; a partitioned export's four share its partitions definition
-    and backfill policy."""
-    policy = freshness_policy(spec)
-    return [
-        partitioned(
-            spec,
-            build(spec).map_asset_specs(
-                lambda asset: asset.replace_attributes(freshness_policy=policy)
-            ),
-        )
-        for build in (DELIVERED_STAGES if spec.delivered else STAGES)
-    ]
+def hop_parts(spec: ExportSpec) -> dict[Hop, HopParts]:
+    return DELIVERED if spec.delivered else QUERIED
 
 
-def export_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
-    """Every check of the export's assets, each hop's from the hop's module."""
-    if spec.delivered:
-        return build_delivery_checks(spec)
-    return [check for build in CHECKS for check in build(spec)]
+def hop_asset(spec: ExportSpec, hop: Hop, translator: ExportTranslator) -> dg.AssetsDefinition:
+    """The asset of ``spec``'s ``hop``: the translator's spec around the hop's body."""
+    asset_spec = translator.get_asset_spec(spec, hop)
+    return dg.multi_asset(
+        specs=[asset_spec],
+        name=asset_spec.key.to_python_identifier(),
+        pool=translator.get_pool(spec, hop),
+        retry_policy=translator.get_retry_policy(spec, hop),
+        backfill_policy=translator.get_backfill_policy(spec, hop),
+    )(failing_clearly(hop_parts(spec)[hop].materialization(spec)))
+
+
+def built_check(check: Check | CheckGroup) -> dg.AssetChecksDefinition:
+    """A declared check (or group of checks run as one step) as Dagster's, its body wrapped."""
+    body = failing_clearly(check.body)
+    if isinstance(check, CheckGroup):
+        return dg.multi_asset_check(specs=check.specs, name=check.name, can_subset=True)(body)
+    spec = check.spec
+    return dg.asset_check(
+        asset=spec.asset_key,
+        name=spec.name,
+        blocking=spec.blocking,
+        description=spec.description,
+    )(body)
+
+
+def export_assets(
+    spec: ExportSpec, translator: ExportTranslator | None = None
+) -> list[dg.AssetsDefinition]:
+    """The export's assets (four, or three when delivered), in lineage order."""
+    translator = translator or ExportTranslator()
+    return [hop_asset(spec, hop, translator) for hop in translator.hops(spec)]
+
+
+def export_checks(
+    spec: ExportSpec, translator: ExportTranslator | None = None
+) -> list[dg.AssetChecksDefinition]:
+    """Every check of the export: each hop's from the hop's module, then the export's own."""
+    translator = translator or ExportTranslator()
+    parts = hop_parts(spec)
+    declared = [check for hop in translator.hops(spec) for check in parts[hop].checks(spec)]
+    declared += [check for build in EXPORT_CHECKS for check in build(spec)]
+    return [built_check(check) for check in declared]
 
 
 def build_definitions(
     specs: list[ExportSpec],
     resources: dict[str, dg.ConfigurableResource],
     schedule_status: dg.DefaultScheduleStatus,
+    translator: ExportTranslator | None = None,
 ) -> dg.Definitions:
+    translator = translator or ExportTranslator()
     refuse_unrunnable_specs(specs, resources.get("databricks"))
     if any(s.delivery and s.delivery.decrypt for s in specs) and "pgp" not in resources:
         # Read when a step decrypts, never at load: a missing variable fails only that step.
@@ -91,10 +135,12 @@ def build_definitions(
     if source is not None and hasattr(source, "source_names"):
         check_sources(specs, source.source_names())
     return dg.Definitions(
-        assets=[asset for spec in specs for asset in export_assets(spec)],
-        asset_checks=[check for spec in specs for check in export_checks(spec)],
+        assets=[asset for spec in specs for asset in export_assets(spec, translator)],
+        asset_checks=[check for spec in specs for check in export_checks(spec, translator)],
         # Delivered exports run when a delivery is complete (their sensor), not on a schedule.
-        schedules=build_schedules([s for s in specs if not s.delivered], schedule_status),
+        schedules=build_schedules(
+            [s for s in specs if not s.delivered], schedule_status, translator
+        ),
         sensors=[
             *failure_sensors(),
             *(

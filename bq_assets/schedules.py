@@ -17,33 +17,17 @@ import re
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import timedelta
 
 import dagster as dg
-from dagster._utils.schedules import get_smallest_cron_interval
 from dagster_shared.error import SerializableErrorInfo
 
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.partitions import latest_complete_partition
+from bq_assets.translator import FRESHNESS, ExportTranslator
 
 #: The run tag naming the export a run refreshes; the run queue allows one run per value.
 EXPORT_TAG = "bq_assets/export"
 SLACK_TIMEOUT_S = 10
-
-FRESHNESS = {"daily": timedelta(hours=26), "weekly": timedelta(days=8)}
-
-
-def freshness_policy(spec: ExportSpec) -> dg.FreshnessPolicy:
-    """Daily ≈ 26 h, weekly ≈ 8 days; a custom cron must have materialized by its next tick
-    (within the hour before it, or within the cron's interval when it ticks more often)."""
-    if spec.cadence in FRESHNESS:
-        return dg.FreshnessPolicy.time_window(fail_window=FRESHNESS[spec.cadence])
-    # Dagster refuses a window longer than the cron's smallest interval (e.g. every 15 minutes).
-    window = min(timedelta(hours=1), get_smallest_cron_interval(spec.cron_schedule))
-    return dg.FreshnessPolicy.cron(
-        deadline_cron=spec.cron_schedule, lower_bound_delta=window, timezone=spec.timezone
-    )
 
 
 def _slug(text: str) -> str:
@@ -59,12 +43,10 @@ def export_tags(export: str) -> dict[str, str]:
     return {EXPORT_TAG: export}
 
 
-def export_asset_keys(export: str) -> list[dg.AssetKey]:
-    return [query_key(export), gcs_key(export), bigquery_key(export), databricks_key(export)]
-
-
 def build_schedules(
-    specs: list[ExportSpec], default_status: dg.DefaultScheduleStatus
+    specs: list[ExportSpec],
+    default_status: dg.DefaultScheduleStatus,
+    translator: ExportTranslator | None = None,
 ) -> list[dg.ScheduleDefinition]:
     """One job and schedule per cadence and timezone; a partitioned export gets one of its own
     (a job runs one partitions definition), named like the others unless an unpartitioned
@@ -74,6 +56,7 @@ def build_schedules(
         partitioned = spec.name if spec.partitioning else ""
         groups[(cadence_label(spec), spec.cron_schedule, spec.timezone, partitioned)].append(spec)
     names = Counter((label, timezone) for label, _, timezone, _ in groups)
+    translator = translator or ExportTranslator()
     return [
         _cadence_schedule(
             f"{label}_{_slug(timezone)}"
@@ -83,6 +66,7 @@ def build_schedules(
             timezone,
             exports,
             default_status,
+            translator,
         )
         for (label, cron, timezone, partitioned), exports in sorted(groups.items())
     ]
@@ -95,6 +79,7 @@ def _cadence_schedule(
     timezone: str,
     specs: list[ExportSpec],
     default_status: dg.DefaultScheduleStatus,
+    translator: ExportTranslator,
 ) -> dg.ScheduleDefinition:
     exports = [spec.name for spec in specs]
     partitioned = specs[0] if specs[0].partitioning else None
@@ -120,20 +105,22 @@ def _cadence_schedule(
         context: dg.ScheduleEvaluationContext,
     ) -> list[dg.RunRequest] | dg.SkipReason:
         if partitioned is not None:
-            return _latest_partition_request(partitioned, context)
+            return _latest_partition_request(partitioned, context, translator)
         # The daemon scopes a schedule's run keys to the tick: one run per export per tick.
         return [
             dg.RunRequest(
-                run_key=export, asset_selection=export_asset_keys(export), tags=export_tags(export)
+                run_key=spec.name,
+                asset_selection=translator.asset_keys(spec),
+                tags=export_tags(spec.name),
             )
-            for export in exports
+            for spec in specs
         ]
 
     return _refresh
 
 
 def _latest_partition_request(
-    spec: ExportSpec, context: dg.ScheduleEvaluationContext
+    spec: ExportSpec, context: dg.ScheduleEvaluationContext, translator: ExportTranslator
 ) -> list[dg.RunRequest] | dg.SkipReason:
     """A run of the partition that ended last before the tick, in the export's timezone
     (a daily 06:00 tick refreshes yesterday)."""
@@ -145,7 +132,7 @@ def _latest_partition_request(
         dg.RunRequest(
             run_key=f"{spec.name}:{partition}",
             partition_key=partition,
-            asset_selection=export_asset_keys(spec.name),
+            asset_selection=translator.asset_keys(spec),
             tags=export_tags(spec.name),
         )
     ]

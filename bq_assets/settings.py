@@ -31,7 +31,7 @@ ENVIRONMENTS = ("local", "prod")
 #: name → what it is; all must be set in ``prod``.
 PROD_REQUIRED = {
     "GCP_PROJECT": "Google Cloud project that runs the BigQuery jobs (and is billed)",
-    "BQ_ASSETS_GCS_BUCKET": "GCS bucket the CSV objects are written to",
+    "BQ_ASSETS_GCS_BUCKET": "GCS bucket the export objects (CSV or Parquet) are written to",
     "BQ_ASSETS_SOURCE_DATABASE": "path of the DuckDB database the export queries run on",
     "DATABRICKS_HOST": "Databricks workspace URL, e.g. https://adb-123.azuredatabricks.net",
     "DATABRICKS_WAREHOUSE_ID": "SQL warehouse that runs the Databricks statements",

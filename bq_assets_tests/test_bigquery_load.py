@@ -30,8 +30,8 @@ from bq_assets.engine.bigquery_load import (
 from bq_assets.engine.manifest import Manifest, Shard
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import load_spec
+from bq_assets.failures import reported_as_failure
 from bq_assets.schema import schema_to_json
-from bq_assets.stages import reported_as_failure
 
 pytestmark = pytest.mark.stack
 

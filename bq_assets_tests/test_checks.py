@@ -9,7 +9,7 @@ from google.api_core.exceptions import NotFound
 
 from bq_assets.exports import load_specs
 from bq_assets.schedules import failed_checks
-from bq_assets.stages import bigquery_key, gcs_key, query_key
+from bq_assets.translator import bigquery_key, gcs_key, query_key
 from bq_assets_tests.conftest import run_exports
 
 pytestmark = pytest.mark.stack

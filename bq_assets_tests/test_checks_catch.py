@@ -22,11 +22,11 @@ from bq_assets.exports import load_specs
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.factory import build_definitions
 from bq_assets.stages import bigquery as bigquery_hop
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages import databricks as databricks_hop
 from bq_assets.stages import gcs as gcs_hop
 from bq_assets.stages import query as query_hop
 from bq_assets.stages.databricks import table_name
+from bq_assets.translator import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 
 pytestmark = pytest.mark.stack

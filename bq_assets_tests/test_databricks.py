@@ -22,11 +22,18 @@ import pytest
 import sqlglot
 from databricks.sdk.service.sql import StatementState
 
+from bq_assets.engine.databricks_sql import (
+    DriftError,
+    drift_probes,
+    publish_checking_drift,
+    publish_statements,
+)
 from bq_assets.engine.key_checksum import key_checksum_sql, same_column_names
 from bq_assets.exports.fields import ExportSpecError
 from bq_assets.exports.spec import load_spec
-from bq_assets.factory import build_definitions
+from bq_assets.factory import build_definitions, hop_asset
 from bq_assets.local.databricks import LocalDatabricksResource, refuse_what_duckdb_cannot_hold
+from bq_assets.local.resources import LocalBigQueryResource
 from bq_assets.resources import databricks as production_databricks
 from bq_assets.resources.databricks import (
     BigQueryTable,
@@ -34,15 +41,8 @@ from bq_assets.resources.databricks import (
     StatementError,
     TableName,
 )
-from bq_assets.resources.google import ExportBigQueryResource
-from bq_assets.stages.databricks import (
-    DriftError,
-    build_databricks_asset,
-    drift_probes,
-    publish_statements,
-    refuse_unrunnable_specs,
-    run_publication,
-)
+from bq_assets.stages.databricks import refuse_unrunnable_specs
+from bq_assets.translator import ExportTranslator
 
 SOURCE = BigQueryTable("acme-prod", "amperity_exports", "customer_360")
 
@@ -157,7 +157,8 @@ def test_production_refuses_external_mode_when_the_code_location_loads(tmp_path:
     assert "legacy" in message and "mode: federation" in message
     # The local stand-in runs no DDL, so it takes either mode.
     stand_in = LocalDatabricksResource(
-        local_warehouse_dir=str(tmp_path), bigquery=ExportBigQueryResource()
+        local_warehouse_dir=str(tmp_path),
+        bigquery=LocalBigQueryResource(local_stack_dir=str(tmp_path)),
     )
     refuse_unrunnable_specs([spec], stand_in)
 
@@ -170,7 +171,7 @@ def test_the_stand_in_is_a_local_subclass_and_production_holds_none_of_it() -> N
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not [m for m in imported if m.startswith(("bq_assets.local", "duckdb"))]
     assert issubclass(LocalDatabricksResource, DatabricksSQLResource)
-    assert not DatabricksSQLResource().is_local
+    assert DatabricksSQLResource().runnable_modes == ("federation",)
 
 
 def test_the_stand_in_refuses_bignumeric_columns_rather_than_turn_them_into_doubles() -> None:
@@ -354,7 +355,9 @@ def publish(tmp_path: Path, databricks_yaml: str, api: FakeStatementExecution, s
     spec = spec_with(tmp_path, databricks_yaml)
     statements = publish_statements(spec, SOURCE, *secret)
     log = SimpleNamespace(warning=lambda _: None)
-    return run_publication(resource_with(api), statements, drift_probes(spec, SOURCE), log)
+    return publish_checking_drift(
+        resource_with(api).execute, statements, drift_probes(spec, SOURCE), log
+    )
 
 
 def test_a_foreign_catalog_that_matches_the_spec_passes_and_the_view_is_replaced(
@@ -513,7 +516,7 @@ def test_drift_fails_the_databricks_step_once_with_the_diff(tmp_path: Path) -> N
             )
         )
         result = dg.materialize(
-            [build_databricks_asset(spec)],
+            [hop_asset(spec, "databricks", ExportTranslator())],
             instance=instance,
             resources={"databricks": dg.ResourceDefinition.hardcoded_resource(resource_with(api))},
             raise_on_error=False,

@@ -17,15 +17,20 @@ import dagster as dg
 import pytest
 
 import bq_assets.stages.delivery as delivery_stage
-from bq_assets.deliveries import DELIVERY_TAG, DeliveryError, find_deliveries, read_delivered_file
+from bq_assets.engine.deliveries import (
+    DELIVERY_TAG,
+    DeliveryError,
+    find_deliveries,
+    read_delivered_file,
+)
 from bq_assets.exports.fields import ExportSpecError
 from bq_assets.exports.spec import ExportSpec, load_spec, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.local.delivery import deliver, finish, generate_pgp_key, pgp_encryptor
 from bq_assets.local.limits import unsupported_settings
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.delivery import DELIVERY_HEADER_MATCHES, DELIVERY_ROWS_ADD_UP
+from bq_assets.translator import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets_tests.conftest import step_errors
 
 SPEC = """\

@@ -30,7 +30,7 @@ from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpec, load_specs
 from bq_assets.partitioning import Window
 from bq_assets.schedules import EXPORT_TAG
 from bq_assets.settings import local_resources
-from bq_assets.stages import gcs_key, query_key
+from bq_assets.translator import gcs_key, query_key
 from bq_assets_tests.postgres import PostgresServer, free_port
 from bq_assets_tests.test_pipeline import normalized, source_rows
 

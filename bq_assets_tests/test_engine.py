@@ -20,8 +20,11 @@ PACKAGE = Path(bq_assets.__file__).parent
 ENGINE_MODULES = sorted(
     f"bq_assets.engine.{path.stem}" for path in (PACKAGE / "engine").glob("*.py")
 )
-#: The only modules outside local/ allowed to import it: the wiring and the local demo.
-WIRING = {"settings.py", "demo.py"}
+SOURCE_MODULES = sorted(
+    f"bq_assets.sources.{path.stem}" for path in (PACKAGE / "sources").glob("*.py")
+)
+#: The only module outside local/ allowed to import it: the wiring.
+WIRING = {"settings.py"}
 
 
 def _loaded_after_importing(modules: list[str]) -> set[str]:
@@ -33,7 +36,7 @@ def _loaded_after_importing(modules: list[str]) -> set[str]:
 
 
 def test_the_engine_imports_no_dagster() -> None:
-    loaded = _loaded_after_importing([*ENGINE_MODULES, "bq_assets.deliveries"])
+    loaded = _loaded_after_importing([*ENGINE_MODULES, *SOURCE_MODULES])
     assert "dagster" not in loaded
     assert len(ENGINE_MODULES) >= 10
 
@@ -54,7 +57,12 @@ def test_production_code_never_imports_the_local_stack() -> None:
             )
             offenders += [f"{relative}: {n}" for n in names if n.startswith("bq_assets.local")]
     assert offenders == []
-    production = ["bq_assets.factory", "bq_assets.resources", "bq_assets.schedules"]
+    production = [
+        "bq_assets.factory",
+        "bq_assets.resources",
+        "bq_assets.schedules",
+        "bq_assets.translator",
+    ]
     assert not {m for m in _loaded_after_importing(production) if m.startswith("bq_assets.local")}
 
 

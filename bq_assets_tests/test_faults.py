@@ -26,12 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bq_assets.engine.bigquery_load import run_load
 from bq_assets.engine.manifest import Manifest, Shard
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
+from bq_assets.factory import build_definitions
+from bq_assets.failures import reported_as_failure
 from bq_assets.local import sample_data, stack
+from bq_assets.local.delivery import simulate_deliveries
 from bq_assets.local.resources import LocalGCSResource, SampleSourceResource
 from bq_assets.resources import DatabricksSQLResource, ExportGCSResource
 from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
-from bq_assets.stages import bigquery_key, gcs_key, reported_as_failure
+from bq_assets.translator import ExportTranslator, bigquery_key, gcs_key
 from bq_assets_tests.conftest import error_chain, run_exports, step_errors
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack]
@@ -663,3 +666,97 @@ def test_concurrent_exports_and_back_to_back_reruns_agree(
         "2 exports at once + 2 back-to-back re-runs: all exit 0, tables equal the source"
     )
     assert (lost, duplicated) == (0, 0)
+
+
+# 13 ─ every step, one way to fail ────────────────────────────────────────────────────────────
+#: A queried and a delivered shipped export.
+DELIVERED_AND_QUERIED = ("customer_360", "amperity_orders")
+
+
+class NoRetries(ExportTranslator):
+    """The shipped translator without step retries: each failure is seen once, at once."""
+
+    def get_retry_policy(self, spec, hop):  # type: ignore[override]
+        return None
+
+
+def run_each_step_alone(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, list]:
+    """Run every check, then every asset from the last hop back to the first, each in a run of
+    its own (as "Execute check" and "Materialize" in the UI do), so that no step finds an
+    upstream this walk made; step key → its failure events."""
+    graph = defs.resolve_asset_graph()
+    checks = [key for check in defs.asset_checks for key in check.check_keys]
+    jobs = [
+        dg.define_asset_job(f"check_{n}", selection=dg.AssetSelection.checks(key))
+        for n, key in enumerate(checks)
+    ] + [
+        dg.define_asset_job(f"one_{n}", selection=dg.AssetSelection.assets(key).without_checks())
+        for n, key in enumerate(reversed(graph.toposorted_asset_keys))
+    ]
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=jobs))
+    failures: dict[str, list] = {}
+    for job in jobs:
+        result = merged.resolve_job_def(job.name).execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        for event in result.all_events:
+            if event.is_step_failure:
+                failures.setdefault(event.step_key, []).append(event)
+    return failures
+
+
+def one_clear_message(event: dg.DagsterEvent) -> str:
+    """The failure's message, asserted to be the one mapping's: a ``dg.Failure`` whose
+    description is the user's message, no traceback in it, no cause chained behind it."""
+    data = event.step_failure_data
+    assert data.user_failure_data is not None, f"{event.step_key}: {data.error.to_string()}"
+    description = data.user_failure_data.description or ""
+    assert description and "Traceback" not in description, description
+    assert data.error.cause is None, data.error.to_string()
+    return description
+
+
+@pytest.mark.timeout(900)
+def test_every_asset_and_check_fails_with_one_message_upstream_missing_or_gcs_stopped(
+    fault, fault_stack, fault_resources, fault_dir
+) -> None:
+    fault.expected = "every step alone: one message, no traceback, upstream missing or GCS down"
+    specs = [s for s in load_specs(SHIPPED_EXPORTS_DIR) if s.name in DELIVERED_AND_QUERIED]
+    # GCS requests give up after 2 s (instead of 10) so the stopped emulator is met quickly.
+    gcs = LocalGCSResource(local_stack_dir=str(fault_dir), retry_timeout_s=2)
+    resources = {**fault_resources, "gcs": gcs}
+    defs = build_definitions(specs, resources, dg.DefaultScheduleStatus.STOPPED, NoRetries())
+    # One step per asset and per check definition (the query's three checks share one).
+    steps = len(defs.resolve_asset_graph().get_all_asset_keys()) + len(list(defs.asset_checks))
+    simulate_deliveries(specs, gcs.get_client().bucket(gcs.get_bucket_name()))
+    with dg.instance_for_test() as instance:
+        missing = run_each_step_alone(defs, instance)
+        missing_messages = {step: one_clear_message(e) for step, es in missing.items() for e in es}
+        # Everything but the two roots (the query, the delivery) reads an upstream first.
+        assert len(missing_messages) == steps - 2, sorted(missing_messages)
+        assert all("materialize it first" in m for m in missing_messages.values())
+
+        everything = run_exports(specs, resources, instance)
+        assert everything.success, step_errors(everything)
+        endpoint = stack.read_state(fault_dir).gcs_endpoint
+        stack.stop_component("gcs", fault_dir)
+        try:
+            down = run_each_step_alone(defs, instance)
+        finally:
+            stack.up(fault_dir)
+    down_messages = {step: one_clear_message(e) for step, es in down.items() for e in es}
+    unreachable = {s for s, m in down_messages.items() if f"GCS at {endpoint} is unreachable" in m}
+    # Exactly the steps that read GCS fail, each naming it: the query (its upload), both kinds
+    # of gcs hop, the BigQuery load (the manifest), and the checks that read objects or
+    # manifests; the rest read only BigQuery or the instance, and pass.
+    assert unreachable == set(down_messages) == {
+        "query__customer_360", "query__customer_360_checks",
+        "gcs__customer_360", "gcs__customer_360_objects_match_manifest",
+        "gcs__amperity_orders", "gcs__amperity_orders_rows_add_up",
+        "bigquery__customer_360", "bigquery__customer_360_schema_matches_snapshot",
+        "bigquery__amperity_orders", "bigquery__amperity_orders_schema_matches_snapshot",
+    }  # fmt: skip
+    fault.observed = (
+        f"{steps} steps alone: upstream missing {len(missing_messages)} failed, each one "
+        f"message; GCS down {len(down_messages)} failed, {len(unreachable)} naming GCS"
+    )

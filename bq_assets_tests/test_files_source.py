@@ -20,13 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 from google.oauth2.credentials import Credentials
 
-from bq_assets import source_files, sources
+from bq_assets import sources
 from bq_assets.exports import load_specs
 from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration, gcs_access
-from bq_assets.source_files import GcsAccess
 from bq_assets.sources import SourceError
-from bq_assets.stages import bigquery_key, query_key
+from bq_assets.sources import files as source_files
+from bq_assets.sources.files import GcsAccess
+from bq_assets.translator import bigquery_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.test_round_trip import bigquery_rows, differences, metadata
 

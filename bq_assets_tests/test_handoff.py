@@ -15,8 +15,8 @@ from bq_assets.engine.bigquery_jobs import count_rows
 from bq_assets.exports import ExportSpec
 from bq_assets.factory import build_definitions
 from bq_assets.local.resources import SampleSourceResource
-from bq_assets.stages import bigquery_key, gcs_key, query_key
 from bq_assets.stages.query import RunStatus, tidy_snapshots
+from bq_assets.translator import bigquery_key, gcs_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.test_pipeline import metadata
 

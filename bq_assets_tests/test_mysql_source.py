@@ -21,12 +21,13 @@ import duckdb
 import pytest
 
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
+from bq_assets.failures import reported_as_failure
 from bq_assets.local import sample_data
 from bq_assets.local.resources import SampleSourceResource
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration
 from bq_assets.schema import UnsupportedTypeError
-from bq_assets.sources import SourceError, load_extension
-from bq_assets.stages import bigquery_key, query_key, reported_as_failure
+from bq_assets.sources import SourceError, SourceUnreachableError, load_extension
+from bq_assets.translator import bigquery_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 from bq_assets_tests.mariadb import MariaDBServer
 from bq_assets_tests.postgres import free_port
@@ -284,12 +285,12 @@ def test_a_mysql_that_is_down_fails_naming_host_and_port_and_may_be_retried(
         staging_dir=str(tmp_path / "staging"),
         sources=[declaration(shop, port=port)],
     )
-    with pytest.raises(dg.Failure) as failure:
+    with pytest.raises(SourceUnreachableError) as unreachable:
         source.snapshot("SELECT id FROM adversarial", Path("d.sql"), tmp_path / "s.parquet", "shop")
-    assert f"127.0.0.1:{port}" in failure.value.description
-    assert "unreachable" in failure.value.description
-    assert failure.value.allow_retries
-    assert shop.password not in failure.value.description
+    assert f"127.0.0.1:{port}" in str(unreachable.value)
+    assert "unreachable" in str(unreachable.value)
+    assert unreachable.value.retryable
+    assert shop.password not in str(unreachable.value)
 
 
 def test_a_wrong_mysql_password_fails_clearly_without_echoing_it_and_is_not_retried(

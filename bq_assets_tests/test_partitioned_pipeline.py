@@ -14,9 +14,9 @@ import pytest
 from bq_assets.exports import ExportSpec, load_specs
 from bq_assets.factory import build_definitions, export_assets
 from bq_assets.resources.source import DuckDBSourceResource
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
 from bq_assets.stages.freshness import LATEST_PARTITION_FRESH
+from bq_assets.translator import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets_tests.conftest import step_errors
 from bq_assets_tests.test_pipeline import sorted_rows
 

@@ -20,16 +20,17 @@ from bq_assets.errors import BqAssetsError
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.partitioning import Window, aligned_with_bigquery, decorator
-from bq_assets.resources.source import DuckDBSourceResource, PartitionColumnError
+from bq_assets.resources.source import DuckDBSourceResource
 from bq_assets.schedules import build_schedules
 from bq_assets.settings import local_resources
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
+from bq_assets.sources.snapshot import PartitionColumnError
 from bq_assets.stages.freshness import (
     LATEST_PARTITION_FRESH,
     expected_partition,
     latest_partition_result,
 )
 from bq_assets.stages.partitions import partitions_definition
+from bq_assets.translator import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets_tests.test_export_spec import load_error
 from bq_assets_tests.test_export_spec import write_export as write_spec
 

@@ -14,9 +14,9 @@ from bq_assets.exports.sql import partition_parameters
 from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.delivery import simulate_deliveries
 from bq_assets.partitioning import Window
-from bq_assets.stages import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
 from bq_assets.stages.partitions import latest_complete_partition
+from bq_assets.translator import bigquery_key, databricks_key, gcs_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 
 pytestmark = pytest.mark.stack

@@ -38,8 +38,8 @@ from bq_assets.exports import ExportSpec, ExportSpecError, load_specs
 from bq_assets.exports.spec import load_spec
 from bq_assets.factory import build_definitions
 from bq_assets.schema import schema_to_json
-from bq_assets.stages import bigquery_key, gcs_key, query_key
 from bq_assets.stages.databricks import table_name
+from bq_assets.translator import bigquery_key, gcs_key, query_key
 from bq_assets_tests.conftest import run_exports, step_errors
 
 COLUMNS = "id, label, text, num, big, ts, naive, day, flag, n, f"

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from google.cloud import bigquery as bigquery_api
 
@@ -26,8 +25,8 @@ from bq_assets.local import databricks as local_databricks
 from bq_assets.local import stack
 from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.resources import LocalBigQueryResource
+from bq_assets.local.storage_read import StorageReadError, TableReader, create_session
 from bq_assets.resources.databricks import TableName
-from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 pytestmark = pytest.mark.stack
 
@@ -138,12 +137,12 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
     name = TableName("scale", "s", "kept")
     databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
     started = time.monotonic()
-    with _paused(local_stack.bigquery_pid), pytest.raises(dg.Failure) as error:
+    with _paused(local_stack.bigquery_pid), pytest.raises(StorageReadError) as error:
         databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
     assert time.monotonic() - started < STALL_S + 5
     assert f"BigQuery Storage Read API at {bigquery.read_endpoint}" in str(error.value)
     assert "read session" in str(error.value)
-    assert error.value.allow_retries
+    assert error.value.retryable
     assert databricks.row_count(name) == WIDE_ROWS
 
 
@@ -161,7 +160,7 @@ def test_a_read_stalling_after_the_session_opened_keeps_the_previous_table_and_n
 
     monkeypatch.setattr(local_databricks, "TableReader", FreezesOnceTheStreamsOpen)
     try:
-        with pytest.raises(dg.Failure) as error:
+        with pytest.raises(StorageReadError) as error:
             databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
     finally:
         os.kill(local_stack.bigquery_pid, signal.SIGCONT)

@@ -16,14 +16,13 @@ from dagster._utils.schedules import cron_string_iterator
 from bq_assets.factory import build_definitions
 from bq_assets.schedules import (
     EXPORT_TAG,
-    FRESHNESS,
     build_failure_sensor,
     build_schedules,
     failure_message,
     failure_sensors,
-    freshness_policy,
 )
 from bq_assets.settings import local_resources
+from bq_assets.translator import FRESHNESS, ExportTranslator, freshness_policy
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,8 @@ def test_a_tick_requests_one_run_per_export_each_tagged_with_its_export(shipped_
     assert len(result.run_requests) == len(exports) >= 2
     for request in result.run_requests:
         assert {key.path[-1] for key in request.asset_selection} == {request.tags[EXPORT_TAG]}
-        assert len(request.asset_selection) == 4
+        spec = next(s for s in daily if s.name == request.tags[EXPORT_TAG])
+        assert request.asset_selection == ExportTranslator().asset_keys(spec)
 
 
 class FakeSlackWebhook(http.server.BaseHTTPRequestHandler):

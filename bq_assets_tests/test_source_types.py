@@ -201,7 +201,7 @@ def test_every_exact_type_arrives_in_bigquery_and_databricks_unchanged(
     import dagster as dg
 
     from bq_assets.exports import load_specs
-    from bq_assets.stages import bigquery_key
+    from bq_assets.translator import bigquery_key
     from bq_assets_tests.conftest import run_exports, step_errors
     from bq_assets_tests.test_round_trip import bigquery_rows, databricks_rows, metadata, same
 

@@ -17,6 +17,7 @@ import pytest
 from bq_assets import sources
 from bq_assets.resources.source import DuckDBSourceResource, SourceDeclaration, SourceQueryError
 from bq_assets.settings import ConfigurationError, declared_sources, query_engine_settings
+from bq_assets.sources.declarations import blank_secret
 
 
 def resource(tmp_path: Path, *declarations: SourceDeclaration) -> DuckDBSourceResource:
@@ -162,7 +163,7 @@ def test_a_password_is_blanked_from_messages() -> None:
         name="crm", kind="postgres", host="h", database="d", user="u", password="pw-123"
     )
     text = "Unable to connect: host='h' password='pw-123' and pw-123 again"
-    assert "pw-123" not in sources.blank_secret(text, source)
+    assert "pw-123" not in blank_secret(text, source)
     assert "pw-123" not in repr(source)
 
 

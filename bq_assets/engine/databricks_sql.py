@@ -1,12 +1,18 @@
-"""The Databricks SQL that exposes a BigQuery table, generated from the export spec, and how
-to read back what Databricks says an existing object looks like (for drift). Pure: no I/O."""
+"""The Databricks SQL that exposes a BigQuery table, generated from the export spec; how to
+read back what Databricks says an existing object looks like (for drift); and running the
+statements with a drift check after each that needs one. No Dagster; the warehouse is a
+callable (``Execute``) the Databricks resource passes in."""
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bq_assets.engine.log import Log
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
+
+#: Runs one statement on a SQL warehouse and returns its rows (as strings).
+Execute = Callable[[str], list[list[str | None]]]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -210,3 +216,34 @@ def drift_diff(expected: Mapping[str, str], described: Mapping[str, str]) -> lis
         if not same:
             lines.append(f"{key}: spec says {want!r}, Databricks has {have!r}")
     return lines
+
+
+def publish_checking_drift(
+    execute: Execute, statements: list[str], probes: list[DriftProbe], log: Log
+) -> list[str]:
+    """Run ``statements`` in order, verifying each probe right after the statement it follows;
+    a ``DriftError`` before anything after it runs. Returns one note per probe (for metadata).
+    Idempotent, as the statements are."""
+    notes = []
+    for statement in statements:
+        execute(statement)
+        for probe in (p for p in probes if p.after == statement):
+            described = described_settings(execute(probe.probe))
+            if not described:
+                notes.append(f"{probe.what}: {probe.probe} showed no settings; not verified")
+                log.warning(notes[-1])
+                continue
+            expected = probe.expected
+            if "options" not in described:  # this DESCRIBE shows no options: check what it shows
+                expected = {k: v for k, v in expected.items() if k in described}
+                notes.append(f"{probe.what}: {probe.probe} shows no options; they are not verified")
+                log.warning(notes[-1])
+            diff = drift_diff(expected, described)
+            if diff:
+                raise DriftError(
+                    f"{probe.what} exists with other settings than the spec's:\n  "
+                    + "\n  ".join(diff)
+                    + f"\n{probe.remedy}"
+                )
+            notes.append(f"{probe.what}: matches the spec")
+    return notes

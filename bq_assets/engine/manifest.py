@@ -66,3 +66,23 @@ def publish_manifest(
     bucket.blob(run_prefix + SUCCESS_MARKER).upload_from_string(
         b"", content_type="text/plain", retry=retry
     )
+
+
+def objects_differing(
+    client: storage.Client, manifest: Manifest, retry: Retry = DEFAULT_RETRY
+) -> list[str]:
+    """One line per object of the manifest that is gone or no longer the one written (its
+    size or crc32c differs), in the manifest's order; empty when every object is as written.
+    Read-only."""
+    problems = []
+    for shard in manifest.shards:
+        bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
+        blob = client.bucket(bucket).get_blob(name, retry=retry)
+        if blob is None:
+            problems.append(f"{shard.uri}: missing")
+        elif blob.size != shard.bytes or blob.crc32c != shard.crc32c:
+            problems.append(
+                f"{shard.uri}: size {blob.size} crc32c {blob.crc32c}, "
+                f"manifest says {shard.bytes} / {shard.crc32c}"
+            )
+    return problems

@@ -275,7 +275,7 @@ def check_sources(specs: list[ExportSpec], declared: list[str]) -> list[ExportSp
     """The specs, if each names a declared source and reads nothing it cannot (a Delta table
     on ``gs://``); otherwise one error naming every spec file at fault and the sources that
     are declared."""
-    from bq_assets.source_files import DELTA_ON_GCS, reads_delta_on_gcs
+    from bq_assets.sources.files import DELTA_ON_GCS, reads_delta_on_gcs
 
     errors = [
         f"{spec.spec_file}: source: {spec.source!r} is not a declared source "

@@ -14,7 +14,7 @@ whatever DuckDB's ``memory_limit``. The stand-in writes the streams' batches to 
 next to the catalogs as they arrive (a row group per batch), then loads that file in one
 ``CREATE OR REPLACE TABLE … AS FROM read_parquet(…)``, which DuckDB reads within its memory
 limit. And its gRPC channel to the emulator does without bandwidth-delay probing (see
-``ExportBigQueryResource.read_client``). Measurements: docs/performance.md.
+``LocalBigQueryResource.read_client``). Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -25,20 +25,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from bq_assets.engine.databricks_sql import DriftProbe
+from bq_assets.engine.log import Log
+from bq_assets.local.resources import LocalBigQueryResource
+from bq_assets.local.storage_read import TableReader, create_session
 from bq_assets.resources.databricks import (
     BigQueryTable,
     DatabricksSQLResource,
     StatementError,
     TableName,
 )
-from bq_assets.resources.google import ExportBigQueryResource
-from bq_assets.resources.storage_read import StorageReadError, TableReader, create_session
 
 #: DuckDB would otherwise take up to 80% of RAM; past this it spills to ``<catalog>.tmp``.
 STAND_IN_MEMORY_LIMIT = "256MB"
@@ -51,13 +52,18 @@ class LocalDatabricksResource(DatabricksSQLResource):
     """The local stand-in for a SQL warehouse: BigQuery tables copied into DuckDB catalogs."""
 
     local_warehouse_dir: str = Field(description="Directory of the stand-in's DuckDB catalogs.")
-    bigquery: ExportBigQueryResource = Field(
+    bigquery: LocalBigQueryResource = Field(
         description="Where the stand-in reads BigQuery tables from (Storage Read API)."
     )
 
     @property
-    def is_local(self) -> bool:
-        return True
+    def engine(self) -> str:
+        return "local DuckDB stand-in"
+
+    @property
+    def runnable_modes(self) -> tuple[str, ...]:
+        """Both: the stand-in copies the table whichever way production would expose it."""
+        return ("federation", "external")
 
     @property
     def endpoint(self) -> str:
@@ -71,10 +77,18 @@ class LocalDatabricksResource(DatabricksSQLResource):
     def dialect(self) -> str:
         return "duckdb"
 
-    def publish(self, statements: list[str], source: BigQueryTable, name: TableName) -> None:
-        """Copy ``source`` into ``name``; ``statements`` are not run (no local engine runs
-        Databricks DDL). Idempotent."""
+    def publish(
+        self,
+        statements: list[str],
+        probes: list[DriftProbe],
+        source: BigQueryTable,
+        name: TableName,
+        log: Log,
+    ) -> list[str]:
+        """Copy ``source`` into ``name``; ``statements`` and ``probes`` are not run (DuckDB runs
+        no Databricks DDL). Idempotent."""
         self.copy_from_bigquery(source.project, source.dataset, source.table, name)
+        return ["local stand-in: the statements are recorded, not run"]
 
     def query(self, sql_for_name: str, name: TableName) -> list[tuple]:
         with self._connection(name.catalog) as con:
@@ -120,24 +134,21 @@ class LocalDatabricksResource(DatabricksSQLResource):
         read session is billed to ``project``."""
         bq = self.bigquery
         client = self.bigquery.read_client()
-        try:
-            session = create_session(
-                client,
-                bq.read_endpoint,
-                project,
-                table_path,
-                bq.read_max_streams,
-                bq.read_stall_timeout_s,
-            )
-            with TableReader(
-                client, session, bq.read_endpoint, bq.read_stall_timeout_s, bq.read_timeout_s
-            ) as rows:
-                refuse_what_duckdb_cannot_hold(rows.schema, table_path)
-                with pq.ParquetWriter(path, rows.schema, **STAGED_PARQUET) as out:
-                    for batch in rows.batches():
-                        out.write_batch(batch)
-        except StorageReadError as exc:
-            raise dg.Failure(description=str(exc), allow_retries=True) from None
+        session = create_session(
+            client,
+            bq.read_endpoint,
+            project,
+            table_path,
+            bq.read_max_streams,
+            bq.read_stall_timeout_s,
+        )
+        with TableReader(
+            client, session, bq.read_endpoint, bq.read_stall_timeout_s, bq.read_timeout_s
+        ) as rows:
+            refuse_what_duckdb_cannot_hold(rows.schema, table_path)
+            with pq.ParquetWriter(path, rows.schema, **STAGED_PARQUET) as out:
+                for batch in rows.batches():
+                    out.write_batch(batch)
 
     def _folder(self) -> Path:
         folder = Path(self.local_warehouse_dir)

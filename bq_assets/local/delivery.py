@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from google.cloud import storage
 
+from bq_assets.engine.deliveries import marker_name
 from bq_assets.exports.delivery import SEND_PLACEHOLDER, DeliveryOptions, send_format
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.pgp import gnupg_home, gpg
@@ -82,9 +83,7 @@ def deliver(
         bucket.blob(name).upload_from_string(encrypt(data) if encrypt else data)
     marker = None
     if options.complete_when.marker:
-        marker = options.prefix + SEND_PLACEHOLDER.sub(
-            send_text(options, sent_at), options.complete_when.marker
-        )
+        marker = marker_name(options, send_text(options, sent_at))
         if write_marker and (write_files is None or write_files >= parts):
             bucket.blob(marker).upload_from_string(b"")
     return SimulatedDelivery(send=send_text(options, sent_at), files=names, marker=marker)

@@ -6,20 +6,28 @@ finish, every failure state mapped to ``StatementError``.
 
 No Databricks emulator exists: locally ``settings.py`` wires in a subclass,
 ``bq_assets.local.databricks.LocalDatabricksResource``, that overrides the methods below marked
-as the seam (``is_local``, ``endpoint``, ``dialect``, ``publish``, ``query``, ``column_names``)
-with a DuckDB stand-in. Stages and checks type-hint this class and work with either.
+as the seam (``engine``, ``runnable_modes``, ``endpoint``, ``dialect``, ``publish``, ``query``,
+``column_names``) with a stand-in. Stages and checks type-hint this class, work with either,
+and never ask which one they have.
 """
 
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import dagster as dg
 from dagster_databricks import DatabricksClientResource
 from databricks.sdk.service.sql import StatementExecutionAPI, StatementResponse, StatementState
 from pydantic import Field
 
-from bq_assets.engine.databricks_sql import BigQueryTable, TableName
+from bq_assets.engine.databricks_sql import (
+    BigQueryTable,
+    DriftProbe,
+    TableName,
+    publish_checking_drift,
+)
+from bq_assets.engine.log import Log
 from bq_assets.errors import BqAssetsError
 
 
@@ -29,6 +37,9 @@ class StatementError(BqAssetsError):
 
 class DatabricksSQLResource(dg.ConfigurableResource):
     """Where the Databricks hop runs: the SQL warehouse ``warehouse_id`` of ``workspace``."""
+
+    #: How failures name this service (``bq_assets.failures``).
+    service_name: ClassVar[str] = "Databricks"
 
     workspace: DatabricksClientResource | None = Field(
         default=None, description="Databricks workspace client."
@@ -47,9 +58,16 @@ class DatabricksSQLResource(dg.ConfigurableResource):
     # -- the seam a stand-in overrides -------------------------------------------------------
 
     @property
-    def is_local(self) -> bool:
-        """True for a stand-in that copies the table instead of running the generated DDL."""
-        return False
+    def engine(self) -> str:
+        """What runs the statements, as the materialization's metadata shows it."""
+        return "SQL warehouse"
+
+    @property
+    def runnable_modes(self) -> tuple[str, ...]:
+        """The spec's ``databricks.mode`` values this engine can publish. A SQL warehouse runs
+        Lakehouse Federation only: Databricks documents the ``USING bigquery`` connector
+        (``external``) as legacy and unsupported, for clusters with the connector."""
+        return ("federation",)
 
     @property
     def endpoint(self) -> str:
@@ -62,11 +80,18 @@ class DatabricksSQLResource(dg.ConfigurableResource):
         """The SQL dialect ``query`` speaks."""
         return "databricks"
 
-    def publish(self, statements: list[str], source: BigQueryTable, name: TableName) -> None:
+    def publish(
+        self,
+        statements: list[str],
+        probes: list[DriftProbe],
+        source: BigQueryTable,
+        name: TableName,
+        log: Log,
+    ) -> list[str]:
         """Make ``source`` queryable as ``name`` by running ``statements`` (the generated
-        Databricks DDL) in order. Idempotent."""
-        for statement in statements:
-            self.execute(statement)
+        Databricks DDL) in order, each drift probe right after its statement; returns what
+        the probes found (``DriftError`` on drift, before anything after it runs). Idempotent."""
+        return publish_checking_drift(self.execute, statements, probes, log)
 
     def query(self, sql_for_name: str, name: TableName) -> list[tuple]:
         """Run a query that both engines understand; ``{table}`` in it stands for ``name``."""

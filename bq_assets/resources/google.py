@@ -1,10 +1,10 @@
 """GCS and BigQuery resources: dagster-gcp's, plus what the pipeline needs of them.
 
 They behave like dagster-gcp's own (Application Default Credentials, or a base64
-service-account key), with the export bucket, bounded retries and the Storage Read API client.
-``emulator()`` is the one seam for emulators: ``None`` here; the local stack's subclasses
-(``bq_assets.local.resources``) answer with its endpoints, read when a client is made, so the
-code location loads whether or not the stack is running.
+service-account key), with the export bucket and bounded retries. ``emulator()`` is the one
+seam for emulators: ``None`` here; the local stack's subclasses (``bq_assets.local.resources``)
+answer with its endpoints, read when a client is made, so the code location loads whether or
+not the stack is running.
 """
 
 from __future__ import annotations
@@ -14,30 +14,19 @@ import binascii
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
-import grpc
 from dagster_gcp import BigQueryResource, GCSResource
 from google.api_core.client_options import ClientOptions
 from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import bigquery, bigquery_storage, storage
-from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
-    BigQueryReadGrpcTransport,
-)
+from google.cloud import bigquery, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 from pydantic import Field
 
 from bq_assets.errors import BqAssetsError
 
-#: The emulator's read channel: no bandwidth-delay probing (see ``read_client``).
-NO_BDP_PROBE = ("grpc.http2.bdp_probe", 0)
-# What BigQueryReadGrpcTransport.create_channel sets for Google's endpoint: no message size cap.
-UNLIMITED_MESSAGES = [
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-]
 CREDENTIALS_FIELD = Field(
     default=None,
     description="Base64-encoded service-account key JSON. Unset: Application Default Credentials.",
@@ -54,12 +43,14 @@ class Emulator(Protocol):
     def gcs_endpoint(self) -> str: ...
     @property
     def bigquery_endpoint(self) -> str: ...
-    @property
-    def bigquery_grpc_target(self) -> str: ...
 
 
 class CredentialsError(BqAssetsError):
     """The configured service-account key cannot be used."""
+
+
+class MissingSettingError(BqAssetsError):
+    """A setting the resource needs at run time is not configured."""
 
 
 def service_account_credentials(encoded_key: str) -> Credentials:
@@ -79,8 +70,12 @@ def service_account_credentials(encoded_key: str) -> Credentials:
 class ExportGCSResource(GCSResource):
     """dagster-gcp's ``GCSResource`` plus the bucket exports go to and bounded retries."""
 
+    #: How failures name this service (``bq_assets.failures``).
+    service_name: ClassVar[str] = "GCS"
+
     bucket: str | None = Field(
-        default=None, description="Bucket for the CSV objects (local: the stack's bucket)."
+        default=None,
+        description="Bucket for the export objects, CSV or Parquet (local: the stack's bucket).",
     )
     gcp_credentials: str | None = CREDENTIALS_FIELD
     retry_timeout_s: float = Field(
@@ -127,31 +122,16 @@ class ExportGCSResource(GCSResource):
         if emulator is not None:
             return self.bucket or emulator.bucket
         if not self.bucket:
-            raise ValueError("No GCS bucket configured: set BQ_ASSETS_GCS_BUCKET.")
+            raise MissingSettingError("No GCS bucket configured: set BQ_ASSETS_GCS_BUCKET.")
         return self.bucket
 
 
 class ExportBigQueryResource(BigQueryResource):
-    """dagster-gcp's ``BigQueryResource`` plus the Storage Read API client and its deadlines."""
+    """dagster-gcp's ``BigQueryResource``, plus how a partitioned load replaces partitions."""
 
-    read_max_streams: int = Field(
-        default=4,
-        ge=1,
-        le=100,
-        description="Storage Read API: at most this many streams of one table are read in "
-        "parallel (BigQuery and the emulator return a single stream for small tables).",
-    )
-    read_stall_timeout_s: float = Field(
-        default=120.0,
-        gt=0,
-        description="Storage Read API: a read fails when no stream has delivered a message for "
-        "this long (a stalled server or network), instead of waiting forever.",
-    )
-    read_timeout_s: float = Field(
-        default=3600.0,
-        gt=0,
-        description="Storage Read API: deadline for reading one whole table, all streams together.",
-    )
+    #: How failures name this service (``bq_assets.failures``).
+    service_name: ClassVar[str] = "BigQuery"
+
     partition_overwrite: Literal["decorator", "transaction"] = Field(
         default="decorator",
         description="How a partitioned export's load replaces its partitions: a copy job to the "
@@ -171,22 +151,12 @@ class ExportBigQueryResource(BigQueryResource):
         emulator = self.emulator()
         return emulator.bigquery_endpoint if emulator else "https://bigquery.googleapis.com"
 
-    @property
-    def read_endpoint(self) -> str:
-        """Where the Storage Read API client connects (gRPC)."""
-        emulator = self.emulator()
-        return (
-            f"http://{emulator.bigquery_grpc_target}"
-            if emulator
-            else "https://bigquerystorage.googleapis.com"
-        )
-
     def project_id(self) -> str:
         emulator = self.emulator()
         if emulator is not None:
             return emulator.project
         if not self.project:
-            raise ValueError("No GCP project configured: set GCP_PROJECT.")
+            raise MissingSettingError("No GCP project configured: set GCP_PROJECT.")
         return self.project
 
     @contextmanager
@@ -214,26 +184,3 @@ class ExportBigQueryResource(BigQueryResource):
             yield client
         finally:
             client.close()
-
-    def read_client(self) -> bigquery_storage.BigQueryReadClient:
-        """A BigQuery Storage Read API client (insecure gRPC to the emulator when local).
-
-        The emulator's channel lifts gRPC's 4 MiB receive limit, as the client library's own
-        channel to Google does (one Arrow batch of a wide table is larger than that), and turns
-        bandwidth-delay probing off: on loopback it grew the receive window while the reader
-        lagged, buffering hundreds of MB of the emulator's 12 MB messages (5M rows: 1,255 MB
-        peak with it, 773 MB without, same speed).
-        """
-        emulator = self.emulator()
-        if emulator is not None:
-            channel = grpc.insecure_channel(
-                emulator.bigquery_grpc_target, options=[*UNLIMITED_MESSAGES, NO_BDP_PROBE]
-            )
-            return bigquery_storage.BigQueryReadClient(
-                transport=BigQueryReadGrpcTransport(channel=channel)
-            )
-        if self.gcp_credentials:
-            return bigquery_storage.BigQueryReadClient(
-                credentials=service_account_credentials(self.gcp_credentials)
-            )
-        return bigquery_storage.BigQueryReadClient()

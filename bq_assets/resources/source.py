@@ -1,50 +1,21 @@
-"""The source warehouse: a DuckDB database the export queries run on."""
+"""The source resource: where export queries run, as configuration. The work is
+``bq_assets.sources`` (no Dagster); this holds the settings and hands them over."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from bq_assets import source_files, source_types, sources
-from bq_assets.errors import BqAssetsError
-from bq_assets.exports.sql import executable_query
-from bq_assets.partitioning import PARTITION_COLUMN_TYPES
-from bq_assets.schema import UnsupportedTypeError, values_out_of_range
-from bq_assets.sources import DEFAULT_SOURCE, SourceUnreachableError
+from bq_assets.sources import DEFAULT_SOURCE, EngineSettings, Source
+from bq_assets.sources.files import GcsAccess, GcsAccessLike
+from bq_assets.sources.snapshot import SNAPSHOT_OBJECT, SourceQueryError, write_snapshot
 
-# Row groups are the unit the CSV stage parallelises over: small enough to spread a 1M-row
-# result over both cores, large enough to keep Parquet overhead negligible.
-ROW_GROUP_ROWS = 122_880
-SNAPSHOT_OBJECT = "snapshot.parquet"
-
-
-class SourceQueryError(BqAssetsError):
-    """The source database rejected an export's query."""
-
-
-class PartitionColumnError(BqAssetsError):
-    """A partitioned export's partition column is not a DATE or TIMESTAMP column."""
-
-
-def check_partition_column(described: list[tuple[str, str]], column: str, sql_file: Path) -> str:
-    """The DuckDB type of the partition ``column`` in the query's result, if it is one of
-    ``PARTITION_COLUMN_TYPES``; else a ``PartitionColumnError`` naming file, field and types."""
-    types = dict(described)
-    found = types.get(column)
-    if found not in PARTITION_COLUMN_TYPES:
-        what = "is missing from the result" if found is None else f"is {found}"
-        raise PartitionColumnError(
-            f"{sql_file}: partitioning.column: {column} {what}; allowed: a column of type "
-            f"{', '.join(PARTITION_COLUMN_TYPES)} (cast it, e.g. CAST({column} AS DATE))"
-        )
-    return found
+__all__ = ["SNAPSHOT_OBJECT", "DuckDBSourceResource", "SourceDeclaration", "SourceQueryError"]
 
 
 class SourceDeclaration(dg.Config):
@@ -60,12 +31,12 @@ class SourceDeclaration(dg.Config):
     user: str | None = Field(default=None, description="postgres / mysql: user name")
     password: str | None = Field(default=None, description="postgres / mysql: dg.EnvVar only")
 
-    def to_source(self) -> sources.Source:
+    def to_source(self) -> Source:
         """The engine's view of this declaration, the password read now (at run time)."""
         fields = self.model_dump()
         if isinstance(self.password, dg.EnvVar):  # a resource used outside a run
             fields["password"] = self.password.get_value()
-        return sources.Source(**fields)
+        return Source(**fields)
 
 
 class DuckDBSourceResource(dg.ConfigurableResource):
@@ -119,10 +90,10 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         """Every source an export may name: ``default`` first, then the declared ones."""
         return [DEFAULT_SOURCE, *(s.name for s in self.sources)]
 
-    def source(self, name: str) -> sources.Source:
+    def source(self, name: str) -> Source:
         """The declared source ``name`` (``default``: the DuckDB file ``database``)."""
         if name == DEFAULT_SOURCE:
-            return sources.Source(name=name, kind="duckdb", path=str(self._database_path()))
+            return Source(name=name, kind="duckdb", path=str(self._database_path()))
         for declaration in self.sources:
             if declaration.name == name:
                 source = declaration.to_source()
@@ -134,10 +105,10 @@ class DuckDBSourceResource(dg.ConfigurableResource):
             f"source {name!r} is not declared; declared: {', '.join(self.source_names())}"
         )
 
-    def engine_settings(self) -> sources.EngineSettings:
+    def engine_settings(self) -> EngineSettings:
         scratch = Path(self.staging_dir or Path(tempfile.gettempdir()) / "bq_assets")
         spill = self.temp_directory or str(scratch / ".spill")
-        return sources.EngineSettings(
+        return EngineSettings(
             memory_limit=self.memory_limit, threads=self.threads, temp_directory=spill
         )
 
@@ -154,63 +125,23 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         sql_file: Path,
         destination: Path,
         source_name: str = DEFAULT_SOURCE,
-        gcs: source_files.GcsAccessLike = None,
+        gcs: GcsAccessLike = None,
         parameters: Mapping[str, object] | None = None,
         partition_column: str | None = None,
     ) -> pq.FileMetaData:
-        """Run ``sql`` on the source ``source_name`` and write its result to ``destination`` as
-        Parquet, all or nothing, streamed (DuckDB's COPY; the result is never held in memory).
-
-        Every result column's type is checked before the COPY: carried exactly or refused
-        naming the column and the cast to write. The snapshot is written beside its final name
-        and renamed into place, so a failed query leaves no partial file. Returns the Parquet
-        footer (rows, schema, row groups). A source server that does not answer fails naming
-        its host and port, and may be retried; a refused login is not retried. ``gs://`` paths
-        in the query are read with ``gcs`` (see ``gcs_access``; a callable is called only then);
-        one that matches nothing fails naming it.
-        A date or timestamp outside BigQuery's range fails naming the column and the value
-        (from the snapshot's Parquet statistics); nothing is kept.
-
-        ``parameters`` are bound to the query's ``$name`` placeholders by DuckDB (a partitioned
-        export's window; never formatted into the SQL). ``partition_column`` must then be a
-        DATE or TIMESTAMP column of the result, checked before any row is read.
-        """
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".partial")
-        query = executable_query(sql)
-        source = self.source(source_name)
-        try:
-            with sources.connect(source, self.engine_settings(), query, gcs) as con:
-                if partition_column is not None:
-                    check_partition_column(
-                        source_types.result_types(con, query, parameters),
-                        partition_column,
-                        sql_file,
-                    )
-                snapshot_query = source_types.check_result_types(con, query, source, parameters)
-                con.execute(
-                    f"COPY ({snapshot_query}) TO '{partial}' "
-                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})",
-                    dict(parameters or {}),
-                )
-        except SourceUnreachableError as exc:
-            raise dg.Failure(description=f"{sql_file}: {exc}", allow_retries=True) from None
-        except UnsupportedTypeError as exc:
-            raise UnsupportedTypeError(f"{sql_file}: {exc}") from None
-        except duckdb.Error as exc:
-            partial.unlink(missing_ok=True)
-            message = sources.blank_secret(str(exc).strip().splitlines()[0], source)
-            raise SourceQueryError(
-                f"{sql_file}: the source {source.name!r} ({source.address}) rejected the query: "
-                f"{message}"
-            ) from None
-        footer = pq.read_metadata(partial)
-        out_of_range = values_out_of_range(footer)
-        if out_of_range:
-            partial.unlink(missing_ok=True)
-            raise SourceQueryError(f"{sql_file}: " + "; ".join(out_of_range))
-        os.replace(partial, destination)
-        return footer
+        """Run ``sql`` on the source ``source_name`` and write its result to ``destination``
+        as Parquet, all or nothing (``bq_assets.sources.write_snapshot``, which says how).
+        Idempotent."""
+        return write_snapshot(
+            self.source(source_name),
+            self.engine_settings(),
+            sql,
+            sql_file,
+            destination,
+            gcs,
+            parameters,
+            partition_column,
+        )
 
     def staging_export_prefix(self, export: str) -> str:
         """The object prefix under which every run's snapshot of ``export`` lives."""
@@ -221,14 +152,14 @@ class DuckDBSourceResource(dg.ConfigurableResource):
         return f"{self.staging_export_prefix(export)}{run_id}/{SNAPSHOT_OBJECT}"
 
 
-def gcs_access(gcs: dg.ConfigurableResource) -> source_files.GcsAccess:
+def gcs_access(gcs: dg.ConfigurableResource) -> GcsAccess:
     """How a source reads ``gs://`` paths: with the ``gcs`` resource's own client settings
     (its endpoint, project and credentials: a service account or ADC in production, the
     emulator with anonymous credentials locally). Nothing is read until a query needs it."""
     client = gcs.get_client()
     # google-cloud-core keeps the credentials a client was built with on ``_credentials``;
     # reusing them (rather than rebuilding them) keeps one place that decides them.
-    return source_files.GcsAccess(
+    return GcsAccess(
         endpoint=client.api_endpoint or "https://storage.googleapis.com",
         project=client.project,
         credentials=client._credentials,

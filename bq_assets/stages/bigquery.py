@@ -8,6 +8,8 @@ location is checked against the dataset's. Checks (blocking): the table holds th
 rows, and its schema is the snapshot's.
 """
 
+from collections.abc import Callable
+
 import dagster as dg
 from google.cloud import bigquery as bigquery_client
 
@@ -19,29 +21,19 @@ from bq_assets.engine.bigquery_partitions import (
     partition_row_counts,
     run_partition_load,
 )
-from bq_assets.engine.manifest import read_manifest
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
-from bq_assets.stages import (
-    NETWORK_RETRY,
+from bq_assets.stages.handoff import (
+    HandOff,
     Upstream,
-    bigquery_key,
-    check_result,
-    column_schema,
-    gcs_key,
-    query_key,
-    reading_input,
-    reported_as_failure,
+    handed_manifest,
     upstream_materialization,
 )
-from bq_assets.stages.partitions import (
-    checked_partitions,
-    run_window,
-    same_window,
-    window_metadata,
-)
+from bq_assets.stages.partitions import checked_partitions, run_window, same_window
+from bq_assets.stages.results import Check, check_result, column_schema
+from bq_assets.translator import bigquery_key, gcs_key, query_key
 
 BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
@@ -56,65 +48,60 @@ def console_url(table_id: str) -> str:
     )
 
 
-def build_bigquery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=bigquery_key(spec.name),
-        deps=[gcs_key(spec.name)],
-        group_name=spec.name,
-        kinds={"bigquery"},
-        owners=spec.owners,
-        pool="bigquery",
-        description=f"BigQuery table {spec.bigquery.dataset}.{spec.bigquery_table}, loaded from "
-        "exactly the objects of the latest CSV manifest.",
-        retry_policy=NETWORK_RETRY,
-    )
+def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]:
+    """The body of ``bigquery/<export>``: exactly the manifest's objects loaded into the table
+    (of a partitioned export: exactly the run's partitions replaced)."""
+
     def _bigquery(
         context: dg.AssetExecutionContext,
         bigquery: ExportBigQueryResource,
         gcs: ExportGCSResource,
     ) -> dg.MaterializeResult:
-        with reported_as_failure(GCS=gcs, BigQuery=bigquery):
-            upstream = upstream_materialization(context, gcs_key(spec.name))
-            window = run_window(context, spec)
-            if window is not None:
-                same_window(upstream, window)
-            manifest_uri = str(upstream["manifest_uri"])
-            storage_client = gcs.get_client()
-            with reading_input(upstream, "The manifest", manifest_uri):
-                manifest = read_manifest(storage_client, manifest_uri, gcs.retry())
-            bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
-            location = bucket_location(storage_client, bucket, gcs.retry())
-            check_bucket_location(bucket, location, spec)
-            partition_metadata: dict[str, object] = {}
-            with bigquery.get_client() as client:
-                if window is None:
-                    if spec.bigquery.write_disposition == "WRITE_APPEND":
-                        partition_metadata["rows_before_load"] = rows_before_append(
-                            client, bigquery.project_id(), spec
-                        )
-                    result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
-                else:
-                    loaded = run_partition_load(
-                        client, bigquery.project_id(), spec, manifest, window,
-                        bigquery.partition_overwrite, context.log,
-                    )  # fmt: skip
-                    result = loaded.result
-                    partition_metadata = partition_load_metadata(loaded)
-            context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
-            return dg.MaterializeResult(
-                metadata={
-                    "dagster/table_name": result.table_id,
-                    "dagster/row_count": result.rows,
-                    "dagster/column_schema": column_schema(result.schema),
-                    "job_id": result.job_id,
-                    "location": result.location,
-                    "bytes": result.bytes,
-                    "source_manifest": manifest_uri,
-                    "input_run_id": upstream.run_id,
-                    "console": dg.MetadataValue.url(console_url(result.table_id)),
-                    **partition_metadata,
-                }
-            )
+        upstream = upstream_materialization(context, gcs_key(spec.name))
+        window = run_window(context, spec)
+        if window is not None:
+            same_window(upstream, window)
+        storage_client = gcs.get_client()
+        manifest = handed_manifest(storage_client, upstream, gcs.retry())
+        bucket = manifest.prefix.removeprefix("gs://").split("/")[0]
+        location = bucket_location(storage_client, bucket, gcs.retry())
+        check_bucket_location(bucket, location, spec)
+        rows_before_load = None
+        partition_metadata: dict[str, object] = {}
+        with bigquery.get_client() as client:
+            if window is None:
+                if spec.bigquery.write_disposition == "WRITE_APPEND":
+                    rows_before_load = rows_before_append(client, bigquery.project_id(), spec)
+                result = run_load(client, bigquery.project_id(), spec, manifest, context.log)
+                rows_by_partition = None
+            else:
+                loaded = run_partition_load(
+                    client, bigquery.project_id(), spec, manifest, window,
+                    bigquery.partition_overwrite, context.log,
+                )  # fmt: skip
+                result = loaded.result
+                rows_by_partition = loaded.rows_by_partition
+                partition_metadata = partition_load_metadata(loaded)
+        context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
+        handoff = HandOff(
+            row_count=result.rows,
+            table_name=result.table_id,
+            source_manifest=upstream.manifest_uri,
+            rows_before_load=rows_before_load,
+            rows_by_partition=rows_by_partition,
+            input_run_id=upstream.run_id,
+        ).of_window(window)
+        return dg.MaterializeResult(
+            metadata={
+                **handoff.metadata(),
+                "dagster/column_schema": column_schema(result.schema),
+                "job_id": result.job_id,
+                "location": result.location,
+                "bytes": result.bytes,
+                "console": dg.MetadataValue.url(console_url(result.table_id)),
+                **partition_metadata,
+            }
+        )
 
     return _bigquery
 
@@ -128,36 +115,26 @@ def rows_before_append(client: bigquery_client.Client, project: str, spec: Expor
 
 
 def partition_load_metadata(loaded: PartitionLoad) -> dict[str, object]:
-    """The materialization metadata of a partitioned load, besides the unpartitioned ones
-    (where ``dagster/row_count`` counts the rows of this run's partitions, not the table)."""
+    """The materialization metadata of a partitioned load besides the hand-off (where
+    ``dagster/row_count`` counts the rows of this run's partitions, not the table)."""
     return {
-        **window_metadata(loaded.window),
         "partition_overwrite": loaded.mechanism,
-        "rows_by_partition": dg.MetadataValue.json(loaded.rows_by_partition),
         "publish_job_ids": dg.MetadataValue.json(loaded.publish_jobs),
     }
 
 
-def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def bigquery_checks(spec: ExportSpec) -> list[Check]:
     """The BigQuery hop's checks (also those of a delivered export's table)."""
     key = bigquery_key(spec.name)
 
-    @dg.asset_check(
-        asset=key,
-        name=BIGQUERY_ROWS_MATCH_MANIFEST,
-        blocking=True,
-        description="The rows this run loaded equal the rows in the loaded manifest: the table's "
-        "rows (WRITE_TRUNCATE), the load job's (WRITE_APPEND), or each loaded partition's rows "
-        "against the snapshot's (a partitioned export).",
-    )
     def rows_match(
         context: dg.AssetCheckExecutionContext, bigquery: ExportBigQueryResource
     ) -> dg.AssetCheckResult:
         materialization = upstream_materialization(context, key)
-        table_id = str(materialization["dagster/table_name"])
-        expected = int(upstream_materialization(context, gcs_key(spec.name))["dagster/row_count"])
+        table_id = materialization.table_name
+        expected = upstream_materialization(context, gcs_key(spec.name)).row_count
         partitions = checked_partitions(context, spec)
-        with reported_as_failure(BigQuery=bigquery), bigquery.get_client() as client:
+        with bigquery.get_client() as client:
             if partitions is not None:
                 return _partition_rows_match(context, client, table_id, expected, partitions)
             if spec.bigquery.write_disposition == "WRITE_APPEND":
@@ -176,8 +153,8 @@ def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         rows the run added (the table's rows now, less those before its load; one run per
         export at a time), not the table's total, which grows with every run. (The load job's
         ``output_rows`` would say it on BigQuery; the emulator reports the table's total.)"""
-        table_id = str(materialization["dagster/table_name"])
-        before = int(materialization.metadata.get("rows_before_load", 0))
+        table_id = materialization.table_name
+        before = int(materialization.handoff.rows_before_load or 0)
         loaded = count_rows(client, table_id) - before
         return check_result(
             loaded == expected,
@@ -200,7 +177,7 @@ def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         window = Window(tuple(p.keys[0] for p in partitions), partitions[0].by, spec.timezone)
         table, _ = partition_row_counts(client, table_id, column, column_type, window)
         query = upstream_materialization(context, query_key(spec.name))
-        snapshot = dict(query.metadata.get("rows_by_partition") or {})
+        snapshot = dict(query.handoff.rows_by_partition or {})
         wrong = [k for k in table if table[k] != snapshot.get(k)]
         loaded = sum(table.values())
         return check_result(
@@ -220,25 +197,18 @@ def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=BIGQUERY_SCHEMA_MATCHES,
-        blocking=True,
-        description="The table's columns and types equal the snapshot's schema.",
-    )
     def schema_matches(
         context: dg.AssetCheckExecutionContext,
         bigquery: ExportBigQueryResource,
         gcs: ExportGCSResource,
     ) -> dg.AssetCheckResult:
         materialization = upstream_materialization(context, key)
-        table_id = str(materialization["dagster/table_name"])
-        with reported_as_failure(GCS=gcs, BigQuery=bigquery):
-            manifest = read_manifest(
-                gcs.get_client(), str(materialization["source_manifest"]), gcs.retry()
-            )
-            with bigquery.get_client() as client:
-                actual = client.get_table(table_id).schema
+        table_id = materialization.table_name
+        manifest = handed_manifest(
+            gcs.get_client(), materialization, gcs.retry(), materialization.source_manifest
+        )
+        with bigquery.get_client() as client:
+            actual = client.get_table(table_id).schema
         diff = schema_diff(list(actual), schema_from_json(manifest.bigquery_schema))
         return check_result(
             not diff,
@@ -246,4 +216,25 @@ def bigquery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             {"differences": dg.MetadataValue.json(diff)},
         )
 
-    return [rows_match, schema_matches]
+    return [
+        Check(
+            dg.AssetCheckSpec(
+                BIGQUERY_ROWS_MATCH_MANIFEST,
+                asset=key,
+                blocking=True,
+                description="The rows this run loaded equal the rows in the loaded manifest: the "
+                "table's rows (WRITE_TRUNCATE), the load job's (WRITE_APPEND), or each loaded "
+                "partition's rows against the snapshot's (a partitioned export).",
+            ),
+            rows_match,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                BIGQUERY_SCHEMA_MATCHES,
+                asset=key,
+                blocking=True,
+                description="The table's columns and types equal the snapshot's schema.",
+            ),
+            schema_matches,
+        ),
+    ]

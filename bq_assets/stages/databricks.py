@@ -17,8 +17,9 @@ Nothing changed in the spec is silently ignored: the connection's options (the s
 included) are re-applied by ``ALTER CONNECTION`` on every run, the view is ``CREATE OR
 REPLACE``d, and a foreign catalog that exists with another connection or other options fails
 the step with a diff (``DriftError``). No credential appears in any statement: only
-``secret(scope, name)`` references. Locally the Databricks resource's DuckDB stand-in copies
-the table through the BigQuery Storage Read API instead (see ``bq_assets.resources.databricks``).
+``secret(scope, name)`` references. What runs the statements is the Databricks resource's
+business (a SQL warehouse, or locally a stand-in: ``bq_assets.resources.databricks``); this
+module never asks which.
 """
 
 from collections.abc import Callable
@@ -31,11 +32,7 @@ from bq_assets.engine.bigquery_jobs import count_rows
 from bq_assets.engine.bigquery_partitions import partition_column_type
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
-    DriftError,
-    DriftProbe,
     TableName,
-    described_settings,
-    drift_diff,
     drift_probes,
     publish_statements,
     table_name,
@@ -46,59 +43,19 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import window_predicate
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import ExportBigQueryResource
-from bq_assets.stages import (
-    NETWORK_RETRY,
-    bigquery_key,
-    check_result,
-    databricks_key,
-    reading_input,
-    reported_as_failure,
-    upstream_materialization,
-)
+from bq_assets.stages.handoff import HandOff, reading_input, upstream_materialization
 from bq_assets.stages.partitions import checked_partitions
-
-
-def run_publication(
-    databricks: DatabricksSQLResource,
-    statements: list[str],
-    probes: list[DriftProbe],
-    log: dg.DagsterLogManager,
-) -> list[str]:
-    """Run ``statements`` on the warehouse, verifying each probe right after the statement it
-    follows; fail on drift before anything downstream is touched. Returns notes for metadata."""
-    notes = []
-    for statement in statements:
-        databricks.execute(statement)
-        for probe in (p for p in probes if p.after == statement):
-            described = described_settings(databricks.execute(probe.probe))
-            if not described:
-                notes.append(f"{probe.what}: {probe.probe} showed no settings; not verified")
-                log.warning(notes[-1])
-                continue
-            expected = probe.expected
-            if "options" not in described:  # this DESCRIBE shows no options: check what it shows
-                expected = {k: v for k, v in expected.items() if k in described}
-                notes.append(f"{probe.what}: {probe.probe} shows no options; they are not verified")
-                log.warning(notes[-1])
-            diff = drift_diff(expected, described)
-            if diff:
-                raise DriftError(
-                    f"{probe.what} exists with other settings than the spec's:\n  "
-                    + "\n  ".join(diff)
-                    + f"\n{probe.remedy}"
-                )
-            notes.append(f"{probe.what}: matches the spec")
-    return notes
+from bq_assets.stages.results import Check, check_result
+from bq_assets.translator import bigquery_key, databricks_key
 
 
 def refuse_unrunnable_specs(specs: list[ExportSpec], databricks: object) -> None:
-    """At load: refuse ``mode: external`` when statements run on a SQL warehouse.
-
-    Databricks documents the ``USING bigquery`` connector as legacy and unsupported, set up on
-    clusters with the connector and a key in their Spark configuration; a SQL warehouse, where
-    this project runs its statements, does not offer it.
-    """
-    if not isinstance(databricks, DatabricksSQLResource) or databricks.is_local:
+    """At load: refuse a spec whose ``databricks.mode`` the configured engine cannot publish
+    (``mode: external`` on a SQL warehouse: Databricks documents the ``USING bigquery``
+    connector as legacy and unsupported, set up on clusters with the connector and a key in
+    their Spark configuration; a SQL warehouse, where this project runs its statements, does
+    not offer it)."""
+    if not isinstance(databricks, DatabricksSQLResource):
         return
     refused = [
         f"{spec.spec_file}: databricks.mode: external (the legacy `USING bigquery` connector) "
@@ -106,78 +63,46 @@ def refuse_unrunnable_specs(specs: list[ExportSpec], databricks: object) -> None
         "and unsupported, for clusters with the connector only. Use `mode: federation` (the "
         "default: Lakehouse Federation, which runs on a Pro or Serverless SQL warehouse)."
         for spec in specs
-        if spec.databricks.mode == "external"
+        if spec.databricks.mode not in databricks.runnable_modes
     ]
     if refused:
         raise ExportSpecError("\n".join(refused))
 
 
-def _description(spec: ExportSpec, name: TableName) -> str:
-    if spec.databricks.mode == "federation":
-        return (
-            f"{name} in Databricks: a view over the Lakehouse Federation foreign catalog "
-            f"{spec.databricks.foreign_catalog} (connection {spec.databricks.connection}, key from "
-            "a Databricks secret); needs Unity Catalog and a Pro or Serverless SQL warehouse."
-        )
-    return (
-        f"{name} in Databricks: a legacy `USING bigquery` table. Databricks calls this connector "
-        "legacy, experimental and unsupported; it needs a cluster with the Spark BigQuery "
-        "connector (not a SQL warehouse) and the base64 key in a Databricks secret. Prefer "
-        "mode: federation."
-    )
-
-
-def build_databricks_asset(spec: ExportSpec) -> dg.AssetsDefinition:
+def databricks_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]:
+    """The body of ``databricks/<export>``: the BigQuery table made queryable in Databricks."""
     name = table_name(spec)
 
-    @dg.asset(
-        key=databricks_key(spec.name),
-        deps=[bigquery_key(spec.name)],
-        group_name=spec.name,
-        kinds={"databricks"},
-        owners=spec.owners,
-        pool="databricks",
-        description=_description(spec, name),
-        retry_policy=NETWORK_RETRY,
-    )
     def _databricks(
         context: dg.AssetExecutionContext,
         databricks: DatabricksSQLResource,
     ) -> dg.MaterializeResult:
-        with reported_as_failure(Databricks=databricks):
-            upstream = upstream_materialization(context, bigquery_key(spec.name))
-            table_id = str(upstream["dagster/table_name"])
-            source = BigQueryTable(*table_id.split("."))
-            statements = publish_statements(
-                spec,
-                source,
-                databricks.bigquery_key_secret_scope,
-                databricks.bigquery_key_secret_name,
+        upstream = upstream_materialization(context, bigquery_key(spec.name))
+        table_id = upstream.table_name
+        source = BigQueryTable(*table_id.split("."))
+        statements = publish_statements(
+            spec,
+            source,
+            databricks.bigquery_key_secret_scope,
+            databricks.bigquery_key_secret_name,
+        )
+        with reading_input(upstream, "The table", table_id):
+            notes = databricks.publish(
+                statements, drift_probes(spec, source), source, name, context.log
             )
-            if databricks.is_local:
-                with reading_input(upstream, "The table", table_id):
-                    databricks.publish(statements, source, name)
-                notes = ["local stand-in: the statements are recorded, not run"]
-            else:
-                notes = run_publication(
-                    databricks, statements, drift_probes(spec, source), context.log
-                )
-            rows = databricks.row_count(name)
-            context.log.info(f"{name}: {rows} rows visible in Databricks")
-            return dg.MaterializeResult(
-                metadata={
-                    "dagster/table_name": str(name),
-                    "dagster/row_count": rows,
-                    "mode": spec.databricks.mode,
-                    "engine": "local DuckDB stand-in" if databricks.is_local else "SQL warehouse",
-                    "source_table": table_id,
-                    "drift": dg.MetadataValue.json(notes),
-                    "input_run_id": upstream.run_id,
-                    "statements": dg.MetadataValue.md(
-                        "```sql\n" + ";\n".join(statements) + ";\n```"
-                    ),
-                }
-            )
+        rows = databricks.row_count(name)
+        context.log.info(f"{name}: {rows} rows visible in Databricks")
+        return dg.MaterializeResult(
+            metadata={
+                **HandOff(row_count=rows, input_run_id=upstream.run_id).metadata(),
+                "dagster/table_name": str(name),
+                "mode": spec.databricks.mode,
+                "engine": databricks.engine,
+                "source_table": table_id,
+                "drift": dg.MetadataValue.json(notes),
+                "statements": dg.MetadataValue.md("```sql\n" + ";\n".join(statements) + ";\n```"),
+            }
+        )
 
     return _databricks
 
@@ -201,13 +126,13 @@ def _databricks_count(databricks: DatabricksSQLResource, name: TableName, where:
     return int(databricks.query(f"SELECT count(*) FROM {{table}} WHERE {where}", name)[0][0])
 
 
-def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def databricks_checks(spec: ExportSpec) -> list[Check]:
     """The Databricks hop's checks (not blocking: nothing is downstream of Databricks)."""
     key = databricks_key(spec.name)
     name = table_name(spec)
 
     def bigquery_table_id(context: dg.AssetCheckExecutionContext) -> str:
-        return str(upstream_materialization(context, bigquery_key(spec.name))["dagster/table_name"])
+        return upstream_materialization(context, bigquery_key(spec.name)).table_name
 
     def partition_filters(
         context: dg.AssetCheckExecutionContext,
@@ -241,25 +166,17 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
         """``(BigQuery's, Databricks')`` value of each scope the check compares (the whole
         table, or each partition of the run), each engine given its own WHERE clause."""
         table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                filters = partition_filters(context, client, table_id, databricks.dialect)
-                expected = {
-                    scope: bigquery_value(client, table_id, where["bigquery"])
-                    for scope, where in filters.items()
-                }
-            actual = {
-                scope: databricks_value(where[databricks.dialect])
+        with bigquery.get_client() as client:
+            filters = partition_filters(context, client, table_id, databricks.dialect)
+            expected = {
+                scope: bigquery_value(client, table_id, where["bigquery"])
                 for scope, where in filters.items()
             }
+        actual = {
+            scope: databricks_value(where[databricks.dialect]) for scope, where in filters.items()
+        }
         return expected, actual
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_ROWS_MATCH_BIGQUERY,
-        description="Rows visible in Databricks equal the BigQuery table's rows (of each "
-        "partition the run loaded, for a partitioned export).",
-    )
     def rows_match(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
@@ -292,34 +209,21 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_COLUMNS_MATCH_BIGQUERY,
-        description="Databricks shows the same columns, in order, as the BigQuery table.",
-    )
     def columns_match(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
         table_id = bigquery_table_id(context)
-        with reported_as_failure(BigQuery=bigquery, Databricks=databricks):
-            with bigquery.get_client() as client:
-                expected = [f.name for f in client.get_table(table_id).schema]
-            actual = databricks.column_names(name)
+        with bigquery.get_client() as client:
+            expected = [f.name for f in client.get_table(table_id).schema]
+        actual = databricks.column_names(name)
         return check_result(
             same_column_names(actual, expected),
             f"Databricks shows the columns {actual}, BigQuery has {expected}",
             {"databricks_columns": actual, "bigquery_columns": expected},
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY,
-        description="Row count and a checksum of the primary key are equal in Databricks and "
-        "BigQuery (both engines compute it; per partition the run loaded, for a partitioned "
-        "export).",
-    )
     def key_checksum_matches(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
@@ -365,4 +269,32 @@ def databricks_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    return [rows_match, columns_match, key_checksum_matches]
+    return [
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_ROWS_MATCH_BIGQUERY,
+                asset=key,
+                description="Rows visible in Databricks equal the BigQuery table's rows (of each "
+                "partition the run loaded, for a partitioned export).",
+            ),
+            rows_match,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_COLUMNS_MATCH_BIGQUERY,
+                asset=key,
+                description="Databricks shows the same columns, in order, as the BigQuery table.",
+            ),
+            columns_match,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY,
+                asset=key,
+                description="Row count and a checksum of the primary key are equal in Databricks and "
+                "BigQuery (both engines compute it; per partition the run loaded, for a partitioned "
+                "export).",
+            ),
+            key_checksum_matches,
+        ),
+    ]

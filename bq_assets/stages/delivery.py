@@ -11,12 +11,13 @@ the latest complete delivery. Materializing again for the same run rewrites the 
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 import dagster as dg
 from google.cloud import bigquery as bq
 
-from bq_assets.deliveries import (
+from bq_assets.engine.deliveries import (
     DELIVERY_FILES_TAG,
     DELIVERY_TAG,
     Delivery,
@@ -28,21 +29,18 @@ from bq_assets.deliveries import (
     manifest_prefix,
     write_manifest,
 )
-from bq_assets.engine.manifest import read_manifest
+from bq_assets.engine.manifest import MANIFEST, objects_differing
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.pgp import PgpKeyResource
 from bq_assets.schema import schema_to_json
-from bq_assets.stages import (
-    NETWORK_RETRY,
-    check_result,
-    column_schema,
-    gcs_key,
-    reported_as_failure,
+from bq_assets.stages.handoff import (
+    HandOff,
+    handed_manifest,
     upstream_materialization,
 )
-from bq_assets.stages.bigquery import bigquery_checks
-from bq_assets.stages.databricks import databricks_checks
+from bq_assets.stages.results import Check, check_result, column_schema
+from bq_assets.translator import gcs_key
 
 DELIVERY_HEADER_MATCHES = "header_matches_spec"
 DELIVERY_ROWS_ADD_UP = "rows_add_up"
@@ -94,77 +92,65 @@ def _materialize(
     """Record (and, when encrypted, decrypt) the run's delivery and write its manifest."""
     options = spec.delivery
     assert options
-    with reported_as_failure(GCS=gcs):
-        bucket = gcs.get_client().bucket(gcs.get_bucket_name())
-        deliveries = find_deliveries(bucket, options, now(), gcs.retry())
-        delivery = _requested_delivery(context, spec, deliveries)
-        if pgp is None:
-            files = inspect_files(bucket, delivery.files, options, gcs.retry())
-        else:
-            prefix = manifest_prefix(spec.name, context.run.run_id)
-            context.log.info(f"decrypting {len(delivery.files)} file(s) into {prefix}")
-            with pgp.keyring() as home:
-                files = decrypt_files(
-                    bucket,
-                    delivery.files,
-                    options,
-                    prefix,
-                    lambda source, destination, what: pgp.decrypt_stream(
-                        home, source, destination, what
-                    ),
-                    gcs.retry(),
-                )
-        fields = declared_schema(spec)
-        manifest = write_manifest(
-            bucket,
-            spec.name,
-            context.run.run_id,
-            files,
-            schema_to_json(fields),
-            options,
-            gcs.retry(),
-        )
-        for file in files:
-            context.log.info(f"{file.uri}: {file.rows} rows, {file.bytes} bytes")
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
-                "dagster/row_count": manifest.rows,
-                "dagster/column_schema": column_schema(fields),
-                "manifest_uri": manifest.prefix + "manifest.json",
-                "format": "csv",
-                "delivery": delivery.send,
-                "delivered_files": dg.MetadataValue.json(
-                    [f"gs://{bucket.name}/{name}" for name in delivery.files]
+    bucket = gcs.get_client().bucket(gcs.get_bucket_name())
+    deliveries = find_deliveries(bucket, options, now(), gcs.retry())
+    delivery = _requested_delivery(context, spec, deliveries)
+    if pgp is None:
+        files = inspect_files(bucket, delivery.files, options, gcs.retry())
+    else:
+        prefix = manifest_prefix(spec.name, context.run.run_id)
+        context.log.info(f"decrypting {len(delivery.files)} file(s) into {prefix}")
+        with pgp.keyring() as home:
+            files = decrypt_files(
+                bucket,
+                delivery.files,
+                options,
+                prefix,
+                lambda source, destination, what: pgp.decrypt_stream(
+                    home, source, destination, what
                 ),
-                "objects": dg.MetadataValue.json([asdict(f) for f in files]),
-                "shards": len(files),
-                "bytes": sum(f.bytes for f in files),
-            }
-        )
-
-
-def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    assert spec.delivery
-    options = spec.delivery
-    asset = dg.asset(
-        key=gcs_key(spec.name),
-        group_name=spec.name,
-        kinds={"gcs", "csv"},
-        owners=spec.owners,
-        pool="gcs",
-        description=f"{spec.name}: the files delivered to {options.prefix}{options.files}, "
-        "one run per delivery, with a manifest"
-        + (
-            " (PGP encrypted: decrypted into a run-scoped prefix first)."
-            if options.decrypt
-            else "."
-        ),
-        retry_policy=NETWORK_RETRY,
+                gcs.retry(),
+            )
+    fields = declared_schema(spec)
+    manifest = write_manifest(
+        bucket,
+        spec.name,
+        context.run.run_id,
+        files,
+        schema_to_json(fields),
+        options,
+        gcs.retry(),
     )
-    if options.decrypt == "pgp":
+    for file in files:
+        context.log.info(f"{file.uri}: {file.rows} rows, {file.bytes} bytes")
+    handoff = HandOff(
+        row_count=manifest.rows,
+        manifest_uri=manifest.prefix + MANIFEST,
+        objects=[asdict(f) for f in files],
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **handoff.metadata(),
+            "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
+            "dagster/column_schema": column_schema(fields),
+            "format": "csv",
+            "delivery": delivery.send,
+            "delivered_files": dg.MetadataValue.json(
+                [f"gs://{bucket.name}/{name}" for name in delivery.files]
+            ),
+            "shards": len(files),
+            "bytes": sum(f.bytes for f in files),
+        }
+    )
 
-        @asset
+
+def delivery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]:
+    """The body of a delivered export's ``gcs/<export>``: the run's delivery recorded (and,
+    when encrypted, decrypted) with its manifest. Encrypted deliveries take the ``pgp``
+    resource too."""
+    assert spec.delivery
+    if spec.delivery.decrypt == "pgp":
+
         def _encrypted_delivery(
             context: dg.AssetExecutionContext, gcs: ExportGCSResource, pgp: PgpKeyResource
         ) -> dg.MaterializeResult:
@@ -172,7 +158,6 @@ def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
 
         return _encrypted_delivery
 
-    @asset
     def _delivery(
         context: dg.AssetExecutionContext, gcs: ExportGCSResource
     ) -> dg.MaterializeResult:
@@ -181,22 +166,14 @@ def build_delivery_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     return _delivery
 
 
-def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
-    """The delivery's checks (blocking: a bad delivery never reaches BigQuery), then the
-    BigQuery and Databricks checks every export has."""
+def delivery_checks(spec: ExportSpec) -> list[Check]:
+    """The delivery's own checks, blocking: a bad delivery never reaches BigQuery."""
     assert spec.delivery
     key = gcs_key(spec.name)
     expected = spec.delivery.column_names
 
-    @dg.asset_check(
-        asset=key,
-        name=DELIVERY_HEADER_MATCHES,
-        blocking=True,
-        description="Every delivered file starts with the declared header (or, without a "
-        "header, has the declared number of columns).",
-    )
     def header_matches(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        files = upstream_materialization(context, key)["objects"]
+        files = upstream_materialization(context, key).objects
         if spec.delivery.header:
             wrong = {f["uri"]: ",".join(f["header"]) for f in files if f["header"] != expected}
             what = f"do not start with the declared header {','.join(expected)}"
@@ -212,27 +189,15 @@ def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             {"expected_header": expected, "wrong_files": dg.MetadataValue.json(wrong)},
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=DELIVERY_ROWS_ADD_UP,
-        blocking=True,
-        description="The files' rows add up to the manifest's total, and every file in GCS is "
-        "still the one counted (same crc32c and size).",
-    )
     def rows_add_up(
         context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
     ) -> dg.AssetCheckResult:
-        metadata = upstream_materialization(context, key)
-        manifest = read_manifest(gcs.get_client(), str(metadata["manifest_uri"]), gcs.retry())
-        recorded = int(metadata["dagster/row_count"])
-        file_rows = sum(s.rows for s in manifest.shards)
-        changed = []
+        upstream = upstream_materialization(context, key)
         client = gcs.get_client()
-        for shard in manifest.shards:
-            bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
-            blob = client.bucket(bucket).get_blob(name, retry=gcs.retry())
-            if blob is None or blob.crc32c != shard.crc32c or blob.size != shard.bytes:
-                changed.append(shard.uri)
+        manifest = handed_manifest(client, upstream, gcs.retry())
+        recorded = upstream.row_count
+        file_rows = sum(s.rows for s in manifest.shards)
+        changed = objects_differing(client, manifest, gcs.retry())
         problems = []
         if not file_rows == manifest.rows == recorded:
             problems.append(
@@ -240,14 +205,35 @@ def build_delivery_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
                 f"the materialization {recorded}"
             )
         if changed:
-            problems.append(f"changed or gone since counted: {', '.join(changed[:5])}")
+            problems.append(f"changed or gone since counted: {'; '.join(changed[:5])}")
         return check_result(
             not problems,
             "; ".join(problems),
             {"file_rows": file_rows, "manifest_rows": manifest.rows, "changed": changed},
         )
 
-    return [header_matches, rows_add_up, *bigquery_checks(spec), *databricks_checks(spec)]
+    return [
+        Check(
+            dg.AssetCheckSpec(
+                DELIVERY_HEADER_MATCHES,
+                asset=key,
+                blocking=True,
+                description="Every delivered file starts with the declared header (or, without "
+                "a header, has the declared number of columns).",
+            ),
+            header_matches,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DELIVERY_ROWS_ADD_UP,
+                asset=key,
+                blocking=True,
+                description="The files' rows add up to the manifest's total, and every file in "
+                "GCS is still the one counted (same crc32c and size).",
+            ),
+            rows_add_up,
+        ),
+    ]
 
 
 def build_delivery_sensor(

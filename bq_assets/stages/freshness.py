@@ -15,11 +15,12 @@ partition moves on, so a missed tick shows up without any run of the export.
 import datetime as dt
 
 import dagster as dg
-from dagster._utils.schedules import reverse_cron_string_iterator
 
+from bq_assets.dagster_internals import last_tick_at_or_before
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.stages import bigquery_key
 from bq_assets.stages.partitions import latest_complete_partition
+from bq_assets.stages.results import Check
+from bq_assets.translator import bigquery_key
 
 LATEST_PARTITION_FRESH = "latest_partition_fresh"
 #: How long the run of a schedule tick may take before its partition counts as late.
@@ -30,8 +31,7 @@ SENSOR_INTERVAL_S = 15 * 60
 def expected_partition(spec: ExportSpec, now: dt.datetime) -> str | None:
     """The newest partition the schedule should have loaded by ``now`` (None before the first
     tick after the first partition ended). Same answer for every ``now`` between two ticks."""
-    deadline = (now - RUN_ALLOWANCE).timestamp()
-    last_tick = next(reverse_cron_string_iterator(deadline, spec.cron_schedule, spec.timezone))
+    last_tick = last_tick_at_or_before(now - RUN_ALLOWANCE, spec.cron_schedule, spec.timezone)
     return latest_complete_partition(spec, last_tick)
 
 
@@ -53,23 +53,28 @@ def latest_partition_result(
     )
 
 
-def freshness_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def freshness_checks(spec: ExportSpec) -> list[Check]:
     """The latest-partition check of a partitioned export's BigQuery table (none otherwise)."""
     if spec.partitioning is None:
         return []
     key = bigquery_key(spec.name)
 
-    @dg.asset_check(
-        asset=key,
-        name=LATEST_PARTITION_FRESH,
-        description="The partition the schedule should have loaded by now (or a later one) is "
-        f"in the table; warns {RUN_ALLOWANCE} after a tick whose partition did not arrive.",
-    )
     def latest_partition_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         materialized = set(context.instance.get_materialized_partitions(key))
         return latest_partition_result(spec, materialized, dt.datetime.now(dt.UTC))
 
-    return [latest_partition_fresh]
+    return [
+        Check(
+            dg.AssetCheckSpec(
+                LATEST_PARTITION_FRESH,
+                asset=key,
+                description="The partition the schedule should have loaded by now (or a later "
+                f"one) is in the table; warns {RUN_ALLOWANCE} after a tick whose partition did "
+                "not arrive.",
+            ),
+            latest_partition_fresh,
+        )
+    ]
 
 
 def freshness_sensor(

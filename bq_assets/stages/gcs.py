@@ -14,6 +14,7 @@ every object matches the manifest, and the manifest holds the snapshot's rows (b
 
 import datetime as dt
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,23 +23,21 @@ import dagster as dg
 
 from bq_assets.engine.export import export_snapshot
 from bq_assets.engine.layout import ObjectLayout
-from bq_assets.engine.manifest import MANIFEST, read_manifest
+from bq_assets.engine.manifest import MANIFEST, objects_differing
 from bq_assets.engine.retention import tidy_runs
 from bq_assets.engine.writers import object_suffix
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.schema import schema_from_json
-from bq_assets.stages import (
-    NETWORK_RETRY,
-    check_result,
-    column_schema,
+from bq_assets.stages.handoff import (
+    HandOff,
     fetch_snapshot,
-    gcs_key,
-    query_key,
-    reported_as_failure,
+    handed_manifest,
     upstream_materialization,
 )
-from bq_assets.stages.partitions import partition_label, run_window, same_window, window_metadata
+from bq_assets.stages.partitions import partition_label, run_window, same_window
+from bq_assets.stages.results import Check, check_result, column_schema
+from bq_assets.translator import gcs_key, query_key
 
 GCS_OBJECTS_MATCH_MANIFEST = "objects_match_manifest"
 GCS_ROWS_MATCH_SNAPSHOT = "rows_match_snapshot"
@@ -58,25 +57,14 @@ def _run_finished(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is not None and run.is_finished
 
 
-def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    what = "Parquet" if spec.format == "parquet" else "CSV"
+def gcs_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]:
+    """The body of ``gcs/<export>``: the run's snapshot as objects and a manifest in GCS."""
 
-    @dg.asset(
-        key=gcs_key(spec.name),
-        deps=[query_key(spec.name)],
-        group_name=spec.name,
-        kinds={"gcs", spec.format},
-        owners=spec.owners,
-        pool="gcs",
-        description=f"{spec.name} as {what} objects in GCS, one prefix per run, with a manifest.",
-        retry_policy=NETWORK_RETRY,
-    )
-    def _gcs_csv(context: dg.AssetExecutionContext, gcs: ExportGCSResource) -> dg.MaterializeResult:
+    def _gcs_objects(
+        context: dg.AssetExecutionContext, gcs: ExportGCSResource
+    ) -> dg.MaterializeResult:
         run_id = context.run.run_id
-        with (
-            reported_as_failure(GCS=gcs),
-            tempfile.TemporaryDirectory(prefix=f"bq_assets_{run_id}_") as scratch,
-        ):
+        with tempfile.TemporaryDirectory(prefix=f"bq_assets_{run_id}_") as scratch:
             upstream = upstream_materialization(context, query_key(spec.name))
             window = run_window(context, spec)
             if window is not None:
@@ -111,54 +99,38 @@ def build_gcs_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             )
             for line in tidied.summary():
                 context.log.info(line)
+            handoff = HandOff(
+                row_count=manifest.rows,
+                manifest_uri=manifest.prefix + MANIFEST,
+                objects=[asdict(s) for s in manifest.shards],
+                input_run_id=upstream.run_id,
+            ).of_window(window)
             return dg.MaterializeResult(
                 metadata={
+                    **handoff.metadata(),
                     "dagster/uri": manifest.prefix,
-                    "dagster/row_count": manifest.rows,
                     "dagster/column_schema": column_schema(
                         schema_from_json(manifest.bigquery_schema)
                     ),
-                    "manifest_uri": manifest.prefix + MANIFEST,
                     "format": manifest.format,
-                    "objects": dg.MetadataValue.json([asdict(s) for s in manifest.shards]),
                     "shards": len(manifest.shards),
                     "bytes": sum(s.bytes for s in manifest.shards),
-                    "input_run_id": upstream.run_id,
-                    **(window_metadata(window) if window else {}),
                 }
             )
 
-    return _gcs_csv
+    return _gcs_objects
 
 
-def gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def gcs_checks(spec: ExportSpec) -> list[Check]:
     key = gcs_key(spec.name)
 
-    @dg.asset_check(
-        asset=key,
-        name=GCS_OBJECTS_MATCH_MANIFEST,
-        blocking=True,
-        description="Every object in the manifest exists with the size and crc32c written.",
-    )
     def objects_match(
         context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
     ) -> dg.AssetCheckResult:
-        with reported_as_failure(GCS=gcs):
-            client = gcs.get_client()
-            manifest = read_manifest(
-                client, str(upstream_materialization(context, key)["manifest_uri"]), gcs.retry()
-            )
-            problems = []
-            for shard in manifest.shards:
-                bucket, _, name = shard.uri.removeprefix("gs://").partition("/")
-                blob = client.bucket(bucket).get_blob(name, retry=gcs.retry())
-                if blob is None:
-                    problems.append(f"{shard.uri}: missing")
-                elif blob.size != shard.bytes or blob.crc32c != shard.crc32c:
-                    problems.append(
-                        f"{shard.uri}: size {blob.size} crc32c {blob.crc32c}, "
-                        f"manifest says {shard.bytes} / {shard.crc32c}"
-                    )
+        upstream = upstream_materialization(context, key)
+        client = gcs.get_client()
+        manifest = handed_manifest(client, upstream, gcs.retry())
+        problems = objects_differing(client, manifest, gcs.retry())
         return check_result(
             not problems,
             f"{len(problems)} of {len(manifest.shards)} object(s) differ from the manifest: "
@@ -166,19 +138,32 @@ def gcs_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             {"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
         )
 
-    @dg.asset_check(
-        asset=key,
-        name=GCS_ROWS_MATCH_SNAPSHOT,
-        blocking=True,
-        description="Rows in the manifest equal the snapshot's rows.",
-    )
     def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        written = int(upstream_materialization(context, key)["dagster/row_count"])
-        snapshot = int(upstream_materialization(context, query_key(spec.name))["dagster/row_count"])
+        written = upstream_materialization(context, key).row_count
+        snapshot = upstream_materialization(context, query_key(spec.name)).row_count
         return check_result(
             written == snapshot,
             f"the manifest holds {written} rows, the snapshot {snapshot}",
             {"manifest_rows": written, "snapshot_rows": snapshot},
         )
 
-    return [objects_match, rows_match]
+    return [
+        Check(
+            dg.AssetCheckSpec(
+                GCS_OBJECTS_MATCH_MANIFEST,
+                asset=key,
+                blocking=True,
+                description="Every object in the manifest exists with the size and crc32c written.",
+            ),
+            objects_match,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                GCS_ROWS_MATCH_SNAPSHOT,
+                asset=key,
+                blocking=True,
+                description="Rows in the manifest equal the snapshot's rows.",
+            ),
+            rows_match,
+        ),
+    ]

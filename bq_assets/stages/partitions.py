@@ -11,7 +11,7 @@ import dagster as dg
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
-from bq_assets.stages import Upstream, UpstreamMissingError
+from bq_assets.stages.handoff import Upstream, UpstreamMissingError
 
 
 def partitions_definition(spec: ExportSpec) -> dg.TimeWindowPartitionsDefinition | None:
@@ -39,16 +39,6 @@ def backfill_policy(spec: ExportSpec) -> dg.BackfillPolicy | None:
     return dg.BackfillPolicy.multi_run(
         max_partitions_per_run=spec.partitioning.max_partitions_per_run
     )
-
-
-def partitioned(spec: ExportSpec, asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    """``asset`` with the export's partitions definition and backfill policy (unchanged when
-    the export is not partitioned)."""
-    definition = partitions_definition(spec)
-    if definition is None:
-        return asset
-    asset = asset.map_asset_specs(lambda s: s.replace_attributes(partitions_def=definition))
-    return asset.with_attributes(backfill_policy=backfill_policy(spec))
 
 
 class NoPartitionError(BqAssetsError):
@@ -99,7 +89,7 @@ class OtherWindowError(UpstreamMissingError):
 def same_window(upstream: Upstream, window: Window) -> None:
     """Refuse an input written for other partitions than this run's (e.g. a backfill's objects
     of three days for a run of one of them): its rows would not fit the run's window."""
-    written = (upstream.metadata.get("partition_start"), upstream.metadata.get("partition_end"))
+    written = (upstream.handoff.partition_start, upstream.handoff.partition_end)
     if written != (window.start.isoformat(), window.end.isoformat()):
         asset = upstream.key.to_user_string()
         raise OtherWindowError(
@@ -107,12 +97,6 @@ def same_window(upstream: Upstream, window: Window) -> None:
             f"[{written[0]}, {written[1]}), not for this run's {window.describe()}; "
             f"re-materialize {asset} (with its upstream) for exactly these partitions."
         )
-
-
-def window_metadata(window: Window) -> dict[str, object]:
-    """What a partitioned step's materialization records of its window (metadata keys
-    ``partition_start`` / ``partition_end``, ISO 8601 with the offset)."""
-    return {"partition_start": window.start.isoformat(), "partition_end": window.end.isoformat()}
 
 
 def latest_complete_partition(spec: ExportSpec, now: dt.datetime) -> str | None:

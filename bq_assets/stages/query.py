@@ -38,16 +38,10 @@ from bq_assets.exports.sql import partition_parameters
 from bq_assets.resources.google import ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema
-from bq_assets.stages import (
-    NETWORK_RETRY,
-    check_result,
-    column_schema,
-    fetch_snapshot,
-    query_key,
-    reported_as_failure,
-    upstream_materialization,
-)
-from bq_assets.stages.partitions import run_window, window_metadata
+from bq_assets.stages.handoff import HandOff, fetch_snapshot, upstream_materialization
+from bq_assets.stages.partitions import run_window
+from bq_assets.stages.results import CheckGroup, check_result, column_schema
+from bq_assets.translator import query_key
 
 QUERY_HAS_ROWS = "has_rows"
 QUERY_PRIMARY_KEY_UNIQUE = "primary_key_unique_and_not_null"
@@ -101,27 +95,16 @@ def run_statuses(instance: dg.DagsterInstance, run_ids: Sequence[str]) -> dict[s
     }
 
 
-def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=query_key(spec.name),
-        group_name=spec.name,
-        kinds={"duckdb", "parquet"},
-        owners=spec.owners,
-        pool="source",
-        description=spec.description or f"Result of {spec.sql_file.name}.",
-        metadata={
-            "sql_file": str(spec.sql_file),
-            "sql": dg.MetadataValue.md(f"```sql\n{spec.sql.strip()}\n```"),
-        },
-        retry_policy=NETWORK_RETRY,
-    )
+def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]:
+    """The body of ``query/<export>``: the query's result as the run's snapshot in GCS."""
+
     def _query(
         context: dg.AssetExecutionContext,
         source: DuckDBSourceResource,
         gcs: ExportGCSResource,
     ) -> dg.MaterializeResult:
         run_id = context.run.run_id
-        with reported_as_failure(GCS=gcs), _scratch(source, run_id) as scratch:
+        with _scratch(source, run_id) as scratch:
             local = scratch / SNAPSHOT_OBJECT
             window = run_window(context, spec)
             parameters = window.parameters(partition_parameters(spec.sql)) if window else None
@@ -161,20 +144,18 @@ def build_query_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             )
             if deleted:
                 context.log.info(f"deleted the snapshots of older runs: {', '.join(deleted)}")
+            handoff = HandOff(
+                row_count=parquet.num_rows,
+                snapshot_uri=uri,
+                rows_by_partition=rows_by_partition,
+            ).of_window(window)
             return dg.MaterializeResult(
                 metadata={
-                    "dagster/row_count": parquet.num_rows,
+                    **handoff.metadata(),
                     "dagster/column_schema": column_schema(fields),
                     "dagster/uri": uri,
-                    "snapshot_uri": uri,
                     "snapshot_crc32c": crc32c,
                     "bytes": size,
-                    **(window_metadata(window) if window else {}),
-                    **(
-                        {"rows_by_partition": dg.MetadataValue.json(rows_by_partition)}
-                        if rows_by_partition is not None
-                        else {}
-                    ),
                 }
             )
 
@@ -190,7 +171,7 @@ def _scratch(source: DuckDBSourceResource, run_id: str) -> Iterator[Path]:
         yield Path(name)
 
 
-def query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
+def query_checks(spec: ExportSpec) -> list[CheckGroup]:
     """The query hop's checks, blocking: they run as one step that copies the snapshot once and
     scans it in bounded memory (``engine.scans``); each can still be run on its own."""
     key = query_key(spec.name)
@@ -214,27 +195,23 @@ def query_checks(spec: ExportSpec) -> list[dg.AssetChecksDefinition]:
             )
         )
 
-    @dg.multi_asset_check(specs=specs, name=f"{key.to_python_identifier()}_checks", can_subset=True)
     def _query_checks(
         context: dg.AssetCheckExecutionContext, gcs: ExportGCSResource
     ) -> Iterator[dg.AssetCheckResult]:
         selected = {check.name for check in context.selected_asset_check_keys}
         upstream = upstream_materialization(context, key)
         if QUERY_HAS_ROWS in selected:
-            yield _has_rows(spec, int(upstream["dagster/row_count"]))
+            yield _has_rows(spec, upstream.row_count)
         if not selected & {QUERY_PRIMARY_KEY_UNIQUE, QUERY_REQUIRED_NOT_NULL}:
             return
-        with (
-            reported_as_failure(GCS=gcs),
-            tempfile.TemporaryDirectory(prefix=f"bq_assets_{context.run.run_id}_") as scratch,
-        ):
+        with tempfile.TemporaryDirectory(prefix=f"bq_assets_{context.run.run_id}_") as scratch:
             snapshot = fetch_snapshot(gcs.get_client(), upstream, Path(scratch), gcs.retry())
             if QUERY_PRIMARY_KEY_UNIQUE in selected:
                 yield _primary_key(primary_key_report(snapshot, spec.primary_key))
             if QUERY_REQUIRED_NOT_NULL in selected:
                 yield _required(null_counts(snapshot, spec.required))
 
-    return [_query_checks]
+    return [CheckGroup(f"{key.to_python_identifier()}_checks", specs, _query_checks)]
 
 
 def _has_rows(spec: ExportSpec, rows: int) -> dg.AssetCheckResult:

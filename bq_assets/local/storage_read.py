@@ -1,5 +1,5 @@
 """Read a whole BigQuery table through the Storage Read API: parallel streams, bounded memory,
-never a hang.
+never a hang. Only the local Databricks stand-in reads this way (production never does).
 
 Each stream of the read session is read by its own thread; decoded Arrow batches meet in a
 small bounded queue that the caller drains as one ``pyarrow.RecordBatchReader``, so at most a
@@ -24,12 +24,15 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import bigquery_storage
 
+from bq_assets.errors import ServiceUnreachableError
+
 POLL_S = 0.5
 BATCHES_PER_STREAM = 2
 
 
-class StorageReadError(RuntimeError):
-    """A Storage Read API read stalled, ran past its deadline, or one of its streams failed."""
+class StorageReadError(ServiceUnreachableError):
+    """A Storage Read API read stalled, ran past its deadline, or one of its streams failed;
+    a new attempt may get through."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import sqlglot
 from sqlglot import exp
 
 from bq_assets.schema import UnsupportedTypeError, snapshot_query
-from bq_assets.sources import ATTACHED_AS, Source, sql_string
+from bq_assets.sources.connection import ATTACHED_AS
+from bq_assets.sources.declarations import Source, sql_string
 
 # -- Server columns DuckDB would read inexactly ---------------------------------------------
 
@@ -49,11 +50,6 @@ def inexact_columns(con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple[str
     return [(str(table), str(column)) for table, column in rows]
 
 
-def postgres_inexact_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
-    """``(table, column)`` of every PostgreSQL numeric column DuckDB would read as DOUBLE."""
-    return inexact_columns(con, "postgres")
-
-
 def _inexact_message(kind: str, table: str, column: str) -> str:
     if kind == "postgres":
         return (
@@ -84,11 +80,6 @@ def refuse_inexact_columns(con: duckdb.DuckDBPyConnection, query: str, kind: str
     ]
     if hits:
         raise UnsupportedTypeError("; ".join(_inexact_message(kind, t, c) for t, c in hits))
-
-
-def refuse_inexact_postgres_columns(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    """``refuse_inexact_columns`` for PostgreSQL."""
-    refuse_inexact_columns(con, query, "postgres")
 
 
 def result_types(

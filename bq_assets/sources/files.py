@@ -1,6 +1,16 @@
-"""``gs://`` paths of a ``files`` source: read through an fsspec filesystem (``gcsfs``) built
-from the GCS resource's endpoint, project and credentials, checked to exist before the query
-runs; Delta tables on GCS refused, naming why. No Dagster."""
+"""``gs://`` paths of a ``files`` source, read with the GCS resource's own credentials.
+
+``gs://`` paths are read through an fsspec filesystem (``gcsfs``) registered on the connection
+(``con.register_filesystem``, see DuckDB's "Using fsspec filesystems" guide), built from the
+GCS resource's own endpoint, project and credentials (``GcsAccess``): a service account or ADC
+in production, the fake-gcs-server of the local stack with anonymous credentials locally.
+DuckDB's httpfs reaches GCS only through the S3-interoperability HMAC API, which needs keys of
+its own and which fake-gcs-server does not serve. Every literal path is checked to exist before
+the query runs. Delta tables are read by the delta extension's own object store, which does not
+see that filesystem and wants a GCS HMAC secret ("Can not scan a gcs:// gs:// or r2:// url
+without a secret providing its endpoint"): ``delta_scan('gs://…')`` is refused naming the
+reason. Iceberg tables are read through DuckDB's file system and work on both. No Dagster.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from bq_assets.sources import Source, SourceError, blank_secret
+from bq_assets.sources.declarations import Source, SourceError, blank_secret
 
 GCS_SCHEMES = ("gs://", "gcs://")
 

@@ -1,30 +1,15 @@
-"""Sources: where an export's query runs, declared once and chosen per export (``source:``).
+"""How DuckDB queries a declared source: the extension loaded from its wheel, the database
+attached READ_ONLY, the engine's limits set, ``gs://`` paths readable.
 
-DuckDB stays the engine. A source of kind ``duckdb`` is a DuckDB database file (the default
-source, and the embedded sample ``make demo`` uses); ``postgres``, ``mysql`` and ``sqlite``
-databases are ATTACHed READ_ONLY through DuckDB's own scanner extensions, and the query's
-unqualified table names resolve in them; ``files`` is an in-memory DuckDB whose query reads
-Parquet / CSV / Delta / Iceberg paths itself (``read_parquet('gs://…')``, ``delta_scan``,
-``iceberg_scan``).
-
-``gs://`` paths are read through an fsspec filesystem (``gcsfs``) registered on the connection
-(``con.register_filesystem``, see DuckDB's "Using fsspec filesystems" guide), built from the
-GCS resource's own endpoint, project and credentials (``GcsAccess``): a service account or ADC
-in production, the fake-gcs-server of the local stack with anonymous credentials locally.
-DuckDB's httpfs reaches GCS only through the S3-interoperability HMAC API, which needs keys of
-its own and which fake-gcs-server does not serve. Delta tables are read by the delta
-extension's own object store, which does not see that filesystem and wants a GCS HMAC secret
-("Can not scan a gcs:// gs:// or r2:// url without a secret providing its endpoint"):
-``delta_scan('gs://…')`` is refused naming the reason. Iceberg tables are read through DuckDB's
-file system and work on both.
+DuckDB stays the engine. ``postgres``, ``mysql`` and ``sqlite`` databases are ATTACHed
+READ_ONLY through DuckDB's own scanner extensions, and the query's unqualified table names
+resolve in them; a ``files`` source is an in-memory DuckDB whose query reads its paths itself
+(``read_parquet('gs://…')``, ``delta_scan``, ``iceberg_scan``; ``gs://`` through ``files``).
 
 Extensions are never downloaded: automatic install and load are off, and each extension is
 installed from its PyPI wheel (``duckdb-extension-<name>``, pinned to the DuckDB version), then
-LOADed. A password is only ever passed to DuckDB; every message that leaves this module has it
-blanked out.
-
-Pure engine code: no Dagster. Nothing here is cached between runs; ``connect`` is safe to call
-again (idempotent).
+LOADed. Nothing here is cached between runs; ``connect`` is safe to call again (idempotent).
+No Dagster.
 """
 
 from __future__ import annotations
@@ -34,21 +19,21 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import duckdb
 
-from bq_assets.errors import BqAssetsError
+from bq_assets.sources.declarations import (
+    DEFAULT_PORTS,
+    Source,
+    SourceError,
+    SourceUnreachableError,
+    blank_secret,
+    sql_string,
+)
+from bq_assets.sources.files import GcsAccessLike, register_gcs
 
-if TYPE_CHECKING:
-    from bq_assets.source_files import GcsAccessLike
-
-SourceKind = Literal["duckdb", "postgres", "mysql", "sqlite", "files"]
-SOURCE_KINDS: tuple[str, ...] = ("duckdb", "postgres", "mysql", "sqlite", "files")
-DEFAULT_SOURCE = "default"
-SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: The catalog name an attached database gets inside DuckDB.
 ATTACHED_AS = "src"
 SECRET_NAME = "bq_assets_source"
@@ -70,7 +55,6 @@ KIND_EXTENSION = {
     "sqlite": "sqlite_scanner",
     "files": "httpfs",
 }
-DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
 # What a server that is down (or a wrong host/port) says, as opposed to a refused login.
 _UNREACHABLE = re.compile(
     r"connection refused|could not connect|can't connect|timeout expired|timed out|"
@@ -78,64 +62,6 @@ _UNREACHABLE = re.compile(
     r"network is unreachable|server closed the connection",
     re.IGNORECASE,
 )
-
-
-class SourceError(BqAssetsError):
-    """A source cannot be used as declared (unknown, misconfigured, extension missing,
-    login refused); retrying cannot help."""
-
-
-class SourceUnreachableError(ConnectionError):
-    """A source server did not answer (down, or not reachable yet); a retry may help.
-    The message names host and port."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One declared source. ``password`` is never shown (not in ``repr``, not in messages)."""
-
-    name: str
-    kind: SourceKind = "duckdb"
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
-    database: str | None = None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @property
-    def address(self) -> str:
-        """Where the source is, for messages: a file, or host:port/database (never a secret)."""
-        if self.kind in ("postgres", "mysql"):
-            port = self.port or DEFAULT_PORTS[self.kind]
-            return f"{self.kind} {self.host or 'localhost'}:{port}/{self.database or ''}"
-        if self.kind == "files":
-            return "files"
-        return f"{self.kind} {self.path}"
-
-    def problems(self) -> list[str]:
-        """What is missing from this declaration (empty when it is usable)."""
-        found = []
-        if not SOURCE_NAME.fullmatch(self.name):
-            found.append(f"{self.name!r} is not a valid source name ({SOURCE_NAME.pattern})")
-        if self.kind not in SOURCE_KINDS:
-            found.append(f"kind {self.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
-        if self.kind in ("duckdb", "sqlite") and not self.path:
-            found.append(f"a {self.kind} source needs a path")
-        if self.kind in ("postgres", "mysql") and not (self.host and self.database and self.user):
-            found.append(f"a {self.kind} source needs host, database and user")
-        return found
-
-
-def blank_secret(text: str, source: Source) -> str:
-    """``text`` with the source's password (and any ``password=…`` pair) blanked out."""
-    if source.password:
-        text = text.replace(source.password, "***")
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def create_secret_sql(source: Source) -> str:
@@ -259,9 +185,6 @@ def prepare_connection(
             load_extension(con, "iceberg")
     if source.kind in ATTACH_TYPE:
         _attach_with_retries(con, source, attempts)
-    # Imported here: source_files builds on this module's Source and errors.
-    from bq_assets.source_files import register_gcs
-
     register_gcs(con, source, sql, gcs)
 
 
