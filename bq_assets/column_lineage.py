@@ -94,16 +94,23 @@ def trace_to_sources(chain: list[HopLineage]) -> dict[str, set[tuple[dg.AssetKey
     """Each column of the last hop in ``chain`` (hops in lineage order) → where it ends when
     followed back through each hop's deps: columns of assets outside the chain (the sources),
     or a column of a hop computed from no column (a constant, or one not resolved)."""
+    by_key = {hop.key: hop.deps for hop in chain}
+    return {
+        column: {(key, name) for key, name in visited if not by_key.get(key, {}).get(name)}
+        for column, visited in _visited(chain).items()
+    }
+
+
+def _visited(chain: list[HopLineage]) -> dict[str, set[tuple[dg.AssetKey, str]]]:
+    """Each column of the last hop → every (asset, column) its lineage passes through."""
     by_key: Mapping[dg.AssetKey, ColumnDeps] = {hop.key: hop.deps for hop in chain}
 
-    def ends(key: dg.AssetKey, column: str) -> set[tuple[dg.AssetKey, str]]:
+    def walk(key: dg.AssetKey, column: str) -> set[tuple[dg.AssetKey, str]]:
         deps = by_key[key].get(column, []) if key in by_key else []
-        if not deps:
-            return {(key, column)}
-        return {end for dep_key, dep_column in deps for end in ends(dep_key, dep_column)}
+        return {(key, column)}.union(*(walk(k, c) for k, c in deps))
 
     last = chain[-1]
-    return {column: ends(last.key, column) for column in last.deps}
+    return {column: walk(last.key, column) for column in last.deps}
 
 
 def source_columns_markdown(
@@ -111,9 +118,10 @@ def source_columns_markdown(
 ) -> str:
     """The ``source_columns`` entry: each column of the last hop and the source columns it
     comes from, traced through ``chain``, as a Markdown table. ``unresolved`` gives, for a
-    column of the first hop, what could not be resolved; the table says so."""
+    column of the first hop, what could not be resolved; every column computed from it
+    says so."""
     unresolved = unresolved or {}
-    in_chain = {hop.key for hop in chain}
+    in_chain, first = {hop.key for hop in chain}, chain[0].key
     through = " → ".join(hop.key.to_user_string() for hop in chain)
     lines = [
         f"Each column's source columns, traced through {through}:",
@@ -121,12 +129,14 @@ def source_columns_markdown(
         "| column | source columns |",
         "|---|---|",
     ]
+    visited = _visited(chain)
     for column, ends in trace_to_sources(chain).items():
-        cells = []
-        for key, name in sorted(ends, key=lambda end: (end[0].to_user_string(), end[1])):
-            if key not in in_chain:
-                cells.append(f"{key.to_user_string()} · {name}")
-            else:
-                cells += [f"not resolved: {why}" for why in unresolved.get(name, [])]
+        cells = [
+            f"{key.to_user_string()} · {name}"
+            for key, name in sorted(ends, key=lambda end: (end[0].to_user_string(), end[1]))
+            if key not in in_chain
+        ]
+        reached = sorted(name for key, name in visited[column] if key == first)
+        cells += [f"not resolved: {why}" for name in reached for why in unresolved.get(name, [])]
         lines.append(f"| {column} | {'<br>'.join(cells) or 'none (computed from no column)'} |")
     return "\n".join(lines)

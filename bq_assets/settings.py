@@ -16,6 +16,7 @@ import dagster as dg
 from dagster_databricks import DatabricksClientResource
 from dagster_databricks.resources import OauthCredentials
 
+from bq_assets.exports.source_names import DELIVERY
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources import (
     DatabricksSQLResource,
@@ -129,6 +130,12 @@ def declared_sources() -> list[SourceDeclaration]:
         if not SOURCE_NAME.fullmatch(name) or name == DEFAULT_SOURCE:
             problems.append(f"BQ_ASSETS_SOURCES: {name!r} is not a valid source name")
             continue
+        if name == DELIVERY:
+            problems.append(
+                f"BQ_ASSETS_SOURCES: {name!r} is reserved: it names the delivered exports' "
+                "bucket prefixes in the lineage (source/delivery/...); choose another name"
+            )
+            continue
         if value["kind"] not in SOURCE_KINDS:
             problems.append(
                 f"{prefix}KIND={value['kind']!r} is not one of {', '.join(SOURCE_KINDS)}"
@@ -176,13 +183,15 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
         SampleSourceResource,
     )
     from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
-    from bq_assets.local.stack import local_dir
+    from bq_assets.local.stack import LOCAL_BUCKET, LOCAL_PROJECT, local_dir
 
     root = root or local_dir()
     rows = os.environ.get("BQ_ASSETS_SAMPLE_ROWS", str(DEFAULT_SAMPLE_ROWS))
     if not rows.isdigit() or int(rows) < 1:
         raise ConfigurationError(f"BQ_ASSETS_SAMPLE_ROWS={rows!r} must be a positive integer")
-    bigquery = LocalBigQueryResource(local_stack_dir=str(root))
+    # The stack's project and bucket are fixed: named here, they name the tables and objects
+    # in the assets' definitions (the clients still ask the running stack).
+    bigquery = LocalBigQueryResource(local_stack_dir=str(root), project=LOCAL_PROJECT)
     return {
         "source": SampleSourceResource(
             database=str(root / "source.duckdb"),
@@ -193,7 +202,7 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
             **query_engine_settings(),
         ),
         # The emulator is on this machine: if it has not answered in 10 s it is down.
-        "gcs": LocalGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
+        "gcs": LocalGCSResource(local_stack_dir=str(root), bucket=LOCAL_BUCKET, retry_timeout_s=10),
         "bigquery": bigquery,
         "databricks": LocalDatabricksResource(
             local_warehouse_dir=str(root / "databricks"), bigquery=bigquery

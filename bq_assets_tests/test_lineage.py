@@ -20,6 +20,7 @@ from bq_assets.exports.lineage import (
 from bq_assets.exports.source_names import (
     SourcePlace,
     delivery_key_path,
+    path_uri,
     table_key_path,
     table_name,
 )
@@ -335,7 +336,19 @@ def test_the_lineage_module_imports_no_dagster() -> None:
         (
             SourcePlace("lake", "files"),
             SourceTable("gs://lake/orders/*.parquet", is_path=True),
-            "source/lake/gs/lake/orders/*.parquet",
+            "source/lake/gs/lake/orders",
+            None,
+        ),
+        (
+            SourcePlace("lake", "files"),
+            SourceTable("gs://lake/orders/2024-*/part-*.parquet", is_path=True),
+            "source/lake/gs/lake/orders",
+            None,
+        ),
+        (
+            SourcePlace("lake", "files"),
+            SourceTable("/data/my file.csv", is_path=True),
+            "source/lake/file/data/my_file.csv",
             None,
         ),
         (
@@ -361,6 +374,19 @@ def test_an_unqualified_and_a_qualified_name_of_one_table_are_one_asset() -> Non
     assert table_key_path(crm, SourceTable("customers")) == table_key_path(
         crm, SourceTable("customers", schema="public")
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "uri"),
+    [
+        ("gs://lake/orders/*.parquet", "gs://lake/orders/"),
+        ("gs://lake/orders/2024-*/part-*.parquet", "gs://lake/orders/"),
+        ("gs://lake/x.parquet", "gs://lake/x.parquet"),
+        ("/data/orders_delta", "/data/orders_delta"),
+    ],
+)
+def test_a_path_s_asset_stands_for_its_folder_before_any_glob(path: str, uri: str) -> None:
+    assert path_uri(path) == uri
 
 
 def test_a_delivery_prefix_is_keyed_under_the_reserved_delivery_source() -> None:

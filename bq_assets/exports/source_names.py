@@ -11,9 +11,11 @@ stable and shared: one table read by several exports is one asset.
   names (``src.public.t``) is the one attached database and is left out;
 - a file path a query reads (``read_parquet('gs://lake/orders/*.parquet')``):
   ``source/<source>/<scheme>/<path parts>``, the scheme ``gs`` (or another URL scheme) or
-  ``file`` for a local path; ``gs://lake/orders/*.parquet`` is
-  ``source/<source>/gs/lake/orders/*.parquet`` (a ``/`` in a key part would break the UI's
-  links, so the path is split on it);
+  ``file`` for a local path, the path split on ``/`` and cut before its first glob segment:
+  ``gs://lake/orders/*.parquet`` is ``source/<source>/gs/lake/orders``, the folder the files
+  are in (the asset's ``dagster/uri``: ``gs://lake/orders/``). Dagster turns a dependency's key
+  into a Python name, so a part keeps only letters, digits, ``_``, ``.`` and ``-``; any other
+  character becomes ``_`` (``my file.csv`` → ``my_file.csv``);
 - the bucket prefix a delivered export's files arrive in: ``source/delivery/<prefix parts>``
   (``delivery`` is a reserved source name).
 
@@ -22,14 +24,20 @@ Pure: no Dagster, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from bq_assets.exports.lineage import SourceTable
+from bq_assets.sources.declarations import DEFAULT_SOURCE
 
 ROOT = "source"
 #: The key part of delivered files; no declared source may be called this.
 DELIVERY = "delivery"
+_GLOB = re.compile(r"[*?[{]")
+#: What a key part may hold: Dagster makes a Python name of each dependency's key.
+_NOT_IN_KEY = re.compile(r"[^A-Za-z0-9_.-]")
 #: The schema an unqualified table name resolves in, per source kind (MySQL: the database).
 DEFAULT_SCHEMA = {"duckdb": "main", "sqlite": "main", "postgres": "public"}
 
@@ -51,11 +59,35 @@ class SourcePlace:
         return DEFAULT_SCHEMA.get(self.kind, "main")
 
 
+def _default_sources() -> dict[str, SourcePlace]:
+    return {DEFAULT_SOURCE: SourcePlace(DEFAULT_SOURCE, "duckdb")}
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where an environment's exports read and land, as far as names go (nothing secret):
+    each source's kind and database, the GCP project and the export bucket. A project or
+    bucket of None is not known when the code location loads; the names that need it are
+    then left out of the definition (each materialization still records them)."""
+
+    sources: Mapping[str, SourcePlace] = field(default_factory=_default_sources)
+    project: str | None = None
+    bucket: str | None = None
+
+    def source(self, name: str) -> SourcePlace:
+        if name not in self.sources:
+            raise KeyError(
+                f"source {name!r} is not among the sources these places know "
+                f"({', '.join(self.sources)}): build the translator with the environment's places"
+            )
+        return self.sources[name]
+
+
 def table_key_path(place: SourcePlace, table: SourceTable) -> list[str]:
     """The asset key path of a table or a file path that a query on ``place`` reads."""
     if table.is_path:
         return [ROOT, place.name, *path_parts(table.name)]
-    return [ROOT, place.name, place.schema_of(table), table.name]
+    return [ROOT, place.name, _key_part(place.schema_of(table)), _key_part(table.name)]
 
 
 def table_name(place: SourcePlace, table: SourceTable) -> str | None:
@@ -72,18 +104,37 @@ def table_name(place: SourcePlace, table: SourceTable) -> str | None:
 
 
 def path_parts(path: str) -> list[str]:
-    """``gs://lake/orders/*.parquet`` → ``gs, lake, orders, *.parquet``; a local path gets
-    ``file``."""
+    """``gs://lake/orders/*.parquet`` → ``gs, lake, orders``; a local path starts with
+    ``file``. Cut before the first segment holding a glob (``*``, ``?``, ``[``, ``{``)."""
+    url = urlsplit(path)
+    remote = bool(url.scheme and url.netloc)
+    head = [url.scheme, url.netloc] if remote else ["file"]
+    return [_key_part(p) for p in head + _parts(_folder_of(url.path if remote else path))]
+
+
+def path_uri(path: str) -> str:
+    """What the asset of ``path`` stands for: the path, or the folder before its first glob
+    segment (``gs://lake/orders/*.parquet`` → ``gs://lake/orders/``)."""
     url = urlsplit(path)
     if url.scheme and url.netloc:
-        return [url.scheme, url.netloc, *_parts(url.path)]
-    return ["file", *_parts(path)]
+        return f"{url.scheme}://{url.netloc}{_folder_of(url.path)}"
+    return _folder_of(path)
+
+
+def _folder_of(path: str) -> str:
+    segments = path.split("/")
+    globbed = next((i for i, p in enumerate(segments) if _GLOB.search(p)), None)
+    return path if globbed is None else "/".join(segments[:globbed]) + "/"
 
 
 def delivery_key_path(prefix: str) -> list[str]:
     """The asset key path of the bucket prefix a delivered export's files arrive in."""
-    return [ROOT, DELIVERY, *_parts(prefix)]
+    return [ROOT, DELIVERY, *(_key_part(p) for p in _parts(prefix))]
 
 
 def _parts(path: str) -> list[str]:
     return [p for p in path.split("/") if p and p != "."]
+
+
+def _key_part(text: str) -> str:
+    return _NOT_IN_KEY.sub("_", text)
