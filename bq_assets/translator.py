@@ -12,8 +12,10 @@ reads (``bq_assets.exports.source_names``): external assets upstream of its firs
 Lineage is part of each asset's definition: the deps on the source assets, each column's
 ``dagster/column_lineage`` and the readable ``source_columns`` table, and the names catalogs
 read (``dagster/table_name``, ``dagster/uri``). Dagster's UI draws a column's lineage from the
-latest materialization's ``dagster/column_lineage`` and falls back to the definition's, so
-every hop records it both ways (``get_materialization_metadata``): the definition draws it
+latest materialization's ``dagster/column_lineage`` and falls back to the definition's
+(``getColumnLineage`` in dagster-io/dagster's
+``js_modules/dagster-ui/packages/ui-core/src/assets/lineage/useColumnLineageDataForAssets.tsx``),
+so every hop records it both ways (``get_materialization_metadata``): the definition draws it
 before any run (and for external assets, which never run), and each materialization keeps
 the lineage that produced its data.
 """
