@@ -294,6 +294,16 @@ def test_a_view_over_one_table_maps_each_column_to_the_columns_it_reads() -> Non
         "email": ["email"],
         "last_name": ["surname"],
     }
+    # A view's column list (e.g. to carry column comments) names its columns in order.
+    commented = (
+        "CREATE OR REPLACE VIEW `main`.`a`.`v` (amperity_id COMMENT 'the person', "
+        "contact COMMENT 'masked', surname) AS SELECT * FROM `bq`.`ds`.`t`"
+    )
+    assert select_lineage(commented, "databricks", columns) == {
+        "amperity_id": ["amperity_id"],
+        "contact": ["email"],
+        "surname": ["surname"],
+    }
 
 
 def test_the_lineage_module_imports_no_dagster() -> None:

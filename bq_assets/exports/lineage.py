@@ -143,7 +143,8 @@ def query_lineage(sql: str) -> QueryLineage:
 def select_lineage(sql: str, dialect: str, columns: list[str]) -> dict[str, list[str]]:
     """For a ``SELECT`` over one table whose ``columns`` are known (e.g. a view over the
     BigQuery table), each result column → the table's columns it reads. ``SELECT *`` expands
-    to ``columns``. A column traced to no column of ``table`` maps to an empty list."""
+    to ``columns``; a view's own column list (``CREATE VIEW v (a COMMENT '…', b) AS …``) names
+    the results in order. A column traced to no column of the table maps to an empty list."""
     statement = sqlglot.parse_one(sql, read=dialect)
     query = statement if isinstance(statement, exp.Query) else statement.find(exp.Query)
     if query is None:
@@ -160,15 +161,19 @@ def select_lineage(sql: str, dialect: str, columns: list[str]) -> dict[str, list
     nodes = lineage(None, qualified, dialect=dialect, scope=build_scope(qualified), copy=False)
     assert isinstance(nodes, dict)
     by_name = {c.lower(): c for c in columns}
+    names = [by_name.get(s.alias_or_name, s.alias_or_name) for s in qualified.selects]
+    if isinstance(statement, exp.Create) and isinstance(statement.this, exp.Schema):
+        names = [column.name for column in statement.this.expressions]
     found: dict[str, list[str]] = {}
-    for select in qualified.selects:
+    for name, select in zip(names, qualified.selects, strict=True):
         leaves = _leaves(nodes[select.alias_or_name])
-        read_columns = {
-            by_name[_leaf_column(leaf)]
-            for _, leaf in leaves
-            if isinstance(leaf.source, exp.Table) and _leaf_column(leaf) in by_name
-        }
-        found[by_name.get(select.alias_or_name, select.alias_or_name)] = sorted(read_columns)
+        found[name] = sorted(
+            {
+                by_name[_leaf_column(leaf)]
+                for _, leaf in leaves
+                if isinstance(leaf.source, exp.Table) and _leaf_column(leaf) in by_name
+            }
+        )
     return found
 
 
