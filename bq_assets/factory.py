@@ -9,16 +9,23 @@ composed the same way: a delivered export's ``gcs`` hop is its delivery, and it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
+from bq_assets.column_lineage import lineage_of
 from bq_assets.dagster_internals import STEP_PRELOAD_MODULES
+from bq_assets.exports.source_names import Places, SourcePlace
 from bq_assets.exports.spec import ExportSpec, check_sources
 from bq_assets.failures import failing_clearly
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors
+from bq_assets.sources.declarations import DEFAULT_SOURCE
 from bq_assets.stages.bigquery import bigquery_checks, bigquery_materialization
 from bq_assets.stages.databricks import (
     databricks_checks,
@@ -35,6 +42,8 @@ from bq_assets.stages.gcs import gcs_checks, gcs_materialization
 from bq_assets.stages.query import query_checks, query_materialization
 from bq_assets.stages.results import Check, CheckGroup
 from bq_assets.translator import ExportTranslator, Hop
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,29 @@ def hop_asset(spec: ExportSpec, hop: Hop, translator: ExportTranslator) -> dg.As
         pool=translator.get_pool(spec, hop),
         retry_policy=translator.get_retry_policy(spec, hop),
         backfill_policy=translator.get_backfill_policy(spec, hop),
-    )(failing_clearly(hop_parts(spec)[hop].materialization(spec)))
+    )(
+        failing_clearly(
+            recording(
+                translator.get_materialization_metadata(spec, hop),
+                hop_parts(spec)[hop].materialization(spec),
+            )
+        )
+    )
+
+
+def recording(
+    metadata: Mapping[str, Any], body: Callable[..., dg.MaterializeResult]
+) -> Callable[..., dg.MaterializeResult]:
+    """``body``, its materialization also recording ``metadata`` (the translator's, the same
+    for every run: the column lineage). Dagster sees ``body``'s parameters and resources."""
+
+    @functools.wraps(body)
+    def function(context: dg.AssetExecutionContext, *args: Any, **kwargs: Any) -> Any:
+        context.add_asset_metadata(dict(metadata))
+        return body(context, *args, **kwargs)
+
+    function.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
+    return function
 
 
 def built_check(check: Check | CheckGroup) -> dg.AssetChecksDefinition:
@@ -126,8 +157,9 @@ def build_definitions(
     schedule_status: dg.DefaultScheduleStatus,
     translator: ExportTranslator | None = None,
 ) -> dg.Definitions:
-    translator = translator or ExportTranslator()
+    translator = (translator or ExportTranslator()).placed(places_of(resources))
     refuse_unrunnable_specs(specs, resources.get("databricks"))
+    report_unresolved_lineage(specs)
     if any(s.delivery and s.delivery.decrypt for s in specs) and "pgp" not in resources:
         # Read when a step decrypts, never at load: a missing variable fails only that step.
         resources = {**resources, "pgp": PgpKeyResource(private_key=dg.EnvVar(PGP_KEY_VARIABLE))}
@@ -135,7 +167,10 @@ def build_definitions(
     if source is not None and hasattr(source, "source_names"):
         check_sources(specs, source.source_names())
     return dg.Definitions(
-        assets=[asset for spec in specs for asset in export_assets(spec, translator)],
+        assets=[
+            *translator.get_source_asset_specs(specs),
+            *(asset for spec in specs for asset in export_assets(spec, translator)),
+        ],
         asset_checks=[check for spec in specs for check in export_checks(spec, translator)],
         # Delivered exports run when a delivery is complete (their sensor), not on a schedule.
         schedules=build_schedules(
@@ -162,3 +197,31 @@ def _sensor_status(schedule_status: dg.DefaultScheduleStatus) -> dg.DefaultSenso
         if schedule_status == dg.DefaultScheduleStatus.RUNNING
         else dg.DefaultSensorStatus.STOPPED
     )
+
+
+def places_of(resources: Mapping[str, Any]) -> Places:
+    """The names the resources give where exports read and land: each declared source's kind
+    and database, the BigQuery project and the export bucket (a value held in an environment
+    variable is read now: neither is a secret; unset, the name is left out)."""
+    declared = getattr(resources.get("source"), "sources", None) or []
+    sources = {DEFAULT_SOURCE: SourcePlace(DEFAULT_SOURCE, "duckdb")}
+    sources |= {d.name: SourcePlace(d.name, d.kind, d.database) for d in declared}
+    return Places(
+        sources=sources,
+        project=_setting(getattr(resources.get("bigquery"), "project", None)),
+        bucket=_setting(getattr(resources.get("gcs"), "bucket", None)),
+    )
+
+
+def _setting(value: str | None) -> str | None:
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
+
+
+def report_unresolved_lineage(specs: list[ExportSpec]) -> None:
+    """Log, when the code location loads, each part of a query its lineage cannot resolve
+    (the asset's ``source_columns`` says so too). Not an error: the export runs the same."""
+    for spec in specs:
+        if spec.delivered:
+            continue
+        for problem in lineage_of(spec.sql).problems():
+            logger.warning("%s: lineage: %s", spec.sql_file, problem)

@@ -17,6 +17,7 @@ from dagster_databricks import DatabricksClientResource
 from dagster_databricks.resources import OauthCredentials
 from databricks.sdk.credentials_provider import DefaultCredentials
 
+from bq_assets.exports.source_names import DELIVERY
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources import (
     DatabricksSQLResource,
@@ -130,6 +131,12 @@ def declared_sources() -> list[SourceDeclaration]:
         if not SOURCE_NAME.fullmatch(name) or name == DEFAULT_SOURCE:
             problems.append(f"BQ_ASSETS_SOURCES: {name!r} is not a valid source name")
             continue
+        if name == DELIVERY:
+            problems.append(
+                f"BQ_ASSETS_SOURCES: {name!r} is reserved: it names the delivered exports' "
+                "bucket prefixes in the lineage (source/delivery/...); choose another name"
+            )
+            continue
         if value["kind"] not in SOURCE_KINDS:
             problems.append(
                 f"{prefix}KIND={value['kind']!r} is not one of {', '.join(SOURCE_KINDS)}"
@@ -177,13 +184,15 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
     )
     from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
     from bq_assets.local.spark_warehouse import SparkDatabricksResource
-    from bq_assets.local.stack import local_dir
+    from bq_assets.local.stack import LOCAL_BUCKET, LOCAL_PROJECT, local_dir
 
     root = root or local_dir()
     rows = os.environ.get("BQ_ASSETS_SAMPLE_ROWS", str(DEFAULT_SAMPLE_ROWS))
     if not rows.isdigit() or int(rows) < 1:
         raise ConfigurationError(f"BQ_ASSETS_SAMPLE_ROWS={rows!r} must be a positive integer")
-    bigquery = LocalBigQueryResource(local_stack_dir=str(root))
+    # The stack's project and bucket are fixed: named here, they name the tables and objects
+    # in the assets' definitions (the clients still ask the running stack).
+    bigquery = LocalBigQueryResource(local_stack_dir=str(root), project=LOCAL_PROJECT)
     # The default source: a DuckDB file of the user's own when BQ_ASSETS_SOURCE_DATABASE names
     # one, else the generated sample (which never replaces a file it did not make).
     own_database = os.environ.get("BQ_ASSETS_SOURCE_DATABASE")
@@ -200,7 +209,7 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
             database=str(root / "source.duckdb"), sample_rows=int(rows), **settings
         ),
         # The emulator is on this machine: if it has not answered in 10 s it is down.
-        "gcs": LocalGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
+        "gcs": LocalGCSResource(local_stack_dir=str(root), bucket=LOCAL_BUCKET, retry_timeout_s=10),
         "bigquery": bigquery,
         "databricks": SparkDatabricksResource(
             local_stack_dir=str(root), warehouse_dir=str(root / "databricks"), bigquery=bigquery

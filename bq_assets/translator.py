@@ -6,18 +6,45 @@ Every hop, the schedules and the demo ask it; no asset attribute is written anyw
 Its shape follows the integrations' translators (dagster-sling's ``DagsterSlingTranslator``,
 dagster-dlt's ``DagsterDltTranslator``): one ``get_asset_spec``, composed of small ``get_*``
 methods that a subclass may override (passed to ``build_definitions``). Asset keys are public
-(users' history depends on them): ``<hop>/<export>``.
+(users' history depends on them): ``<hop>/<export>``, and ``source/...`` for what an export
+reads (``bq_assets.exports.source_names``): external assets upstream of its first hop.
+
+Lineage is part of each asset's definition: the deps on the source assets, each column's
+``dagster/column_lineage`` and the readable ``source_columns`` table, and the names catalogs
+read (``dagster/table_name``, ``dagster/uri``). Dagster's UI draws a column's lineage from the
+latest materialization's ``dagster/column_lineage`` and falls back to the definition's
+(``getColumnLineage`` in dagster-io/dagster's
+``js_modules/dagster-ui/packages/ui-core/src/assets/lineage/useColumnLineageDataForAssets.tsx``),
+so every hop records it both ways (``get_materialization_metadata``): the definition draws it
+before any run (and for external assets, which never run), and each materialization keeps
+the lineage that produced its data.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
 import dagster as dg
 
+from bq_assets.column_lineage import (
+    ColumnDeps,
+    HopLineage,
+    carried_column_deps,
+    databricks_column_deps,
+    lineage_of,
+    query_column_deps,
+    source_columns_markdown,
+    table_column_lineage,
+)
 from bq_assets.dagster_internals import smallest_cron_interval
 from bq_assets.engine.databricks_sql import table_name
+from bq_assets.engine.layout import export_prefix
+from bq_assets.exports import source_names
+from bq_assets.exports.lineage import SourceTable
+from bq_assets.exports.source_names import Places
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.stages.partitions import backfill_policy, partitions_definition
 
@@ -76,8 +103,22 @@ def freshness_policy(spec: ExportSpec) -> dg.FreshnessPolicy:
     )
 
 
+#: The group of the external assets that stand for what the exports read.
+SOURCES_GROUP = "sources"
+
+
 class ExportTranslator:
     """What each hop's asset of an export is called and how Dagster treats it."""
+
+    #: Where the environment's exports read and land (names only). ``build_definitions``
+    #: gives the translator its resources' places (``placed``).
+    places: Places = Places()
+
+    def placed(self, places: Places) -> ExportTranslator:
+        """A copy of this translator (of its class) that names things with ``places``."""
+        placed = copy.copy(self)
+        placed.places = places
+        return placed
 
     def hops(self, spec: ExportSpec) -> tuple[Hop, ...]:
         """The export's hops in lineage order (three when delivered: no query)."""
@@ -87,10 +128,31 @@ class ExportTranslator:
         return asset_key(hop, spec.name)
 
     def get_deps(self, spec: ExportSpec, hop: Hop) -> list[dg.AssetKey]:
-        """The hop before, if any: lineage runs query → gcs → bigquery → databricks."""
+        """The hop before: lineage runs query → gcs → bigquery → databricks; the first hop
+        depends on what the export reads (its query's tables and files, or its delivery)."""
+        previous = self.get_previous_key(spec, hop)
+        return [previous] if previous else self.get_source_keys(spec)
+
+    def get_previous_key(self, spec: ExportSpec, hop: Hop) -> dg.AssetKey | None:
         hops = self.hops(spec)
         position = hops.index(hop)
-        return [self.get_asset_key(spec, hops[position - 1])] if position else []
+        return self.get_asset_key(spec, hops[position - 1]) if position else None
+
+    def get_source_keys(self, spec: ExportSpec) -> list[dg.AssetKey]:
+        """The external assets the export reads: every table and file its SQL names, or the
+        bucket prefix its files are delivered to."""
+        if spec.delivery is not None:
+            return [self.get_delivery_key(spec)]
+        return [self.get_source_key(spec, table) for table in lineage_of(spec.sql).tables]
+
+    def get_source_key(self, spec: ExportSpec, table: SourceTable) -> dg.AssetKey:
+        """``source/<source>/<schema>/<table>`` (or a file path's parts); see source_names."""
+        place = self.places.source(spec.source)
+        return dg.AssetKey(source_names.table_key_path(place, table))
+
+    def get_delivery_key(self, spec: ExportSpec) -> dg.AssetKey:
+        assert spec.delivery is not None
+        return dg.AssetKey(source_names.delivery_key_path(spec.delivery.prefix))
 
     def get_group_name(self, spec: ExportSpec, hop: Hop) -> str:
         """One group per export, named after it: its lane in the asset graph."""
@@ -120,12 +182,64 @@ class ExportTranslator:
         return _databricks_description(spec)
 
     def get_metadata(self, spec: ExportSpec, hop: Hop) -> dict[str, Any]:
+        """The SQL (query hop), the names catalogs read, and the column lineage."""
+        metadata: dict[str, Any] = {}
         if hop == "query" and spec.sql_file is not None:
-            return {
-                "sql_file": str(spec.sql_file),
-                "sql": dg.MetadataValue.md(f"```sql\n{spec.sql.strip()}\n```"),
-            }
+            metadata["sql_file"] = str(spec.sql_file)
+            metadata["sql"] = dg.MetadataValue.md(f"```sql\n{spec.sql.strip()}\n```")
+        metadata.update(self.get_location_metadata(spec, hop))
+        metadata.update(self.get_materialization_metadata(spec, hop))
+        metadata["source_columns"] = dg.MetadataValue.md(self.get_source_columns(spec, hop))
+        return metadata
+
+    def get_location_metadata(self, spec: ExportSpec, hop: Hop) -> dict[str, str]:
+        """Where the asset is, fully qualified, when the environment's places say so:
+        ``dagster/table_name`` of the BigQuery table and the Databricks view, ``dagster/uri``
+        of the export's objects (each materialization records its own run's too)."""
+        if hop == "bigquery" and self.places.project:
+            table = f"{self.places.project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+            return {"dagster/table_name": table}
+        if hop == "databricks":
+            return {"dagster/table_name": str(table_name(spec))}
+        if hop == "gcs" and self.places.bucket:
+            folder = (
+                spec.delivery.prefix
+                if spec.delivery
+                else export_prefix(spec.objects.template, spec.name)
+            )
+            return {"dagster/uri": f"gs://{self.places.bucket}/{folder}"}
         return {}
+
+    def get_materialization_metadata(self, spec: ExportSpec, hop: Hop) -> dict[str, Any]:
+        """What each materialization records besides its own results: the column lineage."""
+        return {"dagster/column_lineage": table_column_lineage(self.get_column_deps(spec, hop))}
+
+    def get_column_deps(self, spec: ExportSpec, hop: Hop) -> ColumnDeps:
+        """Each column of the hop's table → the (asset, column) pairs it is computed from:
+        the source columns (query), the same column one hop before (gcs, bigquery, and a
+        delivery's gcs), the BigQuery columns the Databricks view reads."""
+        previous = self.get_previous_key(spec, hop)
+        if hop == "query":
+            return query_column_deps(spec, lambda table: self.get_source_key(spec, table))
+        if previous is None:  # a delivery: its columns are those of the delivered files
+            return carried_column_deps(spec, self.get_delivery_key(spec))
+        if hop == "databricks":
+            return databricks_column_deps(spec, previous)
+        return carried_column_deps(spec, previous)
+
+    def get_source_columns(self, spec: ExportSpec, hop: Hop) -> str:
+        """The ``source_columns`` table: each column traced back to its source columns."""
+        hops = self.hops(spec)
+        chain = [
+            HopLineage(self.get_asset_key(spec, h), self.get_column_deps(spec, h))
+            for h in hops[: hops.index(hop) + 1]
+        ]
+        unresolved = (
+            {}
+            if spec.delivered
+            else {n: list(c.unresolved) for n, c in lineage_of(spec.sql).columns.items()}
+        )
+        return source_columns_markdown(chain, unresolved)
 
     def get_freshness_policy(self, spec: ExportSpec, hop: Hop) -> dg.FreshnessPolicy:
         return freshness_policy(spec)
@@ -167,6 +281,68 @@ class ExportTranslator:
     def asset_keys(self, spec: ExportSpec) -> list[dg.AssetKey]:
         """Every asset key of the export, in lineage order."""
         return [self.get_asset_key(spec, hop) for hop in self.hops(spec)]
+
+    def get_source_asset_specs(self, specs: Sequence[ExportSpec]) -> list[dg.AssetSpec]:
+        """One external asset (no materialization function: Dagster does not run it) per
+        table, file or delivery prefix the exports read, shared by the exports that read it,
+        in the group ``sources``."""
+        readers: dict[dg.AssetKey, list[ExportSpec]] = {}
+        for spec in specs:
+            for key in self.get_source_keys(spec):
+                readers.setdefault(key, []).append(spec)
+        return [
+            dg.AssetSpec(
+                key=key,
+                group_name=self.get_source_group_name(key),
+                description=self.get_source_description(key, readers[key]),
+                kinds=self.get_source_kinds(key, readers[key][0]),
+                metadata=self.get_source_metadata(key, readers[key][0]),
+            )
+            for key in sorted(readers, key=lambda k: k.to_user_string())
+        ]
+
+    def get_source_group_name(self, key: dg.AssetKey) -> str:
+        """One group for everything the exports read, whoever reads it."""
+        return SOURCES_GROUP
+
+    def _source_table(self, key: dg.AssetKey, spec: ExportSpec) -> SourceTable | None:
+        if spec.delivered:
+            return None
+        tables = lineage_of(spec.sql).tables
+        return next(t for t in tables if self.get_source_key(spec, t) == key)
+
+    def get_source_description(self, key: dg.AssetKey, readers: list[ExportSpec]) -> str:
+        spec, names = readers[0], ", ".join(r.name for r in readers)
+        table = self._source_table(key, spec)
+        if table is None:
+            assert spec.delivery is not None
+            what = f"The files delivered to the bucket prefix {spec.delivery.prefix}"
+        elif table.is_path:
+            uri = source_names.path_uri(table.name)
+            what = f"The files at {uri} (read as {table.name}; source {spec.source})"
+        else:
+            place = self.places.source(spec.source)
+            what = f"The table {source_names.table_name(place, table)} of the {place.kind} source {place.name}"
+        return f"{what}, read by {names}. External: Dagster does not materialize it."
+
+    def get_source_kinds(self, key: dg.AssetKey, spec: ExportSpec) -> set[str]:
+        table = self._source_table(key, spec)
+        if table is None:
+            return {"gcs", "csv"}
+        if table.is_path:
+            return {"gcs"} if table.name.startswith("gs://") else {"file"}
+        return {self.places.source(spec.source).kind}
+
+    def get_source_metadata(self, key: dg.AssetKey, spec: ExportSpec) -> dict[str, str]:
+        table = self._source_table(key, spec)
+        if table is None:
+            assert spec.delivery is not None
+            bucket = self.places.bucket
+            return {"dagster/uri": f"gs://{bucket}/{spec.delivery.prefix}"} if bucket else {}
+        if table.is_path:
+            return {"dagster/uri": source_names.path_uri(table.name)}
+        name = source_names.table_name(self.places.source(spec.source), table)
+        return {"dagster/table_name": name} if name else {}
 
 
 def _gcs_description(spec: ExportSpec) -> str:

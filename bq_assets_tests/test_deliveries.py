@@ -103,7 +103,13 @@ def test_a_delivered_export_has_three_assets_a_sensor_and_no_schedule(tmp_path, 
     spec = load_spec(write_spec(tmp_path, SPEC.format(prefix="amperity/orders/")))
     defs = build_definitions([spec], resources, dg.DefaultScheduleStatus.STOPPED)
     keys = set(defs.resolve_all_asset_keys())
-    assert keys == {gcs_key(spec.name), bigquery_key(spec.name), databricks_key(spec.name)}
+    delivery = dg.AssetKey(["source", "delivery", "amperity", "orders"])  # its bucket prefix
+    assert keys == {
+        delivery,
+        gcs_key(spec.name),
+        bigquery_key(spec.name),
+        databricks_key(spec.name),
+    }
     assert query_key(spec.name) not in keys
     assert defs.resolve_sensor_def("amperity_orders_deliveries")
     assert not list(defs.schedules or [])

@@ -16,7 +16,13 @@ from bq_assets.local.spark_warehouse import SparkDatabricksResource
 from bq_assets.partitioning import Window
 from bq_assets.stages.databricks import table_name
 from bq_assets.stages.partitions import latest_complete_partition
-from bq_assets.translator import bigquery_key, databricks_key, gcs_key, query_key
+from bq_assets.translator import (
+    ExportTranslator,
+    bigquery_key,
+    databricks_key,
+    gcs_key,
+    query_key,
+)
 from bq_assets_tests.conftest import run_exports, step_errors
 
 pytestmark = pytest.mark.stack
@@ -85,6 +91,24 @@ def test_every_hop_reports_the_same_row_count(customer_360_run, resources) -> No
         ]
     }
     assert counts == dict.fromkeys(counts, len(rows))
+
+
+def test_each_materialization_records_the_column_lineage_of_its_definition(
+    customer_360_run,
+) -> None:
+    """Dagster's UI draws a column's lineage from the latest materialization, falling back to
+    the definition's: each hop records the same ``dagster/column_lineage`` with its data."""
+    spec, result = customer_360_run
+    translator = ExportTranslator()
+    for hop in translator.hops(spec):
+        recorded = metadata(result, translator.get_asset_key(spec, hop))["dagster/column_lineage"]
+        assert (
+            recorded == translator.get_materialization_metadata(spec, hop)["dagster/column_lineage"]
+        )
+    email = metadata(result, databricks_key(spec.name))["dagster/column_lineage"]
+    assert email.deps_by_column["email"] == [
+        dg.TableColumnDep(asset_key=bigquery_key(spec.name), column_name="email")
+    ]
 
 
 def test_bigquery_holds_exactly_the_source_rows(customer_360_run, resources) -> None:

@@ -172,3 +172,11 @@ def test_without_a_staging_dir_the_query_step_spills_to_the_system_temp_dir(tmp_
     resource = DuckDBSourceResource(database=str(tmp_path / "source.duckdb"))
     spill = Path(resource.engine_settings().temp_directory)
     assert spill == Path(tempfile.gettempdir()) / "bq_assets" / ".spill"
+
+
+def test_delivery_is_a_reserved_source_name(monkeypatch) -> None:
+    """``source/delivery/...`` keys the delivered exports' bucket prefixes in the lineage."""
+    monkeypatch.setenv("BQ_ASSETS_SOURCES", "delivery")
+    monkeypatch.setenv("BQ_ASSETS_SOURCE_DELIVERY_KIND", "files")
+    with pytest.raises(ConfigurationError, match="'delivery' is reserved"):
+        declared_sources()

@@ -9,9 +9,13 @@ Chromium (Debian's ``/usr/bin/chromium`` through Playwright) the way a user woul
   the assets' Checks tabs show every check passed;
 * a partitioned asset's Partitions tab counts its partitions and shows the one a run loaded;
   a backfill of a date range runs under the backfill policy (one run) and has its page;
-* the Automation page lists the daily and weekly schedules, each in its timezone.
+* the Automation page lists the daily and weekly schedules, each in its timezone;
+* the column lineage of ``databricks/customer_360``'s ``email``: its upstream Lineage tab draws
+  the path from the source table (an external asset) to the Databricks asset, its
+  ``source_columns`` table names the source column, and the ``dagster/column_lineage`` entries
+  the GraphQL API serves lead back hop by hop to that column.
 
-Screenshots of the asset graph and of the successful run are written to
+Screenshots of the asset graph, the successful run, the partitions and the lineage are written to
 ``.local/e2e-screenshots/`` (``make screenshots`` writes them to ``docs/`` instead). When the UI
 does not show what is expected, the test fails with the page's visible text and a screenshot
 saved under pytest's tmp dir.
@@ -64,12 +68,26 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1400, "height": 900}
+#: The global lineage (four export lanes and the sources beside them) fits in detail here.
+GRAPH_VIEWPORT = {"width": 1600, "height": 1200}
+#: An asset's upstream path (a source and four hops side by side) fits in detail here.
+PATH_VIEWPORT = {"width": 1800, "height": 700}
 SAMPLE_ROWS = "200"
 LOCATION = "bq_assets"
 
 EXPORTS = ("customer_360", "unified_transactions", "customer_segments")
 STAGES = ("query", "gcs", "bigquery", "databricks")  # lineage order
 RUN_EXPORT = "customer_360"
+#: What each export reads: the external assets upstream of its query (issue 27).
+SOURCES = {
+    "customer_360": ["source/default/main/customer_360"],
+    "unified_transactions": ["source/default/main/unified_transactions"],
+    "customer_segments": [
+        "source/default/main/customer_360",
+        "source/default/main/unified_transactions",
+    ],
+}
+LINEAGE_COLUMN = ("databricks/customer_360", "email")
 PARTITIONED_EXPORT = "unified_transactions"  # partitioned by New York day
 SCHEDULES = {  # name (without Dagster's ``_schedule`` suffix) → execution timezone
     "daily_america_los_angeles_refresh": "America/Los_Angeles",
@@ -89,6 +107,30 @@ ASSETS_QUERY = """
     groupName
     dependencyKeys { path }
     assetChecksOrError { __typename ... on AssetChecks { checks { name } } }
+  }
+}
+"""
+#: The column lineage of assets as Dagster's UI reads it (its column graph asks the same API
+#: for each asset's definition and latest materialization metadata).
+COLUMN_LINEAGE_QUERY = """
+query ($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys, loadMaterializations: true) {
+    assetKey { path }
+    isMaterializable
+    metadataEntries {
+      label
+      ... on TableColumnLineageMetadataEntry {
+        lineage { columnName columnDeps { assetKey { path } columnName } }
+      }
+    }
+    assetMaterializations(limit: 1) {
+      metadataEntries {
+        label
+        ... on TableColumnLineageMetadataEntry {
+          lineage { columnName columnDeps { assetKey { path } columnName } }
+        }
+      }
+    }
   }
 }
 """
@@ -394,7 +436,8 @@ class UI:
 
     def screenshot(self, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.mouse.move(VIEWPORT["width"] / 2, 5)  # no hover tooltips in the picture
+        width = (self.page.viewport_size or VIEWPORT)["width"]
+        self.page.mouse.move(width / 2, 5)  # no hover tooltips in the picture
         self.page.evaluate("document.activeElement && document.activeElement.blur()")
         self.page.wait_for_timeout(1_000)
         self.page.screenshot(path=str(SCREENSHOTS / name))
@@ -444,6 +487,7 @@ def graph_dom(page: Page) -> tuple[dict[str, dict[str, Any]], set[tuple[str, str
 def open_global_graph(ui: UI, expected_nodes: int) -> None:
     """The global asset lineage, every group expanded, zoomed until nodes show their details."""
     page = ui.page
+    page.set_viewport_size(GRAPH_VIEWPORT)
     ui.goto("/asset-groups")
     with ui.step("the global asset lineage page loads"):
         expect(page.get_by_text("Global asset lineage")).to_be_visible()
@@ -462,11 +506,7 @@ def open_global_graph(ui: UI, expected_nodes: int) -> None:
         page.get_by_placeholder(re.compile("^Jump to")).locator(
             "xpath=following::button[1]"
         ).click()
-        page.locator("button:has([aria-label=zoom_in])").click()
-        page.wait_for_function(
-            "n => document.querySelectorAll('svg foreignObject a[href^=\"/assets/\"]').length >= n",
-            arg=expected_nodes,
-        )
+        zoom_in_to_details(page, expected_nodes)
     with ui.step("pan the graph to the middle of the canvas"):
         canvas = page.locator('[style*="cursor: grab"]').bounding_box()
         toolbar = page.get_by_role("button", name="Materialize all").bounding_box()
@@ -488,6 +528,22 @@ def open_global_graph(ui: UI, expected_nodes: int) -> None:
         page.mouse.down()
         page.mouse.move(start_x + dx, start_y + dy, steps=10)
         page.mouse.up()
+
+
+def zoom_in_to_details(page: Page, expected_nodes: int) -> None:
+    """Zoom in until the graph draws its asset nodes in detail (with their links), the
+    fewest steps that does (a wider graph needs more)."""
+    details = (
+        "n => document.querySelectorAll('svg foreignObject a[href^=\"/assets/\"]').length >= n"
+    )
+    for _ in range(3):
+        page.locator("button:has([aria-label=zoom_in])").click()
+        try:
+            page.wait_for_function(details, arg=expected_nodes, timeout=3_000)
+            return
+        except PlaywrightError:
+            continue
+    page.wait_for_function(details, arg=expected_nodes)
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -515,13 +571,16 @@ def test_asset_graph_shows_every_export_and_its_lineage(ui: UI) -> None:
     with ui.step("the GraphQL API behind the UI reports the same lineage and groups"):
         graph = asset_nodes(ui.url)
         for export in EXPORTS:
-            first = (None, asset_key(STAGES[0], export))
-            for upstream, downstream in [first, *sorted(expected_edges(export))]:
+            first = (SOURCES[export], asset_key(STAGES[0], export))
+            edges = [([upstream], downstream) for upstream, downstream in expected_edges(export)]
+            for upstream, downstream in [first, *sorted(edges)]:
                 node = graph.get(downstream)
                 assert node, f"GraphQL has no asset {downstream}"
                 deps = sorted("/".join(d["path"]) for d in node["dependencyKeys"])
-                assert deps == ([upstream] if upstream else []), f"{downstream} depends on {deps}"
+                assert deps == upstream, f"{downstream} depends on {deps}"
                 assert node["groupName"] == export, f"{downstream} is in {node['groupName']}"
+        for source in {key for keys in SOURCES.values() for key in keys}:
+            assert graph[source]["groupName"] == "sources", f"{source} is not in group sources"
 
 
 def test_materialize_all_from_the_group_page_runs_and_passes_every_check(ui: UI) -> None:
@@ -589,7 +648,8 @@ def test_materialize_all_from_the_group_page_runs_and_passes_every_check(ui: UI)
                 )
                 expect(row.filter(has=page.get_by_text("Succeeded", exact=True))).to_be_visible()
 
-    open_global_graph(ui, len(graph))
+    # External assets (the sources) have no checks, so no links into the catalog.
+    open_global_graph(ui, len([key for key in graph if not key.startswith("source/")]))
     with ui.step(f"the global graph shows {RUN_EXPORT} materialized with its checks passed"):
         for key, names in checks.items():
             expect(
@@ -720,3 +780,146 @@ def test_automation_page_lists_the_schedules_with_their_timezones(ui: UI) -> Non
             expect(page.get_by_text("Execution timezone", exact=True)).to_be_visible()
             expect(page.locator("tr", has_text="Execution timezone")).to_contain_text(timezone)
             expect(page.locator("tr", has_text="Target")).to_contain_text(name)
+
+
+def column_lineage_by_asset(url: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Asset key → (is materializable, the ``dagster/column_lineage`` the UI would draw: the
+    latest materialization's, else the definition's), read through GraphQL."""
+
+    def lineage(entries: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]] | None:
+        for entry in entries:
+            if entry["label"] == "dagster/column_lineage":
+                return {
+                    item["columnName"]: [
+                        ("/".join(d["assetKey"]["path"]), d["columnName"])
+                        for d in item["columnDeps"]
+                    ]
+                    for item in entry["lineage"]
+                }
+        return None
+
+    variables = {"keys": [{"path": key.split("/")} for key in keys]}
+    found = {}
+    for node in graphql(url, COLUMN_LINEAGE_QUERY, variables)["assetNodes"]:
+        latest = node["assetMaterializations"][:1]
+        recorded = lineage(latest[0]["metadataEntries"]) if latest else None
+        found["/".join(node["assetKey"]["path"])] = {
+            "materializable": node["isMaterializable"],
+            "lineage": recorded or lineage(node["metadataEntries"]),
+        }
+    return found
+
+
+def lineage_nodes(page: Page) -> list[dict[str, Any]]:
+    """The asset nodes drawn in an asset's Lineage tab (boxes with a name, in layout
+    coordinates), and which group box each sits in."""
+    return page.evaluate(
+        """() => {
+      const boxes = [...document.querySelectorAll('svg foreignObject')].map((fo) => ({
+        x: +fo.getAttribute('x'), y: +fo.getAttribute('y'),
+        w: +fo.getAttribute('width'), h: +fo.getAttribute('height'),
+        text: fo.firstElementChild ? fo.firstElementChild.innerText.trim() : '',
+        links: [...fo.querySelectorAll('a[href^="/assets/"]')].map(
+          (a) => decodeURIComponent(new URL(a.href).pathname.slice('/assets/'.length))),
+        group: !!fo.querySelector('[class*="GroupNode"]'),
+      }));
+      const groups = boxes.filter((b) => b.group && b.text);
+      return boxes.filter((b) => !b.group && b.text).map((b) => ({
+        ...b,
+        in_group: (groups.find((g) => g.x <= b.x && b.x + b.w <= g.x + g.w) || {}).text,
+      }));
+    }"""
+    )
+
+
+def test_a_databricks_column_s_lineage_leads_back_to_its_source_table(ui: UI) -> None:
+    """``databricks/customer_360.email`` is the source's ``customer_360.email`` four hops
+    earlier. The open source UI draws the assets' path (an asset's upstream Lineage tab) and
+    shows each column's source columns (``source_columns``); the per-column graph of
+    ``dagster/column_lineage`` is a Dagster+ feature ("Viewing column-level lineage in the UI
+    is a Dagster+ feature", https://docs.dagster.io/guides/build/assets/metadata-and-tags/column-level-lineage),
+    so its data is checked through the GraphQL API that graph reads."""
+    page = ui.page
+    asset, column = LINEAGE_COLUMN
+    export = asset.split("/")[-1]
+    source = SOURCES[export][0]
+    path = [source, *(asset_key(stage, export) for stage in STAGES)]
+
+    with ui.step("GraphQL: each hop's dagster/column_lineage leads email back to the source"):
+        lineage = column_lineage_by_asset(ui.url, path)
+        assert lineage[source] == {"materializable": False, "lineage": None}
+        walked, at = [(asset, column)], (asset, column)
+        while lineage.get(at[0], {}).get("lineage"):
+            (at,) = lineage[at[0]]["lineage"][at[1]]
+            walked.append(at)
+        assert walked == [(key, column) for key in reversed(path)], walked
+
+    page.set_viewport_size(PATH_VIEWPORT)
+    ui.goto(f"/assets/{asset}?view=lineage&lineageScope=upstream&lineageDepth={len(STAGES)}")
+    with ui.step(f"{asset}'s upstream lineage draws the source table, then the four hops"):
+        hide_navigation = page.get_by_role("button", name="Hide navigation")
+        if hide_navigation.is_visible():
+            hide_navigation.click()
+        zoom_in_to_details(page, len(STAGES))
+        nodes = sorted(lineage_nodes(page), key=lambda n: n["x"])
+        assert [n["text"].splitlines()[0] for n in nodes] == [export] * len(path), nodes
+        assert [n["in_group"] for n in nodes] == ["sources"] + [export] * len(STAGES), nodes
+        keyed = [sorted({k.split("?")[0] for k in n["links"]}) for n in nodes[1:]]
+        assert keyed == [[key] for key in path[1:]], keyed
+        _, drawn = graph_dom(page)
+        assert set(itertools.pairwise(path[1:])) <= drawn, drawn
+        ends = [
+            (x1, x2)
+            for x1, _, x2, _ in page.evaluate(GRAPH_DOM_JS)["edges"]
+            if abs(x1 - (nodes[0]["x"] + nodes[0]["w"])) <= 12 and abs(x2 - nodes[1]["x"]) <= 12
+        ]
+        assert ends, "no arrow from the source table to the query"
+    with ui.step("pan the path to the middle of the canvas"):
+        center_graph(page)
+    ui.screenshot("source-lineage.png")
+
+    page.set_viewport_size(VIEWPORT)
+    ui.goto(f"/assets/{asset}")
+    with ui.step(f"{asset}'s source_columns names {column}'s source column"):
+        row = page.locator("tr", has_text="source_columns")
+        expect(row).to_be_visible()
+        show = row.get_by_text("[Show Markdown]")
+        if show.count():  # long tables open in a dialog
+            show.click()
+            table = page.get_by_role("dialog")
+        else:
+            table = row
+        expect(table).to_contain_text(" → ".join(path[1:]))
+        email_row = table.locator("tr").filter(
+            has=page.get_by_role("cell", name=column, exact=True)
+        )
+        expect(email_row).to_contain_text(f"{source} · {column}")
+    ui.screenshot("column-lineage.png")
+
+
+def center_graph(page: Page) -> None:
+    """Drag the graph so that its group boxes sit in the middle of the visible canvas."""
+    canvas = page.locator('[style*="cursor: grab"]').bounding_box()
+    boxes = [b for g in page.locator("svg foreignObject.group").all() if (b := g.bounding_box())]
+    if not boxes:
+        boxes = [
+            b
+            for g in page.locator("svg foreignObject").all()
+            if (b := g.bounding_box()) and b["height"] > 100
+        ]
+    assert canvas and boxes, "no graph canvas or groups to center"
+    dx = (
+        canvas["x"]
+        + canvas["width"] / 2
+        - (min(b["x"] for b in boxes) + max(b["x"] + b["width"] for b in boxes)) / 2
+    )
+    dy = (
+        canvas["y"]
+        + canvas["height"] / 2
+        - (min(b["y"] for b in boxes) + max(b["y"] + b["height"] for b in boxes)) / 2
+    )
+    start_x, start_y = canvas["x"] + canvas["width"] - 200, canvas["y"] + canvas["height"] - 30
+    page.mouse.move(start_x, start_y)
+    page.mouse.down()
+    page.mouse.move(start_x + dx, start_y + dy, steps=10)
+    page.mouse.up()

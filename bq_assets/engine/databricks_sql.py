@@ -105,6 +105,15 @@ def foreign_catalog_options(spec: ExportSpec, source: BigQueryTable) -> dict[str
     return {DATA_PROJECT_OPTION: source.project, **spec.databricks.foreign_catalog_options}
 
 
+def view_statement(spec: ExportSpec, source: BigQueryTable) -> str:
+    """The federation mode's view over the foreign table (its select list is also what the
+    Databricks asset's column lineage is read from)."""
+    return (
+        f"CREATE OR REPLACE VIEW {table_name(spec).quoted}{_comment(spec)} AS SELECT * FROM "
+        f"`{spec.databricks.foreign_catalog}`.`{source.dataset}`.`{source.table}`"
+    )
+
+
 def publish_statements(
     spec: ExportSpec, source: BigQueryTable, secret_scope: str, secret_name: str
 ) -> list[str]:
@@ -124,8 +133,7 @@ def publish_statements(
             f"CREATE FOREIGN CATALOG IF NOT EXISTS `{target.foreign_catalog}` "
             f"USING CONNECTION `{target.connection}` {catalog_options}",
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
-            f"CREATE OR REPLACE VIEW {name.quoted}{_comment(spec)} AS SELECT * FROM "
-            f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`",
+            view_statement(spec, source),
         ]
     # The legacy connector wants the key base64-encoded: it lives in the secret
     # `<secret name>_base64` of the same scope (see the README).

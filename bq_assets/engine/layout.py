@@ -62,10 +62,7 @@ class ObjectLayout:
     @property
     def export_prefix(self) -> str:
         """The folder under which every run of this export lives (for retention)."""
-        static = self.template.format(
-            **{**self._values(), "run": "\0", "date": _Cut(), "partition": "\0", "shard": 0}
-        )
-        return static.split("\0")[0].rpartition("/")[0] + "/"
+        return export_prefix(self.template, self.export)
 
     def _values(self, **extra: object) -> dict[str, object]:
         return {
@@ -78,6 +75,13 @@ class ObjectLayout:
 
     def _render(self, **extra: object) -> str:
         return self.template.format(**self._values(**extra))
+
+
+def export_prefix(template: str, export: str) -> str:
+    """The folder under which every run of ``export`` lives: ``template`` up to the segment
+    of its first placeholder other than ``{export}``."""
+    static = template.format(export=export, run="\0", date=_Cut(), partition="\0", shard=0)
+    return static.split("\0")[0].rpartition("/")[0] + "/"
 
 
 _STRFTIME_FIELDS = {"Y": r"\d{4}", "j": r"\d{3}", "%": "%"}
