@@ -245,6 +245,23 @@ def _ensure_bucket(state: StackState) -> None:
         client.create_bucket(state.bucket, location="US")
 
 
+def _drop_half_written_objects(gcs_root: Path) -> list[Path]:
+    """Delete object files fake-gcs-server never finished writing.
+
+    Its filesystem backend writes an object's bytes first and its metadata (the
+    ``user.metadata`` extended attribute) after; a server killed in between leaves a file
+    without it, and every later listing of that bucket then answers 404. Real GCS never
+    shows an upload that did not finish, so dropping them is what a restart should do.
+    """
+    dropped = []
+    for path in gcs_root.rglob("*"):
+        if path.is_file() and not path.name.endswith(".bucketMetadata"):
+            if "user.metadata" not in os.listxattr(path):
+                path.unlink()
+                dropped.append(path)
+    return dropped
+
+
 def up(root: Path | None = None) -> StackState:
     """Start the stack, or return the running one. Idempotent; waits until all three answer."""
     root = root or local_dir()
@@ -259,6 +276,7 @@ def up(root: Path | None = None) -> StackState:
     root.mkdir(parents=True, exist_ok=True)
     gcs_root = root / "gcs"
     gcs_root.mkdir(exist_ok=True)
+    _drop_half_written_objects(gcs_root)
     logs = root / "logs"
     gcs_port, rest_port, grpc_port = _free_port(), _free_port(), _free_port()
     spark_port = _free_port()
