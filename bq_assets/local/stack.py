@@ -255,10 +255,10 @@ def _drop_half_written_objects(gcs_root: Path) -> list[Path]:
     """
     dropped = []
     for path in gcs_root.rglob("*"):
-        if path.is_file() and not path.name.endswith(".bucketMetadata"):
-            if "user.metadata" not in os.listxattr(path):
-                path.unlink()
-                dropped.append(path)
+        is_object = path.is_file() and not path.name.endswith(".bucketMetadata")
+        if is_object and "user.metadata" not in os.listxattr(path):
+            path.unlink()
+            dropped.append(path)
     return dropped
 
 
