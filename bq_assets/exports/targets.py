@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from bq_assets.exports.columns import CLASSIFICATION
 from bq_assets.exports.fields import (
+    ACCOUNT_GROUP,
     BIGQUERY_NAME,
     COLUMN,
     DATABRICKS_NAME,
@@ -195,7 +197,21 @@ class DatabricksTarget(StrictModel):
         "`materializationDataset` or `bigNumericDefaultScale`, passed through as written",
     )
 
+    masking: dict[str, str] = Field(
+        default_factory=dict,
+        description="classification -> account group: the view shows such columns only to "
+        "members of the group (is_account_group_member); everyone else sees NULL",
+    )
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("masking")
+    @classmethod
+    def _masking(cls, value: dict[str, str]) -> dict[str, str]:
+        for classification, group in value.items():
+            matching(CLASSIFICATION, "classification", classification)
+            matching(ACCOUNT_GROUP, "Databricks account group name", group)
+        return value
 
     @field_validator("catalog", "schema_", "table", "connection", "foreign_catalog")
     @classmethod
