@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import dagster as dg
 
 from bq_assets.dagster_internals import STEP_PRELOAD_MODULES
+from bq_assets.exports.columns import check_classifications
 from bq_assets.exports.spec import ExportSpec, check_sources
 from bq_assets.failures import failing_clearly
+from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors
 from bq_assets.stages.bigquery import bigquery_checks, bigquery_materialization
@@ -134,6 +136,9 @@ def build_definitions(
     source = resources.get("source")
     if source is not None and hasattr(source, "source_names"):
         check_sources(specs, source.source_names())
+    bigquery = resources.get("bigquery")
+    if isinstance(bigquery, ExportBigQueryResource):
+        check_classifications(specs, bigquery.policy_tags, bigquery.require_policy_tags)
     return dg.Definitions(
         assets=[asset for spec in specs for asset in export_assets(spec, translator)],
         asset_checks=[check for spec in specs for check in export_checks(spec, translator)],

@@ -130,6 +130,12 @@ class BigQueryTarget(StrictModel):
         "`<dataset>_staging`)",
     )
     write_disposition: Literal["WRITE_TRUNCATE", "WRITE_APPEND"] = "WRITE_TRUNCATE"
+    maximum_bytes_billed: int | None = Field(
+        None,
+        ge=1,
+        description="every query job of this export may bill at most this many bytes (BigQuery "
+        "refuses one that would bill more); default: BQ_ASSETS_MAXIMUM_BYTES_BILLED, else none",
+    )
     schema_update_options: list[Literal["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"]] = Field(
         default_factory=list,
         description="schema changes a load may make to an existing table; any other drift fails",

@@ -25,6 +25,7 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
+from bq_assets.stages.cost import bigquery_jobs, cost_metadata, with_cost
 from bq_assets.stages.handoff import (
     HandOff,
     Upstream,
@@ -68,7 +69,7 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         check_bucket_location(bucket, location, spec)
         rows_before_load = None
         partition_metadata: dict[str, object] = {}
-        with bigquery.get_client() as client:
+        with bigquery_jobs(context, bigquery, spec) as client:
             if window is None:
                 if spec.bigquery.write_disposition == "WRITE_APPEND":
                     rows_before_load = rows_before_append(client, bigquery.project_id(), spec)
@@ -82,6 +83,7 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
                 result = loaded.result
                 rows_by_partition = loaded.rows_by_partition
                 partition_metadata = partition_load_metadata(loaded)
+            costs = client.costs()
         context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
         handoff = HandOff(
             row_count=result.rows,
@@ -94,12 +96,13 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         return dg.MaterializeResult(
             metadata={
                 **handoff.metadata(),
-                "dagster/column_schema": column_schema(result.schema),
+                "dagster/column_schema": column_schema(result.schema, spec),
                 "job_id": result.job_id,
                 "location": result.location,
                 "bytes": result.bytes,
                 "console": dg.MetadataValue.url(console_url(result.table_id)),
                 **partition_metadata,
+                **cost_metadata(costs),
             }
         )
 
@@ -134,17 +137,19 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         table_id = materialization.table_name
         expected = upstream_materialization(context, gcs_key(spec.name)).row_count
         partitions = checked_partitions(context, spec)
-        with bigquery.get_client() as client:
+        with bigquery_jobs(context, bigquery, spec) as client:
             if partitions is not None:
-                return _partition_rows_match(context, client, table_id, expected, partitions)
-            if spec.bigquery.write_disposition == "WRITE_APPEND":
-                return _appended_rows_match(client, materialization, expected)
-            actual = count_rows(client, table_id)
-        return check_result(
-            actual == expected,
-            f"the table holds {actual} rows, the loaded manifest {expected}",
-            {"table_rows": actual, "manifest_rows": expected},
-        )
+                result = _partition_rows_match(context, client, table_id, expected, partitions)
+            elif spec.bigquery.write_disposition == "WRITE_APPEND":
+                result = _appended_rows_match(client, materialization, expected)
+            else:
+                actual = count_rows(client, table_id)
+                result = check_result(
+                    actual == expected,
+                    f"the table holds {actual} rows, the loaded manifest {expected}",
+                    {"table_rows": actual, "manifest_rows": expected},
+                )
+            return with_cost(result, client.costs())
 
     def _appended_rows_match(
         client: bigquery_client.Client, materialization: Upstream, expected: int

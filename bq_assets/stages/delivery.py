@@ -132,7 +132,7 @@ def _materialize(
         metadata={
             **handoff.metadata(),
             "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
-            "dagster/column_schema": column_schema(fields),
+            "dagster/column_schema": column_schema(fields, spec),
             "format": "csv",
             "delivery": delivery.send,
             "delivered_files": dg.MetadataValue.json(

@@ -110,7 +110,7 @@ def gcs_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]
                     **handoff.metadata(),
                     "dagster/uri": manifest.prefix,
                     "dagster/column_schema": column_schema(
-                        schema_from_json(manifest.bigquery_schema)
+                        schema_from_json(manifest.bigquery_schema), spec
                     ),
                     "format": manifest.format,
                     "shards": len(manifest.shards),
