@@ -14,6 +14,11 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import bigquery, storage
 
+from bq_assets.engine.bigquery_columns import (
+    apply_column_governance,
+    governed_schema,
+    policy_tags_of,
+)
 from bq_assets.engine.bigquery_jobs import (
     TRANSIENT,
     count_rows,
@@ -205,6 +210,7 @@ def prepare_load(
     ensure_dataset(client, project, spec)
     table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
     config = load_job_config(spec, manifest)
+    config.schema = governed_schema(list(config.schema), spec, policy_tags_of(client))
     existing = existing_table(client, table_id)
     if existing is not None:
         drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
@@ -281,6 +287,7 @@ def run_load(
         table.labels = dict(spec.bigquery.labels)
         table.description = spec.description
         table = client.update_table(table, ["labels", "description"], retry=TRANSIENT)
+    table = apply_column_governance(client, table, spec)
     return LoadResult(
         table_id=table_id,
         job_id=job.job_id,

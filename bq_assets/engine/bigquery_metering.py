@@ -147,10 +147,14 @@ class MeteredClient:
         client: bigquery.Client,
         labels: Mapping[str, str],
         maximum_bytes_billed: int | None = None,
+        policy_tags: Mapping[str, str | None] | None = None,
     ) -> None:
         self._client = client
         self.labels = dict(labels)
         self.maximum_bytes_billed = maximum_bytes_billed
+        #: classification -> Data Catalog policy tag, for the schemas the step writes
+        #: (``bigquery_columns``).
+        self.policy_tags = dict(policy_tags or {})
         self._jobs: dict[str, bigquery.job._AsyncJob] = {}
 
     def __getattr__(self, name: str) -> Any:

@@ -15,6 +15,7 @@ from typing import Literal
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
+from bq_assets.engine.bigquery_columns import apply_column_governance
 from bq_assets.engine.bigquery_jobs import (
     JOB_TIMEOUT_S,
     TRANSIENT,
@@ -279,6 +280,7 @@ def run_partition_load(
         table.labels = dict(spec.bigquery.labels)
         table.description = spec.description
         table = client.update_table(table, ["labels", "description"], retry=TRANSIENT)
+    table = apply_column_governance(client, table, spec)
     published, _ = partition_row_counts(client, table_id, column, column_type, window)
     result = LoadResult(
         table_id=table_id,

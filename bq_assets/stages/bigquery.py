@@ -13,6 +13,7 @@ from collections.abc import Callable
 import dagster as dg
 from google.cloud import bigquery as bigquery_client
 
+from bq_assets.engine.bigquery_columns import column_differences
 from bq_assets.engine.bigquery_jobs import count_rows, existing_table
 from bq_assets.engine.bigquery_load import bucket_location, check_bucket_location, run_load
 from bq_assets.engine.bigquery_partitions import (
@@ -38,6 +39,7 @@ from bq_assets.translator import bigquery_key, gcs_key, query_key
 
 BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
+BIGQUERY_COLUMN_GOVERNANCE = "column_governance_matches_spec"
 SAMPLE = 5
 
 
@@ -221,6 +223,29 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
             {"differences": dg.MetadataValue.json(diff)},
         )
 
+    def column_governance_matches(
+        context: dg.AssetCheckExecutionContext, bigquery: ExportBigQueryResource
+    ) -> dg.AssetCheckResult:
+        """Each column's description and policy tag, read back from the table, against the
+        spec's (and the deployment's policy tag of its classification)."""
+        table_id = upstream_materialization(context, key).table_name
+        with bigquery.get_client() as client:
+            fields = list(client.get_table(table_id).schema)
+        differences = column_differences(fields, spec, bigquery.policy_tags)
+        return check_result(
+            not differences,
+            f"{table_id}: {len(differences)} column propert(ies) differ from "
+            f"{spec.spec_file.name}: " + "; ".join(differences),
+            {
+                "columns_differing": len({line.split(":")[0] for line in differences}),
+                "described_columns": sum(bool(f.description) for f in fields),
+                "policy_tagged_columns": sum(
+                    bool(f.policy_tags and f.policy_tags.names) for f in fields
+                ),
+                "differences": dg.MetadataValue.json(differences),
+            },
+        )
+
     return [
         Check(
             dg.AssetCheckSpec(
@@ -241,5 +266,17 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
                 description="The table's columns and types equal the snapshot's schema.",
             ),
             schema_matches,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                BIGQUERY_COLUMN_GOVERNANCE,
+                asset=key,
+                # Blocking: a classified column without its policy tag would be published to
+                # Databricks readable by anyone the view lets in.
+                blocking=True,
+                description="Each column has the description its spec declares and the Data "
+                "Catalog policy tag of its classification (read back from the table).",
+            ),
+            column_governance_matches,
         ),
     ]

@@ -77,7 +77,7 @@ def bigquery_jobs(
     )
     limit = spec.bigquery.maximum_bytes_billed or bigquery.maximum_bytes_billed
     with bigquery.get_client() as client:
-        metered = MeteredClient(client, labels, limit)
+        metered = MeteredClient(client, labels, limit, bigquery.policy_tags)
         try:
             yield metered
         except BaseException:
