@@ -3,8 +3,6 @@ emulator: column descriptions land and survive every way the table is replaced, 
 check names each column that differs, every job is labelled and counted, and classified values
 never show in what the project writes."""
 
-from __future__ import annotations
-
 import json
 import re
 from pathlib import Path
@@ -21,11 +19,13 @@ from bq_assets.engine.bigquery_metering import (
     MeteredClient,
     job_labels,
 )
+from bq_assets.errors import BqAssetsError
 from bq_assets.exports import load_specs
 from bq_assets.factory import build_definitions
 from bq_assets.failures import as_bq_assets_error
-from bq_assets.schedules import failed_checks
-from bq_assets.stages.cost import run_cost
+from bq_assets.resources.google import ExportBigQueryResource
+from bq_assets.schedules import failed_checks, failure_message
+from bq_assets.stages.cost import bigquery_jobs, run_cost
 from bq_assets.translator import bigquery_key, query_key
 from bq_assets_tests.conftest import run_exports
 
@@ -268,3 +268,35 @@ def test_a_classified_key_never_shows_its_values_in_samples_messages_alerts_logs
     everything.append(repr(query))
     leaked = [text for text in everything if EMAIL.search(text)]
     assert leaked == []
+
+
+def test_a_failed_run_names_its_bigquery_cost_in_the_alert_even_for_the_step_that_failed(
+    local_stack, resources, instance, tmp_path: Path
+) -> None:
+    """A step that fails after running jobs records their cost as an observation of its asset;
+    the run's total (the demo's summary, the failure alert) counts it."""
+    (spec,) = export(tmp_path, "failing_costs")
+
+    @dg.asset(name="failing_costs", key_prefix="bigquery")
+    def failing(context: dg.AssetExecutionContext, bigquery: ExportBigQueryResource) -> None:
+        with bigquery_jobs(context, bigquery, spec) as client:
+            list(client.query("SELECT 1").result())
+            raise BqAssetsError("the publish failed")
+
+    result = dg.materialize(
+        [failing], resources={"bigquery": resources["bigquery"]}, instance=instance,
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not result.success
+    cost = run_cost(instance, result.run_id)
+    assert cost is not None and [job.kind for job in cost.jobs] == ["query"]
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="report_failed_runs",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
+    message = failure_message(context)
+    assert message.endswith(f"(the run's {cost.describe()})")
+    assert "1 BigQuery job(s): 0 bytes processed, 0 billed" in message
