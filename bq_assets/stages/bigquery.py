@@ -182,7 +182,7 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         column = spec.partitioning.column
         column_type = partition_column_type(client, table_id, column)
         window = Window(tuple(p.keys[0] for p in partitions), partitions[0].by, spec.timezone)
-        table, _ = partition_row_counts(client, table_id, column, column_type, window)
+        table, _ = partition_row_counts(client, table_id, column, column_type, window, pruned=True)
         query = upstream_materialization(context, query_key(spec.name))
         snapshot = dict(query.handoff.rows_by_partition or {})
         wrong = [k for k in table if table[k] != snapshot.get(k)]

@@ -29,6 +29,7 @@ import dagster as dg
 from google.cloud import bigquery as bq
 
 from bq_assets.engine.bigquery_jobs import count_rows
+from bq_assets.engine.bigquery_metering import JobCosts
 from bq_assets.engine.bigquery_partitions import partition_column_type
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
@@ -43,6 +44,7 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import window_predicate
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import ExportBigQueryResource
+from bq_assets.stages.cost import bigquery_jobs, with_cost
 from bq_assets.stages.handoff import HandOff, reading_input, upstream_materialization
 from bq_assets.stages.partitions import checked_partitions
 from bq_assets.stages.results import Check, check_result
@@ -126,6 +128,14 @@ def _databricks_count(databricks: DatabricksSQLResource, name: TableName, where:
     return int(databricks.query(f"SELECT count(*) FROM {{table}} WHERE {where}", name)[0][0])
 
 
+def numbers_of(engine: str, rows_and_checksum: tuple) -> dict[str, int]:
+    """A key checksum's (rows, checksum…) as numeric metadata, so the check's page plots them."""
+    rows, *sums = rows_and_checksum
+    found = {f"{engine}_rows": int(rows or 0)}
+    found.update({f"{engine}_key_checksum_{i}": int(v or 0) for i, v in enumerate(sums)})
+    return found
+
+
 def databricks_checks(spec: ExportSpec) -> list[Check]:
     """The Databricks hop's checks (not blocking: nothing is downstream of Databricks)."""
     key = databricks_key(spec.name)
@@ -162,27 +172,29 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         databricks: DatabricksSQLResource,
         bigquery_value: Callable[[bq.Client, str, str | None], T],
         databricks_value: Callable[[str | None], T],
-    ) -> tuple[dict[str, T], dict[str, T]]:
+    ) -> tuple[dict[str, T], dict[str, T], JobCosts]:
         """``(BigQuery's, Databricks')`` value of each scope the check compares (the whole
-        table, or each partition of the run), each engine given its own WHERE clause."""
+        table, or each partition of the run), each engine given its own WHERE clause, and what
+        the BigQuery jobs cost."""
         table_id = bigquery_table_id(context)
-        with bigquery.get_client() as client:
+        with bigquery_jobs(context, bigquery, spec) as client:
             filters = partition_filters(context, client, table_id, databricks.dialect)
             expected = {
                 scope: bigquery_value(client, table_id, where["bigquery"])
                 for scope, where in filters.items()
             }
+            costs = client.costs()
         actual = {
             scope: databricks_value(where[databricks.dialect]) for scope, where in filters.items()
         }
-        return expected, actual
+        return expected, actual, costs
 
     def rows_match(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
-        expected, actual = in_both_engines(
+        expected, actual, costs = in_both_engines(
             context,
             bigquery,
             databricks,
@@ -191,22 +203,33 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         )
         filters = list(expected)
         if filters == ["table"]:
-            return check_result(
-                actual["table"] == expected["table"],
-                f"Databricks shows {actual['table']} rows, BigQuery holds {expected['table']}",
-                {"databricks_rows": actual["table"], "bigquery_rows": expected["table"]},
+            return with_cost(
+                check_result(
+                    actual["table"] == expected["table"],
+                    f"Databricks shows {actual['table']} rows, BigQuery holds {expected['table']}",
+                    {
+                        "databricks_rows": actual["table"],
+                        "bigquery_rows": expected["table"],
+                        "row_difference": actual["table"] - expected["table"],
+                    },
+                ),
+                costs,
             )
         wrong = [scope for scope in filters if actual[scope] != expected[scope]]
-        return check_result(
-            not wrong,
-            "rows per partition differ (Databricks / BigQuery): "
-            + ", ".join(f"{s}: {actual[s]} / {expected[s]}" for s in wrong),
-            {
-                "databricks_rows": sum(actual.values()),
-                "bigquery_rows": sum(expected.values()),
-                "databricks_rows_by_partition": dg.MetadataValue.json(actual),
-                "bigquery_rows_by_partition": dg.MetadataValue.json(expected),
-            },
+        return with_cost(
+            check_result(
+                not wrong,
+                "rows per partition differ (Databricks / BigQuery): "
+                + ", ".join(f"{s}: {actual[s]} / {expected[s]}" for s in wrong),
+                {
+                    "databricks_rows": sum(actual.values()),
+                    "bigquery_rows": sum(expected.values()),
+                    "row_difference": sum(actual.values()) - sum(expected.values()),
+                    "databricks_rows_by_partition": dg.MetadataValue.json(actual),
+                    "bigquery_rows_by_partition": dg.MetadataValue.json(expected),
+                },
+            ),
+            costs,
         )
 
     def columns_match(
@@ -238,35 +261,44 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
             (row,) = databricks.query(sql, name)
             return tuple(int(v) if v is not None else None for v in row)
 
-        expected, actual = in_both_engines(
+        expected, actual, costs = in_both_engines(
             context, bigquery, databricks, bigquery_checksum, databricks_checksum
         )
         filters = list(expected)
         if filters == ["table"]:
-            return check_result(
-                actual["table"] == expected["table"],
-                f"the primary keys differ: (rows, checksum) is {actual['table']} in Databricks, "
-                f"{expected['table']} in BigQuery",
-                {
-                    "databricks_rows_and_checksum": str(actual["table"]),
-                    "bigquery_rows_and_checksum": str(expected["table"]),
-                },
+            return with_cost(
+                check_result(
+                    actual["table"] == expected["table"],
+                    f"the primary keys differ: (rows, checksum) is {actual['table']} in "
+                    f"Databricks, {expected['table']} in BigQuery",
+                    {
+                        "databricks_rows_and_checksum": str(actual["table"]),
+                        "bigquery_rows_and_checksum": str(expected["table"]),
+                        **numbers_of("databricks", actual["table"]),
+                        **numbers_of("bigquery", expected["table"]),
+                    },
+                ),
+                costs,
             )
         wrong = [scope for scope in filters if actual[scope] != expected[scope]]
-        return check_result(
-            not wrong,
-            "the primary keys differ in partition(s) "
-            + ", ".join(
-                f"{s}: {actual[s]} in Databricks, {expected[s]} in BigQuery" for s in wrong
+        return with_cost(
+            check_result(
+                not wrong,
+                "the primary keys differ in partition(s) "
+                + ", ".join(
+                    f"{s}: {actual[s]} in Databricks, {expected[s]} in BigQuery" for s in wrong
+                ),
+                {
+                    "databricks_rows_and_checksum": dg.MetadataValue.json(
+                        {s: list(v) for s, v in actual.items()}
+                    ),
+                    "bigquery_rows_and_checksum": dg.MetadataValue.json(
+                        {s: list(v) for s, v in expected.items()}
+                    ),
+                    "partitions_differing": len(wrong),
+                },
             ),
-            {
-                "databricks_rows_and_checksum": dg.MetadataValue.json(
-                    {s: list(v) for s, v in actual.items()}
-                ),
-                "bigquery_rows_and_checksum": dg.MetadataValue.json(
-                    {s: list(v) for s, v in expected.items()}
-                ),
-            },
+            costs,
         )
 
     return [
