@@ -220,7 +220,7 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         return check_result(
             not diff,
             "the table's schema differs from the snapshot's: " + "; ".join(diff),
-            {"differences": dg.MetadataValue.json(diff)},
+            {"columns_differing": len(diff), "differences": dg.MetadataValue.json(diff)},
         )
 
     def column_governance_matches(

@@ -244,7 +244,12 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         return check_result(
             same_column_names(actual, expected),
             f"Databricks shows the columns {actual}, BigQuery has {expected}",
-            {"databricks_columns": actual, "bigquery_columns": expected},
+            {
+                "databricks_column_count": len(actual),
+                "bigquery_column_count": len(expected),
+                "databricks_columns": actual,
+                "bigquery_columns": expected,
+            },
         )
 
     def key_checksum_matches(

@@ -186,7 +186,11 @@ def delivery_checks(spec: ExportSpec) -> list[Check]:
             not wrong,
             f"{len(wrong)} file(s) {what}: "
             + "; ".join(f"{uri} has {found}" for uri, found in list(wrong.items())[:5]),
-            {"expected_header": expected, "wrong_files": dg.MetadataValue.json(wrong)},
+            {
+                "expected_header": expected,
+                "files_differing": len(wrong),
+                "wrong_files": dg.MetadataValue.json(wrong),
+            },
         )
 
     def rows_add_up(

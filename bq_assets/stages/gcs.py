@@ -135,7 +135,11 @@ def gcs_checks(spec: ExportSpec) -> list[Check]:
             not problems,
             f"{len(problems)} of {len(manifest.shards)} object(s) differ from the manifest: "
             + "; ".join(problems[:SAMPLE]),
-            {"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
+            {
+                "objects": len(manifest.shards),
+                "objects_differing": len(problems),
+                "problems": dg.MetadataValue.json(problems),
+            },
         )
 
     def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:

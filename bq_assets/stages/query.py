@@ -249,6 +249,6 @@ def _required(nulls: dict[str, int]) -> dg.AssetCheckResult:
         not any(nulls.values()),
         "NULLs in required columns: "
         + ", ".join(f"{column} ({n})" for column, n in nulls.items() if n),
-        {"null_counts": dg.MetadataValue.json(nulls)},
+        {"null_values": sum(nulls.values()), "null_counts": dg.MetadataValue.json(nulls)},
         QUERY_REQUIRED_NOT_NULL,
     )
