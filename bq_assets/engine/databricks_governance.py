@@ -49,9 +49,7 @@ def masking_group(spec: ExportSpec, column: str) -> str | None:
 
 def masked_expression(column: str, group: str) -> str:
     """The dynamic view's expression for a masked column (see the module)."""
-    return (
-        f"CASE WHEN is_account_group_member({literal(group)}) THEN `{column}` ELSE NULL END"
-    )
+    return f"CASE WHEN is_account_group_member({literal(group)}) THEN `{column}` ELSE NULL END"
 
 
 def select_list(spec: ExportSpec) -> str:
