@@ -613,9 +613,8 @@ def test_the_bigquery_asset_shows_its_governed_columns_and_plots_its_cost(ui: UI
             page.get_by_text("Amperity ID of the unified customer profile").first
         ).to_be_visible()
     ui.screenshot("governed-columns.png")
-    ui.goto(f"/assets/{key}?view=events")
-    with ui.step(f"{key}'s Events tab plots the BigQuery cost of each materialization"):
-        page.get_by_role("button", name="Plots").click()
+    with ui.step(f"{key}'s metadata plots the BigQuery cost of each materialization"):
+        page.get_by_role("button", name=re.compile("Plots$")).first.click()
         for name in ("bigquery_job_ms", "bigquery_bytes_processed", "bigquery_jobs"):
             expect(page.get_by_text(name, exact=True).first).to_be_visible()
     ui.screenshot("bigquery-cost-plot.png")
