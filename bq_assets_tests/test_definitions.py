@@ -86,7 +86,8 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     # The latest-partition freshness check warns and never blocks.
     assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
     # Three queried exports (one partitioned: its freshness check), one delivered.
-    assert len(checks) == 30 + 1 + 7
+    # Each export's BigQuery table: column_governance_matches_spec.
+    assert len(checks) == 30 + 1 + 7 + 4
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:
