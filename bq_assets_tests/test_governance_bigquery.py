@@ -28,6 +28,11 @@ from bq_assets.schedules import failed_checks, failure_message
 from bq_assets.stages.cost import bigquery_jobs, run_cost
 from bq_assets.translator import bigquery_key, query_key
 from bq_assets_tests.conftest import run_exports
+from bq_assets_tests.test_partitioned_pipeline import DAYS, materialize, orders
+from bq_assets_tests.test_partitioned_pipeline import SPEC as PARTITIONED_ORDERS_SPEC
+from bq_assets_tests.test_partitioned_pipeline import SQL as PARTITIONED_ORDERS_SQL
+
+__all__ = ["orders"]  # the fixture, imported for its use here
 
 pytestmark = pytest.mark.stack
 
@@ -42,6 +47,14 @@ columns:
   state: {{description: "US state."}}
 """
 TAG = "projects/bq-assets-local/locations/us/taxonomies/1/policyTags/11"
+PARTITION_SQL = PARTITIONED_ORDERS_SQL
+SPEC_PARTITIONED = PARTITIONED_ORDERS_SPEC + "{columns}"
+PARTITION_COLUMNS = """columns:
+  order_id: {description: The order.}
+  amperity_id: {description: Who ordered.}
+  order_datetime: {description: When.}
+  amount: {description: How much.}
+"""
 
 
 def export(folder: Path, name: str, email: str = "The customer's email.", sql: str = SQL) -> list:
@@ -300,3 +313,25 @@ def test_a_failed_run_names_its_bigquery_cost_in_the_alert_even_for_the_step_tha
     message = failure_message(context)
     assert message.endswith(f"(the run's {cost.describe()})")
     assert "1 BigQuery job(s): 0 bytes processed, 0 billed" in message
+
+
+def test_descriptions_survive_partition_replaces(orders, instance, tmp_path: Path) -> None:
+    """A partitioned export: the first run creates the table, a later run replaces one of its
+    days; each time the table has the spec's descriptions and the check reads them back."""
+    resources, _ = orders
+    described = SPEC_PARTITIONED.replace("{columns}", PARTITION_COLUMNS)
+    (tmp_path / "described_orders.sql").write_text(PARTITION_SQL)
+    (tmp_path / "described_orders.yaml").write_text(described)
+    (spec,) = load_specs(tmp_path)
+    table_id = f"{resources['bigquery'].emulator().project}.partition_tests.described_orders"
+    for first, last in ((DAYS[0], DAYS[1]), (DAYS[1], DAYS[1])):
+        result = materialize(spec, resources, instance, first, last)
+        assert result.success
+        assert check(result, "column_governance_matches_spec").passed
+        with resources["bigquery"].get_client() as client:
+            assert descriptions(client, table_id) == {
+                "order_id": "The order.",
+                "amperity_id": "Who ordered.",
+                "order_datetime": "When.",
+                "amount": "How much.",
+            }
