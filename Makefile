@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg demo dev up down status test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e bench-partitions lint clean
+.PHONY: install gnupg jdk demo dev up down status test live-test postgres mariadb deploy-test faults e2e screenshots bench bench-e2e bench-partitions lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[local,dev]"
 	touch $(STAMP)
 
-install: $(STAMP) gnupg ## create .venv and install the project with the local stack and test tools
+install: $(STAMP) gnupg jdk ## create .venv and install the project with the local stack and test tools
+
+jdk: ## a JDK 17 for the local Spark stand-in (Debian's openjdk-17-jdk-headless), when javac is missing
+	@if ! ls /usr/lib/jvm/java-17-openjdk*/bin/javac >/dev/null 2>&1 && ! command -v javac >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			openjdk-17-jdk-headless </dev/null; \
+	fi
 
 gnupg: ## gpg for PGP-encrypted deliveries (Debian's gnupg package), when missing
 	@if ! command -v gpg >/dev/null 2>&1; then \
@@ -50,6 +58,10 @@ test: install postgres mariadb ## the test suite (starts its own local stack, Po
 	$(BIN)/ruff check bq_assets bq_assets_tests benchmarks
 	$(BIN)/ruff format --check bq_assets bq_assets_tests benchmarks
 	$(BIN)/pytest
+
+live-test: install ## the opt-in live suite against real Google Cloud / Databricks (skips what its variables do not enable; see bq_assets_tests/test_live.py)
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/pytest -m live -rs bq_assets_tests/test_live.py
 
 postgres: ## Debian's postgresql package, for the deployment suite (`-m deploy`), when missing
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \

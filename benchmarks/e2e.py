@@ -9,17 +9,18 @@ from the UI is. It prints, per hop:
 * ``wall s``: the asset step, from STEP_START to STEP_SUCCESS, and its checks (first start to
   last success);
 * ``rss MB``: the peak RSS (VmHWM) of the asset step's process, and the largest of its checks';
-* ``emulator share``: CPU seconds the emulators (fake-gcs-server + bqemulator) spent during the
+* ``emulator share``: CPU seconds the local stack (fake-gcs-server, bqemulator, Spark) spent during the
   step over the step's wall time: the share of the step spent waiting on them (capped at 1);
 * ``rows/s``: rows over the step's wall time.
 
 Then the wall time of a 1,000-row export with all its checks (best of two runs on a warm
 stack; the first is printed too), from launching the command to its exit. It ends with::
 
-    bench-e2e: e2e_s_1m=<n> e2e_s_10m=<n> e2e_rss_mb_10m=<n> small_run_s=<n>
+    bench-e2e: e2e_s_1m=<n> e2e_s_10m=<n> e2e_rss_mb_10m=<n> e2e_jvm_rss_mb_10m=<n> small_run_s=<n>
 
 ``e2e_s_*`` is the whole command's wall time, ``e2e_rss_mb_10m`` the largest peak RSS of any
-step process at 10M rows. Targets: the 10M run completes; every step ≤ 1 GB; the stand-in
+step process at 10M rows, ``e2e_jvm_rss_mb_10m`` the Spark stand-in's (the Databricks SQL
+warehouse's) JVM at its largest during that run. Targets: the 10M run completes; every step ≤ 1 GB; the stand-in
 copy (``databricks``) ≥ 200k rows/s; the small run ≤ 15 s. ``--join FILE`` prefixes the closing
 line with the last line of FILE (``make bench`` joins the export-hop benchmark's).
 """
@@ -67,14 +68,18 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS if fields else 0.0
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field_name: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field_name}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def _peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM")
 
 
 def _descendants(root: int) -> set[int]:
@@ -93,11 +98,14 @@ def _descendants(root: int) -> set[int]:
 
 @dataclass
 class Watch:
-    """Samples, every 0.2 s: peak RSS of every process under the command, emulators' CPU."""
+    """Samples, every 0.2 s: peak RSS of every process under the command, the stack's CPU and the
+    Spark stand-in's RSS (its JVM outlives a run, so its peak is sampled during the run)."""
 
     command_pid: int
     emulator_pids: tuple[int, ...]
+    jvm_pid: int = 0
     peak_rss: dict[int, float] = field(default_factory=dict)
+    jvm_peak_rss: float = 0.0
     emulator_cpu: list[tuple[float, float]] = field(default_factory=list)  # (epoch s, cpu s)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -112,6 +120,8 @@ class Watch:
         while not self._stop.is_set():
             for pid in _descendants(self.command_pid) | {self.command_pid}:
                 self.peak_rss[pid] = max(self.peak_rss.get(pid, 0.0), _peak_rss_mb(pid))
+            if self.jvm_pid:
+                self.jvm_peak_rss = max(self.jvm_peak_rss, _status_mb(self.jvm_pid, "VmRSS"))
             cpu = sum(_cpu_s(pid) for pid in self.emulator_pids)
             self.emulator_cpu.append((time.time(), cpu))
             self._stop.wait(0.2)
@@ -206,7 +216,9 @@ def materialize(root: Path, state: stack.StackState, home: Path, rows: int) -> R
              "--select", f"group:{EXPORT}"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        watch = Watch(command.pid, (state.gcs_pid, state.bigquery_pid)).start()
+        watch = Watch(
+            command.pid, (state.gcs_pid, state.bigquery_pid, state.spark_pid), state.spark_pid
+        ).start()
         code = command.wait()
         wall = time.monotonic() - started
         watch.stop()
@@ -249,6 +261,10 @@ def report(runs: list[Run], small: list[float]) -> str:
             f"{'':>8}  {run.max_step_rss_mb():>7.0f}  (largest step)  "
             f"{'ok' if run.ok else 'FAILED'}"
         )
+        lines.append(
+            f"  {run.rows:>10,}  {'Spark JVM':<10}  {'':>7}  {'':>8}  "
+            f"{run.watch.jvm_peak_rss:>7.0f}  (the Databricks stand-in, peak during the run)"
+        )
     if small:
         lines.append(
             f"\n  1,000-row export with all checks: {min(small):.1f} s "
@@ -266,10 +282,11 @@ def closing_line(runs: list[Run], small: list[float]) -> str:
 
     big = by_rows.get(10_000_000)
     rss = f"{big.max_step_rss_mb():.0f}" if big else "not_measured"
+    jvm = f"{big.watch.jvm_peak_rss:.0f}" if big else "not_measured"
     small_s = f"{min(small):.1f}" if small else "not_measured"
     return (
         f"e2e_s_1m={e2e(1_000_000)} e2e_s_10m={e2e(10_000_000)} "
-        f"e2e_rss_mb_10m={rss} small_run_s={small_s}"
+        f"e2e_rss_mb_10m={rss} e2e_jvm_rss_mb_10m={jvm} small_run_s={small_s}"
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_databricks import DatabricksClientResource
 from dagster_databricks.resources import OauthCredentials
+from databricks.sdk.credentials_provider import DefaultCredentials
 
 from bq_assets.exports.spec import ExportSpec
 from bq_assets.resources import (
@@ -203,13 +204,13 @@ def bigquery_governance_settings() -> dict[str, object]:
 def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources wired to the local stack under ``root`` (default ``BQ_ASSETS_LOCAL_DIR``)."""
     # The local stack's modules are imported here only: production never loads them.
-    from bq_assets.local.databricks import LocalDatabricksResource
     from bq_assets.local.resources import (
         LocalBigQueryResource,
         LocalGCSResource,
         SampleSourceResource,
     )
     from bq_assets.local.sample_data import DEFAULT_SAMPLE_ROWS
+    from bq_assets.local.spark_warehouse import SparkDatabricksResource
     from bq_assets.local.stack import local_dir
 
     root = root or local_dir()
@@ -231,8 +232,8 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
         # The emulator is on this machine: if it has not answered in 10 s it is down.
         "gcs": LocalGCSResource(local_stack_dir=str(root), retry_timeout_s=10),
         "bigquery": bigquery,
-        "databricks": LocalDatabricksResource(
-            local_warehouse_dir=str(root / "databricks"), bigquery=bigquery
+        "databricks": SparkDatabricksResource(
+            local_stack_dir=str(root), warehouse_dir=str(root / "databricks"), bigquery=bigquery
         ),
     }
 
@@ -250,7 +251,13 @@ def databricks_client() -> DatabricksClientResource:
                 client_secret=dg.EnvVar("DATABRICKS_CLIENT_SECRET"),
             ),
         )
-    return DatabricksClientResource(host=dg.EnvVar("DATABRICKS_HOST"))
+    # Only the host: the Databricks SDK's default credential chain ("unified authentication":
+    # DATABRICKS_* variables, a .databrickscfg profile, Azure/Google identities, …;
+    # https://docs.databricks.com/aws/en/dev-tools/auth/unified-auth). dagster-databricks
+    # takes it as a credentials strategy; without one its get_client() refuses to start.
+    return DatabricksClientResource(
+        host=dg.EnvVar("DATABRICKS_HOST"), credentials_strategy=DefaultCredentials()
+    )
 
 
 def prod_resources() -> dict[str, dg.ConfigurableResource]:

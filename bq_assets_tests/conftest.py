@@ -27,10 +27,14 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_stack(stack_dir: Path) -> Iterator[stack.StackState]:
-    """The real emulators, started once per session and stopped at the end."""
+    """The real emulators and the Spark stand-in, started once per session and stopped at the
+    end."""
     os.environ["BQ_ASSETS_SAMPLE_ROWS"] = str(SAMPLE_ROWS)
     state = stack.up(stack_dir)
     yield state
+    from bq_assets.local.spark_warehouse import close_sessions
+
+    close_sessions()
     stack.down(stack_dir)
 
 

@@ -81,9 +81,18 @@ class Materialized:
         with self.resources["bigquery"].get_client() as client:
             client.query(sql).result()
 
-    def standin(self, sql: str) -> None:
-        """Change the Databricks stand-in's copy (``{table}`` stands for it)."""
-        self.resources["databricks"].query(sql, table_name(self.spec))
+    def databricks_shows(self, query: str) -> None:
+        """Make the Databricks object show ``query``'s rows instead (``{source}`` stands for the
+        foreign catalog's table), by replacing the view on the Spark stand-in: what Databricks
+        would show if federation lost, changed or added rows."""
+        _project, dataset, table = str(
+            self.metadata(bigquery_key(EXPORT))["dagster/table_name"]
+        ).split(".")
+        source = f"`{self.spec.databricks.foreign_catalog}`.`{dataset}`.`{table}`"
+        self.resources["databricks"].execute(
+            f"CREATE OR REPLACE VIEW {table_name(self.spec).quoted} AS "
+            + query.format(source=source)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +100,8 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
     folder = tmp_path_factory.mktemp("catch")
     (folder / f"{EXPORT}.sql").write_text(f'SELECT "order", email, amount FROM {SOURCE_TABLE}')
     (folder / f"{EXPORT}.yaml").write_text(
+        # An apostrophe: the view's COMMENT literal must round-trip through Spark exactly.
+        'description: "The checks\' orders: each check is seen failing on them."\n'
         "primary_key: [order]\nrequired: [email]\ncadence: daily\n"
     )
     resources["source"]._database_path()  # the sample source exists before we add a table
@@ -104,7 +115,7 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
         assert result.success, step_errors(result)
         # The reserved-word key works on every engine: every check passed to begin with.
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 10 and all(e.passed for e in evaluations)
+        assert len(evaluations) == 11 and all(e.passed for e in evaluations)
         yield done
 
 
@@ -257,7 +268,7 @@ def test_schema_check_fails_when_a_column_changed_type(exported: Materialized) -
     assert exported.check(bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST).passed
 
 
-# -- databricks/<export> (the local stand-in's copy) ----------------------------------------
+# -- databricks/<export> (the view on the Spark stand-in) ---------------------------------------
 
 
 @pytest.fixture
@@ -268,7 +279,7 @@ def restore_databricks_copy(exported: Materialized) -> Iterator[None]:
 
 @pytest.mark.usefixtures("restore_databricks_copy")
 def test_rows_check_fails_when_the_databricks_copy_lost_a_row(exported: Materialized) -> None:
-    exported.standin("DELETE FROM {table} WHERE \"order\" = 'o-5'")
+    exported.databricks_shows("SELECT * FROM {source} WHERE `order` <> 'o-5'")
     check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_ROWS_MATCH_BIGQUERY)
     assert not check.passed
     assert check.metadata["databricks_rows"].value == ROWS - 1
@@ -279,12 +290,12 @@ def test_rows_check_fails_when_the_databricks_copy_lost_a_row(exported: Material
 def test_columns_check_follows_unity_catalog_case_rules_and_fails_on_a_renamed_column(
     exported: Materialized,
 ) -> None:
-    exported.standin('ALTER TABLE {table} RENAME COLUMN email TO "EMAIL"')
+    exported.databricks_shows("SELECT `order`, email AS EMAIL, amount FROM {source}")
     check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_COLUMNS_MATCH_BIGQUERY)
     assert check.passed  # Unity Catalog compares column names case-insensitively
     assert check.metadata["databricks_columns"].value == ["order", "EMAIL", "amount"]
 
-    exported.standin('ALTER TABLE {table} RENAME COLUMN "EMAIL" TO mail')
+    exported.databricks_shows("SELECT `order`, email AS mail, amount FROM {source}")
     check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_COLUMNS_MATCH_BIGQUERY)
     assert not check.passed
     assert check.metadata["databricks_columns"].value == ["order", "mail", "amount"]
@@ -295,7 +306,10 @@ def test_columns_check_follows_unity_catalog_case_rules_and_fails_on_a_renamed_c
 def test_key_checksum_check_fails_when_a_key_changed_but_the_count_did_not(
     exported: Materialized,
 ) -> None:
-    exported.standin("UPDATE {table} SET \"order\" = 'o-changed' WHERE \"order\" = 'o-9'")
+    exported.databricks_shows(
+        "SELECT CASE WHEN `order` = 'o-9' THEN 'o-changed' ELSE `order` END AS `order`, email, "
+        "amount FROM {source}"
+    )
     rows = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_ROWS_MATCH_BIGQUERY)
     assert rows.passed  # the count alone cannot see it
     check = exported.check(
@@ -308,11 +322,93 @@ def test_key_checksum_check_fails_when_a_key_changed_but_the_count_did_not(
     assert databricks.startswith(f"({ROWS}, ") and bigquery.startswith(f"({ROWS}, ")
 
 
+def key_checksum(exported: Materialized) -> dg.AssetCheckEvaluation:
+    return exported.check(
+        databricks_key(EXPORT), databricks_hop.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY
+    )
+
+
+@pytest.mark.usefixtures("restore_databricks_copy")
+def test_key_checksum_check_fails_when_databricks_lacks_a_row(exported: Materialized) -> None:
+    """Issue 24: the key checksum seen failing on the real engines (Spark, the BigQuery
+    emulator), not only as text."""
+    exported.databricks_shows("SELECT * FROM {source} WHERE `order` <> 'o-3'")
+    check = key_checksum(exported)
+    assert not check.passed
+    assert check.metadata["databricks_rows_and_checksum"].value.startswith(f"({ROWS - 1}, ")
+    assert check.metadata["bigquery_rows_and_checksum"].value.startswith(f"({ROWS}, ")
+
+
+@pytest.mark.usefixtures("restore_databricks_copy")
+def test_key_checksum_check_fails_when_only_databricks_holds_a_null_key_row(
+    exported: Materialized,
+) -> None:
+    exported.databricks_shows(
+        "SELECT * FROM {source} UNION ALL SELECT NULL, 'nokey@example.com', 1.5"
+    )
+    assert not key_checksum(exported).passed
+    # A NULL key in place of a key: same count, and still the checksum sees it.
+    exported.databricks_shows(
+        "SELECT CASE WHEN `order` = 'o-4' THEN NULL ELSE `order` END AS `order`, email, amount "
+        "FROM {source}"
+    )
+    assert exported.check(
+        databricks_key(EXPORT), databricks_hop.DATABRICKS_ROWS_MATCH_BIGQUERY
+    ).passed
+    assert not key_checksum(exported).passed
+
+
+def test_key_checksum_check_fails_when_only_bigquery_holds_a_null_key_row_and_passes_when_both_do(
+    exported: Materialized,
+) -> None:
+    table_id = exported.metadata(bigquery_key(EXPORT))["dagster/table_name"]
+    exported.bigquery(
+        f"INSERT INTO `{table_id}` (`order`, email, amount) VALUES (NULL, 'nokey@example.com', 1.5)"
+    )
+    try:
+        check = key_checksum(exported)
+        assert not check.passed  # Databricks still shows the table as it was published
+        assert check.metadata["bigquery_rows_and_checksum"].value.startswith(f"({ROWS + 1}, ")
+        exported.materialize(databricks_key(EXPORT))  # both engines now hold the NULL-key row
+        check = key_checksum(exported)
+        assert check.passed
+        assert check.metadata["databricks_rows_and_checksum"].value.startswith(f"({ROWS + 1}, ")
+    finally:
+        exported.bigquery(f"DELETE FROM `{table_id}` WHERE `order` IS NULL")
+        exported.materialize(databricks_key(EXPORT))
+
+
+@pytest.mark.usefixtures("restore_databricks_copy")
+def test_matches_spec_fails_naming_a_dropped_comment_or_a_changed_column_type(
+    exported: Materialized,
+) -> None:
+    """Issue 23: what the spec declares is what the Databricks object has (read back with
+    ``DESCRIBE TABLE … AS JSON`` on Spark, the same text a SQL warehouse answers)."""
+    assert exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC).passed
+    exported.databricks_shows("SELECT * FROM {source}")  # the view without its COMMENT
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
+    assert not check.passed
+    assert check.metadata["differences"].value == [
+        'comment: spec says "The checks\' orders: each check is seen failing on them.", '
+        "Databricks has None"
+    ]
+    exported.databricks_shows(
+        "SELECT `order`, email, CAST(amount AS STRING) AS amount FROM {source}"
+    )
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
+    assert not check.passed
+    assert any(
+        d.startswith("column amount: BigQuery NUMERIC shows as decimal") and d.endswith("string")
+        for d in check.metadata["differences"].value
+    )
+
+
 def test_the_module_leaves_every_check_passing(exported: Materialized) -> None:
     for key, name in [
         (query_key(EXPORT), query_hop.QUERY_PRIMARY_KEY_UNIQUE),
         (gcs_key(EXPORT), gcs_hop.GCS_ROWS_MATCH_SNAPSHOT),
         (bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST),
         (databricks_key(EXPORT), databricks_hop.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY),
+        (databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC),
     ]:
         assert exported.check(key, name).passed, name

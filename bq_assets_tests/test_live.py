@@ -7,6 +7,15 @@ They run only when their variables are set, and are skipped with the reason othe
   ``bq_assets_live_test``.
 * Databricks, in addition: ``DATABRICKS_HOST``, ``DATABRICKS_WAREHOUSE_ID`` and
   ``DATABRICKS_TOKEN`` (the workspace must be able to reach BigQuery: see the README).
+* SDK unified authentication (issue 23, finding 3): ``BQ_ASSETS_LIVE_UNIFIED_AUTH=1`` with
+  ``DATABRICKS_HOST`` and ``DATABRICKS_WAREHOUSE_ID`` and credentials the Databricks SDK finds by
+  itself (a ``.databrickscfg`` profile, a cloud identity, …); ``DATABRICKS_TOKEN`` is ignored.
+
+Each Databricks finding of issue 23 has a case here (``make live-test`` runs them all): the
+generated DDL and the catalogs-API drift read (``test_the_generated_statements_run…``), the key
+checksum's canonical strings (``test_the_canonical_key_strings…``), results of many chunks
+(``test_a_result_of_many_chunks…``), host-only authentication (``test_only_databricks_host…``),
+and the spec check of the view's columns and comment (``matches_spec`` in the first).
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -56,6 +67,7 @@ def live_export(tmp_path: Path, mode: str = "federation"):
 
 
 def live_resources(tmp_path: Path, databricks: DatabricksSQLResource | None = None) -> dict:
+    """Real GCS and BigQuery; Databricks only when given (without it, runs stop at BigQuery)."""
     credentials = os.environ.get("GCP_CREDENTIALS_B64") or None
     bigquery = ExportBigQueryResource(
         project=os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"], gcp_credentials=credentials
@@ -92,15 +104,27 @@ def test_the_pipeline_runs_against_real_gcs_and_bigquery(tmp_path: Path) -> None
     assert all(check.passed for check in result.get_asset_check_evaluations())
 
 
-def test_the_generated_statements_run_on_a_real_sql_warehouse(tmp_path: Path) -> None:
-    """What only this test proves: Databricks accepts the generated federation DDL (the
-    documented option names, `secret(...)` values, `ALTER CONNECTION … OPTIONS`), the shape of
-    `DESCRIBE CATALOG EXTENDED` the drift check reads, and that the view shows BigQuery's rows,
-    columns and key checksum. (`mode: external` is refused on a SQL warehouse at load.)"""
-    require(GCP_VARIABLES + DATABRICKS_VARIABLES)
-    databricks = DatabricksSQLResource(
+def warehouse() -> DatabricksSQLResource:
+    return DatabricksSQLResource(
         workspace=databricks_client(), warehouse_id=os.environ["DATABRICKS_WAREHOUSE_ID"]
     )
+
+
+@contextmanager
+def live_warehouse() -> Iterator[DatabricksSQLResource]:
+    """The warehouse resource with its settings read from the environment, outside a run."""
+    with dg.build_resources({"databricks": warehouse()}) as built:
+        yield built.databricks
+
+
+def test_the_generated_statements_run_on_a_real_sql_warehouse(tmp_path: Path) -> None:
+    """What only this test proves: Databricks accepts the generated federation DDL (the
+    documented option names, `secret(...)` values, `ALTER CONNECTION … OPTIONS`), the catalogs
+    API returns the foreign catalog's connection and options as the drift check reads them, and
+    the view shows BigQuery's rows, columns, key checksum, and the spec's types and comment
+    (`matches_spec`, read with DESCRIBE … AS JSON). (`mode: external` is refused at load.)"""
+    require(GCP_VARIABLES + DATABRICKS_VARIABLES)
+    databricks = warehouse()
     with dg.instance_for_test() as instance:
         result = run_exports(live_export(tmp_path), live_resources(tmp_path, databricks), instance)
     assert result.success, step_errors(result)
@@ -156,3 +180,69 @@ def test_partitions_are_replaced_through_partition_decorators(tmp_path: Path) ->
                 if e.asset_key.path[0] == "bigquery"
             }
             assert loaded == "decorator"
+
+
+def test_the_canonical_key_strings_are_equal_in_bigquery_and_through_federation(
+    tmp_path: Path,
+) -> None:
+    """Issue 23, finding 5: the key checksum's canonical string of each key type, computed by
+    real BigQuery and by a SQL warehouse reading the same table through the foreign catalog,
+    over the adversarial values of test_key_checksum.py. Also shows the plain CASTs differing."""
+    require(GCP_VARIABLES + DATABRICKS_VARIABLES)
+    from google.cloud import bigquery as bq
+
+    from bq_assets.engine.key_checksum import canonical_key_sql
+    from bq_assets_tests.test_key_checksum import COLUMNS, KEYED, ROWS
+
+    # A run creates the connection and the foreign catalog this test reads.
+    databricks = warehouse()
+    with dg.instance_for_test() as instance:
+        specs = live_export(tmp_path)
+        result = run_exports(specs, live_resources(tmp_path, databricks), instance)
+    assert result.success, step_errors(result)
+    project = os.environ["BQ_ASSETS_LIVE_GCP_PROJECT"]
+    table = f"key_values_{uuid.uuid4().hex[:8]}"
+    resources = live_resources(tmp_path, databricks)
+    with resources["bigquery"].get_client() as client:
+        schema = [bq.SchemaField("id", "INT64")]
+        schema += [bq.SchemaField(n, t) for n, t in COLUMNS.items()]
+        created = client.create_table(
+            bq.Table(f"{project}.bq_assets_live_test.{table}", schema=schema)
+        )
+        assert client.insert_rows_json(created, ROWS) == []
+        for column in KEYED:
+            key = [(column, COLUMNS[column])]
+            expected = {
+                row[0]: row[1]
+                for row in client.query(
+                    f"SELECT id, {canonical_key_sql('bigquery', key)} "
+                    f"FROM `{project}.bq_assets_live_test.{table}`"
+                ).result()
+            }
+            with live_warehouse() as live:
+                shown = live.execute(
+                    f"SELECT id, {canonical_key_sql('databricks', key)} "
+                    f"FROM `{specs[0].databricks.foreign_catalog}`.`bq_assets_live_test`.`{table}`"
+                )
+            assert {int(row[0]): row[1] for row in shown} == expected, column
+        client.delete_table(created)
+
+
+def test_a_result_of_many_chunks_is_read_whole() -> None:
+    """The Statement Execution API splits a large INLINE result into chunks; every one is read
+    (``next_chunk_index``), none is lost."""
+    require(DATABRICKS_VARIABLES)
+    with live_warehouse() as live:
+        rows = live.execute("SELECT id, repeat('x', 200) AS pad FROM range(0, 60000) ORDER BY id")
+    assert len(rows) == 60000
+    assert [int(r[0]) for r in rows[:3]] == [0, 1, 2] and int(rows[-1][0]) == 59999
+
+
+def test_only_databricks_host_reaches_the_workspace_with_sdk_credentials(monkeypatch) -> None:
+    """Issue 23, finding 3: with DATABRICKS_HOST and no token or OAuth variables of ours, the
+    SDK's own credential chain authenticates (https://docs.databricks.com/aws/en/dev-tools/auth/unified-auth)."""
+    require(["BQ_ASSETS_LIVE_UNIFIED_AUTH", "DATABRICKS_HOST", "DATABRICKS_WAREHOUSE_ID"])
+    for variable in ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"):
+        monkeypatch.delenv(variable, raising=False)
+    with live_warehouse() as live:
+        assert live.execute("SELECT 1") == [["1"]]

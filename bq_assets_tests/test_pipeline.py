@@ -11,8 +11,8 @@ import pytest
 
 from bq_assets.exports import ExportSpec, load_specs
 from bq_assets.exports.sql import partition_parameters
-from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.delivery import simulate_deliveries
+from bq_assets.local.spark_warehouse import SparkDatabricksResource
 from bq_assets.partitioning import Window
 from bq_assets.stages.databricks import table_name
 from bq_assets.stages.partitions import latest_complete_partition
@@ -68,7 +68,7 @@ def test_the_whole_graph_materializes_and_every_check_passes(customer_360_run) -
     _, result = customer_360_run
     assert result.success, step_errors(result)
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 10
+    assert len(checks) == 11
     assert all(check.passed for check in checks), [c.check_name for c in checks if not c.passed]
 
 
@@ -101,7 +101,7 @@ def test_bigquery_holds_exactly_the_source_rows(customer_360_run, resources) -> 
 def test_the_databricks_table_holds_exactly_the_source_rows(customer_360_run, resources) -> None:
     spec, _ = customer_360_run
     columns, expected = source_rows(spec, resources["source"].database)
-    databricks: LocalDatabricksResource = resources["databricks"]
+    databricks: SparkDatabricksResource = resources["databricks"]
     table = databricks.read_table(table_name(spec))
     assert table.column_names == columns
     rows = [tuple(row.values()) for row in table.to_pylist()]

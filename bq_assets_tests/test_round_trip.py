@@ -211,9 +211,19 @@ def test_bigquery_holds_every_value_exactly(round_trip, resources) -> None:
 
 
 @pytest.mark.stack
+def as_federation_shows_it(value: object) -> object:
+    """A value as Lakehouse Federation shows it in Databricks: a DATETIME (naive) becomes a
+    TimestampType, its wall-clock time read as UTC ("Data type mappings",
+    https://docs.databricks.com/aws/en/query-federation/bigquery#data-type-mappings)."""
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
 def test_databricks_holds_every_value_exactly(round_trip, resources) -> None:
     file_format, spec, _, _ = round_trip
-    columns, expected = source_rows(spec)
+    columns, rows = source_rows(spec)
+    expected = [tuple(as_federation_shows_it(v) for v in row) for row in rows]
     copied_columns, copied = databricks_rows(resources, spec)
     assert copied_columns == columns
     assert differences(columns, expected, copied) == EMULATOR_DIFFERENCES[file_format]

@@ -21,10 +21,10 @@ import pytest
 from google.cloud import bigquery as bigquery_api
 
 from bq_assets.errors import BqAssetsError
-from bq_assets.local import databricks as local_databricks
+from bq_assets.local import spark_warehouse as local_databricks
 from bq_assets.local import stack
-from bq_assets.local.databricks import LocalDatabricksResource
 from bq_assets.local.resources import LocalBigQueryResource
+from bq_assets.local.spark_warehouse import SparkDatabricksResource
 from bq_assets.local.storage_read import StorageReadError, TableReader, create_session
 from bq_assets.resources.databricks import TableName
 
@@ -54,9 +54,11 @@ def wide_table(bigquery: LocalBigQueryResource) -> str:
     return "wide"
 
 
-def _stand_in(bigquery: LocalBigQueryResource, tmp_path: Path) -> LocalDatabricksResource:
-    return LocalDatabricksResource(
-        local_warehouse_dir=str(tmp_path / "warehouse"), bigquery=bigquery
+def _stand_in(bigquery: LocalBigQueryResource, tmp_path: Path) -> SparkDatabricksResource:
+    return SparkDatabricksResource(
+        local_stack_dir=bigquery.local_stack_dir,
+        warehouse_dir=str(tmp_path / "warehouse"),
+        bigquery=bigquery,
     )
 
 
@@ -102,14 +104,18 @@ def test_the_stand_in_copies_every_row_of_a_large_table(
     bigquery: LocalBigQueryResource, wide_table: str, local_stack, tmp_path: Path
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
-    name = TableName("scale", "s", "wide")
-    copied = databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    name = TableName("scale", DATASET, wide_table)
+    copied = databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "scale", {})
     assert copied == WIDE_ROWS
     [(ids, distinct, pads)] = databricks.query(
         "SELECT sum(id), count(DISTINCT id), count(*) FILTER (WHERE length(pad) = 250) FROM {table}",
         name,
     )
-    assert (ids, distinct, pads) == (WIDE_ROWS * (WIDE_ROWS + 1) // 2, WIDE_ROWS, WIDE_ROWS)
+    assert (int(ids), int(distinct), int(pads)) == (
+        WIDE_ROWS * (WIDE_ROWS + 1) // 2,
+        WIDE_ROWS,
+        WIDE_ROWS,
+    )
 
 
 def test_a_stalled_stream_fails_within_the_stall_timeout_naming_the_api(
@@ -134,11 +140,11 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
     bigquery: LocalBigQueryResource, wide_table: str, local_stack, tmp_path: Path
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
-    name = TableName("scale", "s", "kept")
-    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    name = TableName("kept", DATASET, wide_table)
+    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "kept", {})
     started = time.monotonic()
     with _paused(local_stack.bigquery_pid), pytest.raises(StorageReadError) as error:
-        databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+        databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "kept", {})
     assert time.monotonic() - started < STALL_S + 5
     assert f"BigQuery Storage Read API at {bigquery.read_endpoint}" in str(error.value)
     assert "read session" in str(error.value)
@@ -150,8 +156,8 @@ def test_a_read_stalling_after_the_session_opened_keeps_the_previous_table_and_n
     bigquery: LocalBigQueryResource, wide_table: str, local_stack, tmp_path: Path, monkeypatch
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
-    name = TableName("scale", "s", "midway")
-    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+    name = TableName("midway", DATASET, wide_table)
+    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "midway", {})
 
     class FreezesOnceTheStreamsOpen(TableReader):
         def batches(self):
@@ -161,13 +167,13 @@ def test_a_read_stalling_after_the_session_opened_keeps_the_previous_table_and_n
     monkeypatch.setattr(local_databricks, "TableReader", FreezesOnceTheStreamsOpen)
     try:
         with pytest.raises(StorageReadError) as error:
-            databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, name)
+            databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "midway", {})
     finally:
         os.kill(local_stack.bigquery_pid, signal.SIGCONT)
     assert f"sent nothing for {STALL_S:g} s" in str(error.value)
     assert databricks.row_count(name) == WIDE_ROWS
-    warehouse = Path(databricks.local_warehouse_dir)
-    assert not [*warehouse.glob("*.parquet"), *warehouse.glob(".*.parquet")]
+    warehouse = Path(databricks.warehouse_dir)
+    assert not [*warehouse.glob("**/.*.partial"), *warehouse.glob("**/.*.retired")]
 
 
 def test_waiting_for_a_load_or_copy_job_has_a_deadline(

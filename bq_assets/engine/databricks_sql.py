@@ -3,11 +3,11 @@ read back what Databricks says an existing object looks like (for drift); and ru
 statements with a drift check after each that needs one. No Dagster; the warehouse is a
 callable (``Execute``) the Databricks resource passes in."""
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bq_assets.engine.log import Log
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 
@@ -81,6 +81,13 @@ def _options(generated: Mapping[str, str], extra: Mapping[str, str]) -> str:
     return "OPTIONS (" + ", ".join(parts) + ")"
 
 
+def _comment(spec: ExportSpec) -> str:
+    """`` COMMENT '<description>'`` for the view ("CREATE VIEW", view_comment:
+    https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-ddl-create-view), or
+    nothing when the spec has no description."""
+    return f" COMMENT {_literal(spec.description)}" if spec.description else ""
+
+
 def table_name(spec: ExportSpec) -> TableName:
     target = spec.databricks
     return TableName(target.catalog, target.schema_, spec.databricks_table)
@@ -117,7 +124,7 @@ def publish_statements(
             f"CREATE FOREIGN CATALOG IF NOT EXISTS `{target.foreign_catalog}` "
             f"USING CONNECTION `{target.connection}` {catalog_options}",
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
-            f"CREATE OR REPLACE VIEW {name.quoted} AS SELECT * FROM "
+            f"CREATE OR REPLACE VIEW {name.quoted}{_comment(spec)} AS SELECT * FROM "
             f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`",
         ]
     # The legacy connector wants the key base64-encoded: it lives in the secret
@@ -132,110 +139,160 @@ def publish_statements(
 
 
 @dataclass(frozen=True)
-class DriftProbe:
-    """A statement that describes an existing object, and what the spec says it must show."""
+class ForeignCatalogExpectation:
+    """What the foreign catalog must be, verified right after the statement ``after`` (its
+    ``CREATE FOREIGN CATALOG IF NOT EXISTS`` leaves an existing catalog as it is)."""
 
     after: str
-    probe: str
-    what: str
-    expected: dict[str, str]
+    catalog: str
+    connection: str
+    options: dict[str, str]
     remedy: str
 
+    @property
+    def what(self) -> str:
+        return f"foreign catalog {self.catalog}"
 
-def drift_probes(spec: ExportSpec, source: BigQueryTable) -> list[DriftProbe]:
-    """What to verify after the ``IF NOT EXISTS`` statements (objects that cannot be replaced).
 
-    The foreign catalog: ``DESCRIBE CATALOG EXTENDED`` must show the spec's connection and
-    options. (The connection is re-applied by ``ALTER CONNECTION``; the view is replaced.)
-    """
+def foreign_catalog_expectation(
+    spec: ExportSpec, source: BigQueryTable
+) -> ForeignCatalogExpectation | None:
+    """The foreign catalog the spec needs, for ``mode: federation`` (None otherwise). The
+    connection is re-applied by ``ALTER CONNECTION`` and the view replaced, so only the catalog
+    can hold settings other than the spec's."""
     target = spec.databricks
     if target.mode != "federation":
-        return []
+        return None
     catalog_statement = next(
         s
         for s in publish_statements(spec, source, "", "")
         if s.startswith("CREATE FOREIGN CATALOG")
     )
-    return [
-        DriftProbe(
-            after=catalog_statement,
-            probe=f"DESCRIBE CATALOG EXTENDED `{target.foreign_catalog}`",
-            what=f"foreign catalog {target.foreign_catalog}",
-            expected={
-                "connection": target.connection,
-                **foreign_catalog_options(spec, source),
-            },
-            remedy=(
-                f"The foreign catalog keeps no data: drop it deliberately (DROP CATALOG "
-                f"`{target.foreign_catalog}`; grants on it go too) and re-materialize, or set "
-                f"databricks.foreign_catalog in {spec.spec_file} to a new name."
-            ),
-        )
-    ]
+    return ForeignCatalogExpectation(
+        after=catalog_statement,
+        catalog=target.foreign_catalog,
+        connection=target.connection,
+        options=foreign_catalog_options(spec, source),
+        remedy=(
+            f"The foreign catalog keeps no data: drop it deliberately (DROP CATALOG "
+            f"`{target.foreign_catalog}`; grants on it go too) and re-materialize, or set "
+            f"databricks.foreign_catalog in {spec.spec_file} to a new name."
+        ),
+    )
 
 
-_OPTION_PAIR = re.compile(
-    r"""([A-Za-z_][A-Za-z0-9_.]*)['"]?\s*(?:=>|=|:|\s)\s*['"]?([^,'"\])}\]]*)"""
-)
-
-
-def described_settings(rows: list[list[str | None]]) -> dict[str, str]:
-    """``DESCRIBE … EXTENDED`` rows (``info_name``, ``info_value``) as lower-cased settings:
-    the connection's name, the raw ``options`` text and each option (keys lower-cased)."""
-    found: dict[str, str] = {}
-    for row in rows:
-        if len(row) < 2 or row[0] is None:
-            continue
-        key, value = str(row[0]).strip().lower(), str(row[1] or "").strip()
-        if key in ("connection", "connection name", "connection_name"):
-            found["connection"] = value
-        elif "option" in key:
-            found["options"] = value
-            for option, option_value in _OPTION_PAIR.findall(value):
-                found[option.lower()] = option_value.strip()
-    return found
-
-
-def drift_diff(expected: Mapping[str, str], described: Mapping[str, str]) -> list[str]:
-    """One line per setting that differs. Names compare case-insensitively (Unity Catalog
-    stores object names in lower case); option values compare exactly."""
+def catalog_drift(
+    expected: ForeignCatalogExpectation,
+    connection_name: str | None,
+    options: Mapping[str, str] | None,
+) -> list[str]:
+    """One line per setting of the catalog (as the catalogs API returns it: ``connection_name``,
+    ``options``) that differs from the spec. Names compare case-insensitively (Unity Catalog
+    stores object names in lower case), option names too; option values compare exactly."""
     lines = []
-    for key, want in expected.items():
-        have = described.get(key.lower())
-        same = have is not None and (
-            have.lower() == want.lower() if key == "connection" else have == want
+    if (connection_name or "").lower() != expected.connection.lower():
+        lines.append(
+            f"connection: spec says {expected.connection!r}, Databricks has {connection_name!r}"
         )
-        if not same:
-            lines.append(f"{key}: spec says {want!r}, Databricks has {have!r}")
+    have = {key.lower(): value for key, value in (options or {}).items()}
+    for key, want in expected.options.items():
+        if have.get(key.lower()) != want:
+            lines.append(f"{key}: spec says {want!r}, Databricks has {have.get(key.lower())!r}")
     return lines
 
 
-def publish_checking_drift(
-    execute: Execute, statements: list[str], probes: list[DriftProbe], log: Log
+# -- what the Databricks object must look like -------------------------------------------------
+
+#: BigQuery type → the family of Databricks types Lakehouse Federation shows it as ("Data type
+#: mappings", https://docs.databricks.com/aws/en/query-federation/bigquery#data-type-mappings),
+#: as ``DESCRIBE TABLE … AS JSON`` names them (``type.name``). A timestamp is
+#: ``timestamp_ltz`` or ``timestamp_ntz`` depending on the catalog's ``preferTimestampNTZ``.
+FEDERATION_TYPE_FAMILIES: dict[str, set[str]] = {
+    "INT64": {"bigint", "long"},
+    "FLOAT64": {"double"},
+    "NUMERIC": {"decimal"},
+    "BIGNUMERIC": {"decimal"},
+    "BOOL": {"boolean"},
+    "DATE": {"date"},
+    "BYTES": {"binary"},
+    **{
+        t: {"timestamp", "timestamp_ltz", "timestamp_ntz"}
+        for t in ("TIMESTAMP", "DATETIME", "TIME")
+    },
+    **{
+        t: {"string", "varchar", "char"}
+        for t in ("STRING", "JSON", "GEOGRAPHY", "INTERVAL", "ARRAY", "STRUCT", "RANGE")
+    },
+}
+_LEGACY_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}
+
+
+def describe_statement(name: TableName) -> str:
+    """The statement that describes an object as structured JSON ("DESCRIBE TABLE", JSON
+    formatted output: https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-aux-describe-table);
+    Spark 4 answers the same text with the same fields."""
+    return f"DESCRIBE TABLE EXTENDED {name.quoted} AS JSON"
+
+
+def object_drift(
+    described_json: str, bigquery_columns: list[tuple[str, str]], description: str
 ) -> list[str]:
-    """Run ``statements`` in order, verifying each probe right after the statement it follows;
-    a ``DriftError`` before anything after it runs. Returns one note per probe (for metadata).
-    Idempotent, as the statements are."""
+    """One line per difference between the Databricks object (``described_json``: the answer of
+    ``describe_statement``) and what the spec makes of it: the BigQuery table's columns, in order,
+    with the types Lakehouse Federation gives them, and the spec's description as its comment."""
+    described = json.loads(described_json)
+    have = [
+        (str(c.get("name")), str((c.get("type") or {}).get("name", "")).lower())
+        for c in described.get("columns") or []
+    ]
+    lines = []
+    have_names = [n.lower() for n, _ in have]
+    want_names = [n.lower() for n, _ in bigquery_columns]
+    if have_names != want_names:
+        lines.append(f"columns: spec says {want_names}, Databricks has {have_names}")
+    else:
+        for (column, kind), (_, shown) in zip(bigquery_columns, have, strict=True):
+            standard = _LEGACY_TYPES.get(kind.upper(), kind.upper())
+            family = FEDERATION_TYPE_FAMILIES.get(standard)
+            if family is not None and shown not in family:
+                lines.append(
+                    f"column {column}: BigQuery {standard} shows as {'/'.join(sorted(family))} "
+                    f"through Lakehouse Federation, Databricks has {shown}"
+                )
+    comment = described.get("comment") or ""
+    if comment != description:
+        lines.append(f"comment: spec says {description!r}, Databricks has {comment or None!r}")
+    return lines
+
+
+#: What the catalogs API says of a catalog: ``(connection_name, options)``, or None if there is
+#: no such catalog.
+ReadCatalog = Callable[[str], tuple[str | None, Mapping[str, str] | None] | None]
+
+
+def publish_checking_catalog(
+    execute: Execute,
+    statements: list[str],
+    expected_catalog: ForeignCatalogExpectation | None,
+    read_catalog: ReadCatalog,
+) -> list[str]:
+    """Run ``statements`` in order; right after the foreign catalog's statement, read the catalog
+    back (``read_catalog``: the catalogs API, structured data) and raise ``DriftError``, naming
+    each difference, before anything after it runs. Returns notes for metadata. Idempotent, as
+    the statements are."""
     notes = []
     for statement in statements:
         execute(statement)
-        for probe in (p for p in probes if p.after == statement):
-            described = described_settings(execute(probe.probe))
-            if not described:
-                notes.append(f"{probe.what}: {probe.probe} showed no settings; not verified")
-                log.warning(notes[-1])
-                continue
-            expected = probe.expected
-            if "options" not in described:  # this DESCRIBE shows no options: check what it shows
-                expected = {k: v for k, v in expected.items() if k in described}
-                notes.append(f"{probe.what}: {probe.probe} shows no options; they are not verified")
-                log.warning(notes[-1])
-            diff = drift_diff(expected, described)
-            if diff:
-                raise DriftError(
-                    f"{probe.what} exists with other settings than the spec's:\n  "
-                    + "\n  ".join(diff)
-                    + f"\n{probe.remedy}"
-                )
-            notes.append(f"{probe.what}: matches the spec")
+        if expected_catalog is None or statement != expected_catalog.after:
+            continue
+        found = read_catalog(expected_catalog.catalog)
+        connection, options = found if found is not None else (None, None)
+        diff = catalog_drift(expected_catalog, connection, options)
+        if diff:
+            raise DriftError(
+                f"{expected_catalog.what} exists with other settings than the spec's:\n  "
+                + "\n  ".join(diff)
+                + f"\n{expected_catalog.remedy}"
+            )
+        notes.append(f"{expected_catalog.what}: matches the spec")
     return notes

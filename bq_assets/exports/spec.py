@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from bq_assets.engine.key_checksum import refused_key_types
 from bq_assets.exports.columns import ColumnSpec, unknown_columns
 from bq_assets.exports.delivery import DeliveryOptions
 from bq_assets.exports.fields import (
@@ -40,6 +41,7 @@ from bq_assets.exports.sql import (
     partition_parameters,
     partition_problems,
     query_columns,
+    stated_bigquery_types,
 )
 from bq_assets.exports.targets import (
     PARTITIONED_TEMPLATE,
@@ -173,6 +175,21 @@ class ExportSpec(StrictModel):
                     f"{field}: {', '.join(missing)} not among the "
                     f"{'delivery' if self.delivery else 'query'}'s columns ({', '.join(columns)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _checksummable_key(self) -> ExportSpec:
+        """The Databricks hop's key checksum compares a canonical string of each key in both
+        engines; a key column whose type (stated by a cast in the SQL, or by the delivery) has
+        none is refused here, naming the column. Types the SQL does not state are checked when
+        the check runs, from the BigQuery table."""
+        if self.delivery:
+            types = {c.name: c.type for c in self.delivery.columns}
+        else:
+            types = stated_bigquery_types(self.sql)
+        problems = refused_key_types([(c, types[c]) for c in self.primary_key if c in types])
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="before")

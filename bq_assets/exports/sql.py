@@ -85,6 +85,48 @@ def _static_type(select: exp.Expression) -> str | None:
     return None
 
 
+#: DuckDB's names of types the SQL may state (as sqlglot spells them), as the BigQuery type the
+#: column loads as (``schema.bigquery_type``); a type not named here is typed when the query runs.
+_STATED_BIGQUERY_TYPES = {
+    **dict.fromkeys(("TEXT", "VARCHAR", "STRING", "CHAR", "BPCHAR"), "STRING"),
+    **dict.fromkeys(
+        ("TINYINT", "SMALLINT", "INT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"),
+        "INT64",
+    ),
+    **dict.fromkeys(("DOUBLE", "FLOAT", "REAL", "FLOAT4", "FLOAT8"), "FLOAT64"),
+    "BOOLEAN": "BOOL",
+    "DATE": "DATE",
+    "TIMESTAMP": "DATETIME",
+    "TIMESTAMPTZ": "TIMESTAMP",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMP",
+    "TIME": "TIME",
+    "BLOB": "BYTES",
+    "JSON": "JSON",
+}
+
+
+def stated_bigquery_types(sql: str) -> dict[str, str]:
+    """Column → the BigQuery type it loads as, for the columns whose type the SQL states (a
+    cast); others are typed when the query runs."""
+    found = {}
+    for select in parse_query(sql).selects:
+        stated = _static_type(select)
+        if stated is None:
+            continue
+        name = stated.split("(")[0].strip()
+        if name in ("DECIMAL", "NUMERIC") and "(" in stated:
+            precision, _, scale = stated.split("(")[1].rstrip(")").partition(",")
+            digits, places = int(precision), int(scale or 0)
+            found[select.alias_or_name] = (
+                "NUMERIC" if places <= 9 and digits - places <= 29 else "BIGNUMERIC"
+            )
+        elif stated.endswith("[]") or name in ("STRUCT", "MAP", "LIST", "UNION"):
+            found[select.alias_or_name] = "ARRAY" if stated.endswith("[]") else "STRUCT"
+        elif name in _STATED_BIGQUERY_TYPES:
+            found[select.alias_or_name] = _STATED_BIGQUERY_TYPES[name]
+    return found
+
+
 PARTITION_CAST_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE")
 
 

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  BigQuery (bqemulator): {state.bigquery_endpoint}  gRPC {state.bigquery_grpc_target}"
             )
+            print(f"  Databricks (Apache Spark stand-in): {state.spark_remote}")
         elif args.command == "down":
             print("local stack stopped" if stack.down(root) else "local stack was not running")
         else:
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"local stack under {root}: {'healthy' if healthy else 'NOT healthy'}")
             print(f"  GCS {state.gcs_endpoint} (pid {state.gcs_pid})")
             print(f"  BigQuery {state.bigquery_endpoint} (pid {state.bigquery_pid})")
+            print(
+                f"  Databricks stand-in (Spark Connect) {state.spark_remote} (pid {state.spark_pid})"
+            )
             return 0 if healthy else 1
     except stack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""The local cloud stack: fake-gcs-server and bqemulator, started from PyPI packages alone.
+"""The local cloud stack: fake-gcs-server, bqemulator and a Spark Connect server (the stand-in for
+a Databricks SQL warehouse, see ``spark.py``), started from PyPI packages alone.
 
-Both emulators run as background processes on free loopback ports. Their ports and process ids
+All three run as background processes on free loopback ports. Their ports and process ids
 live in ``<local dir>/stack.json`` so every process (``dagster dev``, runs, tests) finds the same
 stack. ``up`` is idempotent, ``down`` stops exactly the processes ``up`` started.
 """
@@ -21,10 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bq_assets.errors import BqAssetsError
+from bq_assets.local import spark
 
 LOCAL_PROJECT = "bq-assets-local"
 LOCAL_BUCKET = "bq-assets-local"
 HEALTH_TIMEOUT_S = 60.0
+#: The JVM starts in ~10 s on a quiet machine; a loaded one takes longer.
+SPARK_HEALTH_TIMEOUT_S = 180.0
 # bqemulator sends one Storage Read message per 65,536 rows and caps gRPC messages at this
 # setting + 1 MiB (default 10 MiB: too small for a batch of a wide table). It also caps the
 # Write API's requests, which we do not use.
@@ -52,6 +56,8 @@ class StackState:
     bigquery_rest_port: int
     bigquery_grpc_port: int
     bigquery_pid: int
+    spark_port: int = 0
+    spark_pid: int = 0
 
     @property
     def gcs_endpoint(self) -> str:
@@ -64,6 +70,11 @@ class StackState:
     @property
     def bigquery_grpc_target(self) -> str:
         return f"127.0.0.1:{self.bigquery_grpc_port}"
+
+    @property
+    def spark_remote(self) -> str:
+        """The Spark Connect URL of the Databricks stand-in."""
+        return f"sc://127.0.0.1:{self.spark_port}"
 
 
 def _state_file(root: Path) -> Path:
@@ -190,8 +201,10 @@ def _spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> 
     return process.pid
 
 
-def _wait_healthy(name: str, pid: int, probe, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+def _wait_healthy(
+    name: str, pid: int, probe, log: Path, timeout_s: float = HEALTH_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not _alive(pid):
             raise StackError(
@@ -201,16 +214,18 @@ def _wait_healthy(name: str, pid: int, probe, log: Path) -> None:
             return
         time.sleep(0.25)
     raise StackError(
-        f"{name} did not become healthy within {HEALTH_TIMEOUT_S:.0f}s. "
+        f"{name} did not become healthy within {timeout_s:.0f}s. "
         f"Last lines of {log}:\n{_log_tail(log)}"
     )
 
 
 def is_healthy(state: StackState) -> bool:
-    """True when both emulators this state names are alive and answering."""
+    """True when every process this state names is alive and answering."""
     return (
         _alive(state.gcs_pid)
         and _alive(state.bigquery_pid)
+        and _alive(state.spark_pid)
+        and _port_open(state.spark_port)
         and _http_ok(f"{state.gcs_endpoint}/storage/v1/b")
         and _http_ok(f"{state.bigquery_endpoint}/bigquery/v2/projects/{state.project}/datasets")
         and _port_open(state.bigquery_grpc_port)
@@ -231,7 +246,7 @@ def _ensure_bucket(state: StackState) -> None:
 
 
 def up(root: Path | None = None) -> StackState:
-    """Start the stack, or return the running one. Idempotent; waits until both emulators answer."""
+    """Start the stack, or return the running one. Idempotent; waits until all three answer."""
     root = root or local_dir()
     try:
         state = read_state(root)
@@ -246,6 +261,7 @@ def up(root: Path | None = None) -> StackState:
     gcs_root.mkdir(exist_ok=True)
     logs = root / "logs"
     gcs_port, rest_port, grpc_port = _free_port(), _free_port(), _free_port()
+    spark_port = _free_port()
 
     gcs_log = logs / "fake-gcs-server.log"
     gcs_pid = _spawn(
@@ -294,6 +310,11 @@ def up(root: Path | None = None) -> StackState:
         )  # fmt: skip
         state = StackState(**{**asdict(state), "bigquery_pid": bq_pid})
         _state_file(root).write_text(json.dumps(asdict(state), indent=2))
+        spark_log = logs / "spark-connect.log"
+        command, env = spark.server_command(spark_port, root)
+        spark_pid = _spawn(command, spark_log, env=env)
+        state = StackState(**{**asdict(state), "spark_port": spark_port, "spark_pid": spark_pid})
+        _state_file(root).write_text(json.dumps(asdict(state), indent=2))
         _wait_healthy(
             "fake-gcs-server",
             gcs_pid,
@@ -310,6 +331,13 @@ def up(root: Path | None = None) -> StackState:
             bq_log,
         )
         _ensure_bucket(state)
+        _wait_healthy(
+            "Spark Connect server",
+            spark_pid,
+            lambda: _port_open(spark_port),
+            spark_log,
+            SPARK_HEALTH_TIMEOUT_S,
+        )
     except BaseException:
         down(root)
         raise
@@ -339,20 +367,24 @@ def down(root: Path | None = None) -> bool:
     state = StackState(**json.loads(path.read_text()))
     _stop(state.gcs_pid, "fake-gcs-server")
     _stop(state.bigquery_pid, "bqemulator")
+    _stop(state.spark_pid, spark.SERVER_CLASS)
     path.unlink(missing_ok=True)
     return True
 
 
 def stop_component(name: str, root: Path | None = None) -> None:
-    """Stop one emulator (``gcs`` or ``bigquery``) and leave the state file: a fault drill.
+    """Stop one component (``gcs``, ``bigquery`` or ``spark``) and leave the state file: a fault
+    drill.
 
     The stack is then unhealthy; the next ``up`` restarts it (on new ports, which every
     resource picks up, since they read the state file whenever they make a client).
     """
     state = read_state(root)
-    if name not in ("gcs", "bigquery"):
-        raise ValueError(f"unknown component {name!r}: gcs or bigquery")
+    if name not in ("gcs", "bigquery", "spark"):
+        raise ValueError(f"unknown component {name!r}: gcs, bigquery or spark")
     if name == "gcs":
         _stop(state.gcs_pid, "fake-gcs-server")
-    else:
+    elif name == "bigquery":
         _stop(state.bigquery_pid, "bqemulator")
+    else:
+        _stop(state.spark_pid, spark.SERVER_CLASS)

@@ -18,8 +18,8 @@ included) are re-applied by ``ALTER CONNECTION`` on every run, the view is ``CRE
 REPLACE``d, and a foreign catalog that exists with another connection or other options fails
 the step with a diff (``DriftError``). No credential appears in any statement: only
 ``secret(scope, name)`` references. What runs the statements is the Databricks resource's
-business (a SQL warehouse, or locally a stand-in: ``bq_assets.resources.databricks``); this
-module never asks which.
+business (a SQL warehouse, or locally the same statements on Apache Spark:
+``bq_assets.local.spark_warehouse``); this module never asks which.
 """
 
 from collections.abc import Callable
@@ -34,7 +34,9 @@ from bq_assets.engine.bigquery_partitions import partition_column_type
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
     TableName,
-    drift_probes,
+    describe_statement,
+    foreign_catalog_expectation,
+    object_drift,
     publish_statements,
     table_name,
 )
@@ -90,7 +92,7 @@ def databricks_materialization(spec: ExportSpec) -> Callable[..., dg.Materialize
         )
         with reading_input(upstream, "The table", table_id):
             notes = databricks.publish(
-                statements, drift_probes(spec, source), source, name, context.log
+                statements, foreign_catalog_expectation(spec, source), source, name
             )
         rows = databricks.row_count(name)
         context.log.info(f"{name}: {rows} rows visible in Databricks")
@@ -113,6 +115,7 @@ T = TypeVar("T")
 DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
+DATABRICKS_MATCHES_SPEC = "matches_spec"
 
 
 def _bigquery_count(client: bq.Client, table_id: str, where: str | None) -> int:
@@ -152,7 +155,7 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
     ) -> dict[str, dict[str, str | None]]:
         """What a check compares: the whole table (key ``table``), or each partition of the
         run's window (key: the partition), as a WHERE clause for BigQuery and for Databricks
-        (``databricks_dialect``: ``databricks``, or ``duckdb`` for the local stand-in)."""
+        (``databricks_dialect``: the Databricks resource's, ``databricks``)."""
         partitions = checked_partitions(context, spec)
         if partitions is None or spec.partitioning is None:
             return {"table": {"bigquery": None, databricks_dialect: None}}
@@ -257,12 +260,19 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
+        # The key columns' BigQuery types: each has a canonical string both engines compute
+        # alike (engine/key_checksum.py); a type without one fails the check, naming it.
+        key_columns: list[tuple[str, str]] = []
+
         def bigquery_checksum(client: bq.Client, table_id: str, where: str | None) -> tuple:
-            sql = key_checksum_sql("bigquery", f"`{table_id}`", spec.primary_key, where)
+            if not key_columns:
+                types = {f.name.lower(): f.field_type for f in client.get_table(table_id).schema}
+                key_columns.extend((c, types.get(c.lower(), "?")) for c in spec.primary_key)
+            sql = key_checksum_sql("bigquery", f"`{table_id}`", key_columns, where)
             return tuple(next(iter(client.query(sql).result())).values())
 
         def databricks_checksum(where: str | None) -> tuple:
-            sql = key_checksum_sql(databricks.dialect, "{table}", spec.primary_key, where)
+            sql = key_checksum_sql(databricks.dialect, "{table}", key_columns, where)
             (row,) = databricks.query(sql, name)
             return tuple(int(v) if v is not None else None for v in row)
 
@@ -306,6 +316,22 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
             costs,
         )
 
+    def matches_spec(
+        context: dg.AssetCheckExecutionContext,
+        databricks: DatabricksSQLResource,
+        bigquery: ExportBigQueryResource,
+    ) -> dg.AssetCheckResult:
+        table_id = bigquery_table_id(context)
+        with bigquery.get_client() as client:
+            columns = [(f.name, f.field_type) for f in client.get_table(table_id).schema]
+        ((described,),) = databricks.execute(describe_statement(name))
+        differences = object_drift(str(described), columns, spec.description)
+        return check_result(
+            not differences,
+            f"{name} differs from the spec: " + "; ".join(differences),
+            {"differences": dg.MetadataValue.json(differences), "described": str(described)},
+        )
+
     return [
         Check(
             dg.AssetCheckSpec(
@@ -333,5 +359,15 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
                 "export).",
             ),
             key_checksum_matches,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_MATCHES_SPEC,
+                asset=key,
+                description="The Databricks object is what the spec declares: the BigQuery "
+                "table's columns, in order, with the types Lakehouse Federation gives them, and "
+                "the spec's description as its comment (read back with DESCRIBE TABLE … AS JSON).",
+            ),
+            matches_spec,
         ),
     ]
