@@ -114,5 +114,4 @@ def test_the_read_back_names_each_column_whose_comment_tag_or_masking_differs(
         "is_account_group_member('pii_readers') THEN `email` ELSE NULL END)",
         "phone: comment is None, the spec says 'Phone.'",
         "phone: tag classification is None, the spec says 'pii_phone'",
-        '(view): comment is None, the spec says "Customers\' contacts."',
     ]

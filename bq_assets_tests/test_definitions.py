@@ -87,8 +87,8 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
     # Three queried exports (one partitioned: its freshness check), one delivered.
     # 11 checks per queried export, 8 for the delivered one (matches_spec on each Databricks view)
-    # Each export's BigQuery table: column_governance_matches_spec.
-    assert len(checks) == 33 + 1 + 8 + 4
+    # Each export's BigQuery table and Databricks view: column_governance_matches_spec.
+    assert len(checks) == 33 + 1 + 8 + 4 + 4
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

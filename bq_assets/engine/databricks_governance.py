@@ -98,8 +98,8 @@ def tags_query(catalog: str, schema: str, view: str) -> str:
 def governance_differences(
     spec: ExportSpec, described_json: str, tags: Iterable[tuple[str, str]]
 ) -> list[str]:
-    """One line per column (or the view) whose comment, classification tag or masking differs
-    from the spec. ``described_json``: ``DESCRIBE TABLE EXTENDED … AS JSON``; ``tags``:
+    """One line per column whose comment, classification tag or masking differs from the spec
+    (the view's own comment is ``matches_spec``'s business). ``described_json``: ``DESCRIBE TABLE EXTENDED … AS JSON``; ``tags``:
     (column, classification) pairs from ``tags_query``."""
     described = json.loads(described_json)
     comments = {
@@ -128,9 +128,4 @@ def governance_differences(
                 f"{column}: not masked for everyone outside {group} (the view's text lacks "
                 f"{masked_expression(column, group)})"
             )
-    if spec.description and (described.get("comment") or "") != spec.description:
-        lines.append(
-            f"(view): comment is {described.get('comment') or None!r}, the spec says "
-            f"{spec.description!r}"
-        )
     return lines

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bq_assets.engine.databricks_governance import column_list, select_list, tag_statements
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 
@@ -105,6 +106,19 @@ def foreign_catalog_options(spec: ExportSpec, source: BigQueryTable) -> dict[str
     return {DATA_PROJECT_OPTION: source.project, **spec.databricks.foreign_catalog_options}
 
 
+def view_statement(spec: ExportSpec, source: BigQueryTable) -> str:
+    """The federation mode's view over the foreign table: every column named with its comment,
+    the spec's description as the view's comment, a masked classification as Databricks'
+    dynamic view (``bq_assets.engine.databricks_governance``). Its column list and select list
+    come from the spec alone (what column lineage reads)."""
+    target = spec.databricks
+    return (
+        f"CREATE OR REPLACE VIEW {table_name(spec).quoted}{column_list(spec)}{_comment(spec)} "
+        f"AS SELECT {select_list(spec)} FROM "
+        f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`"
+    )
+
+
 def publish_statements(
     spec: ExportSpec, source: BigQueryTable, secret_scope: str, secret_name: str
 ) -> list[str]:
@@ -124,8 +138,9 @@ def publish_statements(
             f"CREATE FOREIGN CATALOG IF NOT EXISTS `{target.foreign_catalog}` "
             f"USING CONNECTION `{target.connection}` {catalog_options}",
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
-            f"CREATE OR REPLACE VIEW {name.quoted}{_comment(spec)} AS SELECT * FROM "
-            f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`",
+            view_statement(spec, source),
+            # Unity Catalog tags on the classified columns, after the view they belong to.
+            *tag_statements(spec, name.quoted),
         ]
     # The legacy connector wants the key base64-encoded: it lives in the secret
     # `<secret name>_base64` of the same scope (see the README).

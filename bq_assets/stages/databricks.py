@@ -31,6 +31,12 @@ from google.cloud import bigquery as bq
 from bq_assets.engine.bigquery_jobs import count_rows
 from bq_assets.engine.bigquery_metering import JobCosts
 from bq_assets.engine.bigquery_partitions import partition_column_type
+from bq_assets.engine.databricks_governance import (
+    governance_differences,
+    masking_group,
+    tags_query,
+    view_columns,
+)
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
     TableName,
@@ -116,6 +122,7 @@ DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
 DATABRICKS_MATCHES_SPEC = "matches_spec"
+DATABRICKS_COLUMN_GOVERNANCE = "column_governance_matches_spec"
 
 
 def _bigquery_count(client: bq.Client, table_id: str, where: str | None) -> int:
@@ -332,7 +339,41 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
             {"differences": dg.MetadataValue.json(differences), "described": str(described)},
         )
 
+    def column_governance_matches(
+        context: dg.AssetCheckExecutionContext, databricks: DatabricksSQLResource
+    ) -> dg.AssetCheckResult:
+        """Column comments, classification tags and masking, read back from Databricks
+        (``DESCRIBE TABLE … AS JSON`` and Unity Catalog's ``information_schema.column_tags``)."""
+        ((described,),) = databricks.execute(describe_statement(name))
+        tags = databricks.execute(tags_query(name.catalog, name.schema, name.table))
+        differences = governance_differences(
+            spec, str(described), [(str(c), str(v)) for c, v in tags]
+        )
+        return check_result(
+            not differences,
+            f"{name}: {len(differences)} column propert(ies) differ from "
+            f"{spec.spec_file.name}: " + "; ".join(differences),
+            {
+                "columns_differing": len({line.split(":")[0] for line in differences}),
+                "tagged_columns": len(tags),
+                "masked_columns": sum(
+                    masking_group(spec, c) is not None for c in view_columns(spec)
+                ),
+                "differences": dg.MetadataValue.json(differences),
+            },
+        )
+
     return [
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_COLUMN_GOVERNANCE,
+                asset=key,
+                description="Each column of the view has the comment its spec declares, a "
+                "Unity Catalog tag `classification` when classified, and is masked outside the "
+                "group databricks.masking names (read back from Databricks).",
+            ),
+            column_governance_matches,
+        ),
         Check(
             dg.AssetCheckSpec(
                 DATABRICKS_ROWS_MATCH_BIGQUERY,
