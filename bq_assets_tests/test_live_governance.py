@@ -131,3 +131,40 @@ def test_live_a_query_over_its_bytes_billed_cap_is_refused_with_one_message() ->
     error = as_bq_assets_error(refused.value, {})
     assert error is not None and not error.retryable
     assert "maximum_bytes_billed" in str(error)
+
+
+def test_live_the_view_carries_comments_tags_and_masking_on_a_real_sql_warehouse(
+    tmp_path: Path,
+) -> None:
+    """What only a workspace shows: Unity Catalog accepts `SET TAGS` on the view's columns and
+    lists them in information_schema.column_tags, the dynamic view masks for a principal outside
+    the group, and the governance check reads it all back."""
+    from bq_assets.resources import DatabricksSQLResource
+    from bq_assets.settings import databricks_client
+    from bq_assets_tests.test_live import DATABRICKS_VARIABLES
+
+    require(GCP_VARIABLES + DATABRICKS_VARIABLES)
+    (tmp_path / "live_masked.sql").write_text("SELECT amperity_id, email FROM customer_360")
+    suffix = uuid.uuid4().hex[:8]
+    (tmp_path / "live_masked.yaml").write_text(
+        "primary_key: [amperity_id]\ncadence: daily\n"
+        f"bigquery: {{dataset: {DATASET}, table: masked_{suffix}}}\n"
+        f"databricks: {{schema: {DATASET}, table: masked_{suffix}, "
+        "masking: {pii_email: bq_assets_no_one}}\n"
+        "columns:\n  email: {description: Email., classification: pii_email}\n"
+    )
+    specs = load_specs(tmp_path)
+    databricks = DatabricksSQLResource(
+        workspace=databricks_client(), warehouse_id=os.environ["DATABRICKS_WAREHOUSE_ID"]
+    )
+    with dg.instance_for_test() as instance:
+        result = run_exports(specs, live_resources(tmp_path, databricks), instance)
+    assert result.success, step_errors(result)
+    governed = [
+        c
+        for c in result.get_asset_check_evaluations()
+        if c.check_name == "column_governance_matches_spec"
+    ]
+    assert len(governed) == 2 and all(c.passed for c in governed)
+    rows = databricks.execute(f"SELECT count(email) FROM `main`.`{DATASET}`.`masked_{suffix}`")
+    assert rows == [["0"]]  # the test's principal is in no group named bq_assets_no_one
