@@ -55,7 +55,7 @@ def summarize(
 ) -> str:
     lines = [f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}"]
     if cost is not None:
-        lines.append(f"BigQuery: {cost.describe()}")
+        lines.append(f"cost: {cost.describe()}")
     checks = result.get_asset_check_evaluations()
     for export in exports:
         query = _metadata(result, query_key(export))
