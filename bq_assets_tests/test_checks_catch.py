@@ -104,7 +104,8 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
         assert result.success, step_errors(result)
         # The reserved-word key works on every engine: every check passed to begin with.
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 10 and all(e.passed for e in evaluations)
+        # 10, and column_governance_matches_spec on the BigQuery table
+        assert len(evaluations) == 11 and all(e.passed for e in evaluations)
         yield done
 
 
