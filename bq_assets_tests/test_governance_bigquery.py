@@ -335,3 +335,49 @@ def test_descriptions_survive_partition_replaces(orders, instance, tmp_path: Pat
                 "order_datetime": "When.",
                 "amount": "How much.",
             }
+
+
+class FakeTablesApi:
+    """A named fake of ``tables.patch`` (what ``update_table`` sends), for the policy tags no
+    engine here keeps: records each patched schema in its REST form, ``TableFieldSchema`` with
+    ``policyTags.names`` (https://cloud.google.com/bigquery/docs/reference/rest/v2/tables#TableFieldSchema;
+    "Set a policy tag on a column",
+    https://cloud.google.com/bigquery/docs/column-level-security#set_policy)."""
+
+    def __init__(self) -> None:
+        self.patched: list[list[dict]] = []
+        self.policy_tags = {"pii_email": TAG}
+
+    def update_table(self, table: bigquery.Table, fields: list[str], **_: object) -> bigquery.Table:
+        assert fields == ["schema"]
+        self.patched.append([f.to_api_repr() for f in table.schema])
+        return table
+
+
+def test_policy_tags_are_set_in_the_documented_form_and_only_where_missing(tmp_path: Path) -> None:
+    from bq_assets.engine.bigquery_columns import apply_column_governance
+
+    (spec,) = export(tmp_path, "tag_form")
+    table = bigquery.Table(
+        "p.d.tag_form",
+        schema=[
+            bigquery.SchemaField(
+                "amperity_id", "STRING", description="Amperity ID of the customer."
+            ),
+            bigquery.SchemaField("email", "STRING", description="The customer's email."),
+            bigquery.SchemaField("state", "STRING", description="US state."),
+        ],
+    )
+    api = FakeTablesApi()
+    table = apply_column_governance(api, table, spec)  # type: ignore[arg-type]
+    (patched,) = api.patched
+    assert patched[1] == {
+        "name": "email",
+        "type": "STRING",
+        "mode": "NULLABLE",
+        "description": "The customer's email.",
+        "policyTags": {"names": [TAG]},
+    }
+    assert "policyTags" not in patched[0] and "policyTags" not in patched[2]
+    apply_column_governance(api, table, spec)  # type: ignore[arg-type]
+    assert len(api.patched) == 1  # nothing differs any more: no second patch
