@@ -439,14 +439,21 @@ class FakeAcceptingEndpoint(FakeEndpoint):
     Google's token endpoint grants an access token for the signed JWT, and the Databricks
     Statement Execution API runs every statement (a ``count(*)`` answers ``rows``)."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, project: str = stack.LOCAL_PROJECT) -> None:
         self.rows = rows
+        self.project = project
         super().__init__()
 
     def answer(self, path: str, body: str) -> tuple[int, dict]:
         if path == "/token":
             return 200, {"access_token": "ya29.fake-access-token", "expires_in": 3600,
                          "token_type": "Bearer"}  # fmt: skip
+        if path.startswith("/api/2.1/unity-catalog/catalogs/"):
+            # Unity Catalog's "Get a catalog" (https://docs.databricks.com/api/workspace/catalogs/get):
+            # the foreign catalog as the spec declares it.
+            return 200, {"name": path.rsplit("/", 1)[1], "catalog_type": "FOREIGN_CATALOG",
+                         "connection_name": "bigquery_connection",
+                         "options": {"dataProjectId": self.project}}  # fmt: skip
         counted = "count(*)" in json.loads(body or "{}").get("statement", "").lower()
         rows = [[str(self.rows)]] if counted else []
         return 200, {"statement_id": "fake-statement", "status": {"state": "SUCCEEDED"},
@@ -481,7 +488,8 @@ def test_secrets_never_reach_logs_metadata_output_or_errors(
     token = "dapi" + "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
     sample_data.ensure(Path(fault_resources["source"].database), FAULT_ROWS)
     source_rows = len(source_keys(fault_resources, "SELECT amperity_id FROM customer_360"))
-    accepting, rejecting = FakeAcceptingEndpoint(source_rows), FakeRejectingEndpoint()
+    accepting = FakeAcceptingEndpoint(source_rows, fault_stack.project)
+    rejecting = FakeRejectingEndpoint()
     encoded_key, pem = fake_service_account_key(f"{accepting.url}/token")
     rejected_key, _ = fake_service_account_key(f"{rejecting.url}/token")
     secrets = [token, encoded_key, pem.splitlines()[1], "feedface0123", rejected_key]

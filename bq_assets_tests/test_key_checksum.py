@@ -12,6 +12,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import dagster as dg
+import duckdb
 import pytest
 from google.cloud import bigquery
 
@@ -22,8 +24,10 @@ from bq_assets.engine.key_checksum import (
     key_checksum_sql,
     refused_key_types,
 )
+from bq_assets.exports import load_specs
 from bq_assets.exports.fields import ExportSpecError
 from bq_assets.exports.spec import load_spec
+from bq_assets_tests.conftest import run_exports, step_errors
 
 pytestmark = pytest.mark.stack
 
@@ -173,3 +177,21 @@ def test_a_delivered_export_keyed_on_a_float_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ExportSpecError, match="primary_key: score is FLOAT64"):
         load_spec(tmp_path / "drops.yaml")
+
+
+def test_a_key_whose_type_the_sql_does_not_state_is_refused_before_the_snapshot_leaves(
+    local_stack, resources, tmp_path: Path
+) -> None:
+    """A FLOAT64 key the SQL does not cast (the source column is DOUBLE) cannot be stated at
+    load; the query step refuses it, naming the column, before anything is uploaded."""
+    database = resources["source"]._database_path()
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE OR REPLACE TABLE float_keyed AS SELECT 1.5::DOUBLE AS score, 'a' AS s")
+    (tmp_path / "float_keyed.sql").write_text("SELECT score, s FROM float_keyed")
+    (tmp_path / "float_keyed.yaml").write_text("primary_key: [score]\ncadence: daily\n")
+    specs = load_specs(tmp_path)  # loads: nothing in the SQL says score is a float
+    with dg.instance_for_test() as instance:
+        result = run_exports(specs, resources, instance, "query/float_keyed")
+    (message,) = step_errors(result).values()
+    assert "primary_key: score is FLOAT64" in message and "float_keyed.yaml" in message
+    assert not result.get_asset_materialization_events()

@@ -54,8 +54,10 @@ from bq_assets.resources.databricks import (
 CATALOG_CLASS = "bqassets.standin.LocalUnityCatalog"
 #: How the copy of a BigQuery table is written: one row group per Storage Read message.
 MIRROR_PARQUET = {"compression": "lz4"}
-_SESSIONS: dict[tuple[int, str], Any] = {}
-_REGISTERED: dict[tuple[int, str], set[str]] = {}
+#: Spark Connect sessions by (process, server, warehouse folder): a session's catalogs point at
+#: one folder, and a forked child opens sessions of its own.
+_SESSIONS: dict[tuple[int, str, str], Any] = {}
+_REGISTERED: dict[tuple[int, str, str], set[str]] = {}
 _LOCK = threading.Lock()
 
 
@@ -111,20 +113,19 @@ class SparkDatabricksResource(DatabricksSQLResource):
 
     # -- Spark ---------------------------------------------------------------------------------
 
-    def _session(self) -> tuple[tuple[int, str], Any]:
-        """This process's Spark Connect session and its key (one per process and server: a
-        forked child opens its own)."""
+    def _session(self) -> tuple[tuple[int, str, str], Any]:
+        """This process's Spark Connect session for this warehouse folder, and its key."""
         from pyspark.sql import SparkSession
 
         remote = read_state(Path(self.local_stack_dir)).spark_remote
-        key = (os.getpid(), remote)
+        key = (os.getpid(), remote, self.warehouse_dir)
         with _LOCK:
             if key not in _SESSIONS:
                 _SESSIONS[key] = SparkSession.builder.remote(remote).create()
                 _REGISTERED[key] = set()
             return key, _SESSIONS[key]
 
-    def _register_catalogs(self, key: tuple[int, str], session: Any, statement: str) -> None:
+    def _register_catalogs(self, key: tuple[int, str, str], session: Any, statement: str) -> None:
         """Make every catalog the statement names, and every catalog the stand-in holds (a view
         reads the catalogs its query names), a ``LocalUnityCatalog`` of this session."""
         warehouse = Path(self.warehouse_dir)

@@ -22,9 +22,10 @@ from pathlib import Path
 import dagster as dg
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
-from google.cloud import storage
+from google.cloud import bigquery, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from bq_assets.engine.key_checksum import KeyTypeError, refused_key_types
 from bq_assets.engine.redaction import redacted_row
 from bq_assets.engine.scans import (
     KeyReport,
@@ -55,6 +56,16 @@ class RunStatus:
 
     created: float  # when the run was created (POSIX seconds), from its run record
     finished: bool  # the run has ended (success, failure or canceled): it reads no more
+
+
+def refuse_uncomparable_keys(spec: ExportSpec, fields: list[bigquery.SchemaField]) -> None:
+    """Before the snapshot leaves the machine: a key column whose BigQuery type the key
+    checksum cannot compare between BigQuery and Databricks fails the step, naming it (the
+    types the SQL states are refused when the code location loads already)."""
+    types = {f.name: f.field_type for f in fields}
+    problems = refused_key_types([(c, types[c]) for c in spec.primary_key if c in types])
+    if problems:
+        raise KeyTypeError(f"{spec.spec_file}: " + "; ".join(problems))
 
 
 def tidy_snapshots(
@@ -121,6 +132,7 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
                 partition_column=spec.partitioning.column if spec.partitioning else None,
             )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
+            refuse_uncomparable_keys(spec, fields)
             rows_by_partition = None
             if window is not None and spec.partitioning is not None:
                 column_type = next(
