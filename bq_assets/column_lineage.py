@@ -8,8 +8,8 @@ source UI, each column's source columns traced end to end (``source_columns``).
   (the objects and the table carry the query's columns unchanged); a delivered export's
   ``gcs/`` asset → the same column of its delivery prefix (``source/delivery/...``);
 - ``databricks/<export>``: each column → the BigQuery columns its view reads, read from the
-  very view statement the hop runs (``SELECT *`` today: one to one). A view that renames or
-  masks a column maps it to the column it reads, with no change here.
+  very view statement the hop runs (every column named; a masked one through its ``CASE``,
+  so it maps to the column it reads).
 
 Dagster's UI draws ``dagster/column_lineage`` as a column graph only in Dagster+ ("Viewing
 column-level lineage in the UI is a Dagster+ feature",

@@ -20,9 +20,11 @@ import dagster as dg
 
 from bq_assets.column_lineage import lineage_of
 from bq_assets.dagster_internals import STEP_PRELOAD_MODULES
+from bq_assets.exports.columns import check_classifications
 from bq_assets.exports.source_names import Places, SourcePlace
 from bq_assets.exports.spec import ExportSpec, check_sources
 from bq_assets.failures import failing_clearly
+from bq_assets.resources.google import ExportBigQueryResource
 from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors
 from bq_assets.sources.declarations import DEFAULT_SOURCE
@@ -166,6 +168,9 @@ def build_definitions(
     source = resources.get("source")
     if source is not None and hasattr(source, "source_names"):
         check_sources(specs, source.source_names())
+    bigquery = resources.get("bigquery")
+    if isinstance(bigquery, ExportBigQueryResource):
+        check_classifications(specs, bigquery.policy_tags, bigquery.require_policy_tags)
     return dg.Definitions(
         assets=[
             *translator.get_source_asset_specs(specs),

@@ -24,6 +24,8 @@ import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 
+from bq_assets.engine.bigquery_metering import bytes_billed_limit_error, refused_for_bytes_billed
+from bq_assets.engine.redaction import without_email_addresses
 from bq_assets.errors import BqAssetsError, ServiceUnreachableError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +73,8 @@ def as_bq_assets_error(exc: Exception, endpoints: Mapping[str, str]) -> BqAssets
     are, to name the one that did not answer."""
     if isinstance(exc, BqAssetsError):
         return exc
+    if isinstance(exc, api_exceptions.GoogleAPICallError) and refused_for_bytes_billed(exc):
+        return bytes_billed_limit_error(exc)
     if isinstance(exc, api_exceptions.Forbidden) and not _reasons(exc) & {"rateLimitExceeded"}:
         return BqAssetsError(
             f"permission denied: {_short(exc)} Grant the permission it names to the service "
@@ -92,7 +96,11 @@ def as_bq_assets_error(exc: Exception, endpoints: Mapping[str, str]) -> BqAssets
 
 def as_failure(exc: BqAssetsError) -> dg.Failure:
     """The step failure the UI, the run's failure report and alerts show for ``exc``."""
-    return dg.Failure(description=str(exc), metadata=exc.metadata, allow_retries=exc.retryable)
+    return dg.Failure(
+        description=without_email_addresses(str(exc)),
+        metadata=exc.metadata,
+        allow_retries=exc.retryable,
+    )
 
 
 def endpoints_of(resources: Mapping[str, Any]) -> dict[str, str]:

@@ -22,6 +22,7 @@ import dagster as dg
 from dagster_shared.error import SerializableErrorInfo
 
 from bq_assets.exports.spec import ExportSpec
+from bq_assets.stages.cost import run_cost
 from bq_assets.stages.partitions import latest_complete_partition
 from bq_assets.translator import FRESHNESS, ExportTranslator
 
@@ -170,7 +171,9 @@ def failure_message(context: dg.RunFailureSensorContext) -> str:
     ]
     details = steps + failed_checks(context.instance, run.run_id)
     detail = "; ".join(details) or context.failure_event.message or "no message"
-    return f"run {run.run_id} of {run.job_name} failed: {detail}"
+    cost = run_cost(context.instance, run.run_id)
+    spent = f" (the run's {cost.describe()})" if cost else ""
+    return f"run {run.run_id} of {run.job_name} failed: {detail}{spent}"
 
 
 def build_failure_sensor(

@@ -9,6 +9,7 @@ reported at once.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -52,6 +53,9 @@ PROD_OPTIONAL = {
     "DATABRICKS_CLIENT_SECRET": "Databricks OAuth M2M client secret",
     "DATABRICKS_BIGQUERY_SECRET_SCOPE": "secret scope holding the BigQuery key (federation)",
     "DATABRICKS_BIGQUERY_SECRET_NAME": "secret holding the BigQuery key JSON (federation)",
+    "BQ_ASSETS_POLICY_TAGS": "JSON object: classification -> Data Catalog policy tag resource "
+    "name (or null); every classification a spec uses must be in it",
+    "BQ_ASSETS_MAXIMUM_BYTES_BILLED": "bytes a query job may bill at most (default: no limit)",
 }
 #: Per declared source NAME, ``BQ_ASSETS_SOURCE_<NAME>_<FIELD>``; see README, Sources.
 SOURCE_FIELDS = ("KIND", "PATH", "HOST", "PORT", "DATABASE", "USER", "PASSWORD")
@@ -174,6 +178,36 @@ def query_engine_settings() -> dict[str, str | int]:
     return found
 
 
+def bigquery_governance_settings() -> dict[str, object]:
+    """The BigQuery resource's policy tags (``BQ_ASSETS_POLICY_TAGS``, a JSON object) and
+    query cost cap (``BQ_ASSETS_MAXIMUM_BYTES_BILLED``), both environments; a malformed value
+    fails the load naming the variable."""
+    found: dict[str, object] = {}
+    tags = os.environ.get("BQ_ASSETS_POLICY_TAGS")
+    if tags:
+        try:
+            parsed = json.loads(tags)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"BQ_ASSETS_POLICY_TAGS is not JSON: {exc}") from None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(v, str | None) for v in parsed.values()
+        ):
+            raise ConfigurationError(
+                "BQ_ASSETS_POLICY_TAGS must be a JSON object of classification -> policy tag "
+                'resource name or null, e.g. {"pii_email": "projects/p/locations/us/taxonomies/'
+                '1/policyTags/2"}'
+            )
+        found["policy_tags"] = parsed
+    limit = os.environ.get("BQ_ASSETS_MAXIMUM_BYTES_BILLED")
+    if limit:
+        if not limit.isdigit() or int(limit) < 1:
+            raise ConfigurationError(
+                f"BQ_ASSETS_MAXIMUM_BYTES_BILLED={limit!r} must be a positive number of bytes"
+            )
+        found["maximum_bytes_billed"] = int(limit)
+    return found
+
+
 def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources wired to the local stack under ``root`` (default ``BQ_ASSETS_LOCAL_DIR``)."""
     # The local stack's modules are imported here only: production never loads them.
@@ -192,7 +226,12 @@ def local_resources(root: Path | None = None) -> dict[str, dg.ConfigurableResour
         raise ConfigurationError(f"BQ_ASSETS_SAMPLE_ROWS={rows!r} must be a positive integer")
     # The stack's project and bucket are fixed: named here, they name the tables and objects
     # in the assets' definitions (the clients still ask the running stack).
-    bigquery = LocalBigQueryResource(local_stack_dir=str(root), project=LOCAL_PROJECT)
+    bigquery = LocalBigQueryResource(
+        local_stack_dir=str(root),
+        project=LOCAL_PROJECT,
+        require_policy_tags=False,
+        **bigquery_governance_settings(),
+    )
     # The default source: a DuckDB file of the user's own when BQ_ASSETS_SOURCE_DATABASE names
     # one, else the generated sample (which never replaces a file it did not make).
     own_database = os.environ.get("BQ_ASSETS_SOURCE_DATABASE")
@@ -253,7 +292,11 @@ def prod_resources() -> dict[str, dg.ConfigurableResource]:
     credentials = (
         dg.EnvVar("GCP_CREDENTIALS_B64") if os.environ.get("GCP_CREDENTIALS_B64") else None
     )
-    bigquery = ExportBigQueryResource(project=dg.EnvVar("GCP_PROJECT"), gcp_credentials=credentials)
+    bigquery = ExportBigQueryResource(
+        project=dg.EnvVar("GCP_PROJECT"),
+        gcp_credentials=credentials,
+        **bigquery_governance_settings(),
+    )
     return {
         "source": DuckDBSourceResource(
             database=dg.EnvVar("BQ_ASSETS_SOURCE_DATABASE"),

@@ -116,7 +116,8 @@ def exported(local_stack, resources, tmp_path_factory) -> Iterator[Materialized]
         assert result.success, step_errors(result)
         # The reserved-word key works on every engine: every check passed to begin with.
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 12 and all(e.passed for e in evaluations)
+        # 12, and column_governance_matches_spec on the BigQuery table and the Databricks view
+        assert len(evaluations) == 14 and all(e.passed for e in evaluations)
         yield done
 
 

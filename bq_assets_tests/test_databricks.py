@@ -108,8 +108,8 @@ def test_federation_creates_connection_foreign_catalog_and_view(tmp_path: Path) 
         "CREATE FOREIGN CATALOG IF NOT EXISTS `bigquery` USING CONNECTION `bigquery_connection` "
         "OPTIONS (dataProjectId 'acme-prod')",
         "CREATE SCHEMA IF NOT EXISTS `main`.`amperity`",
-        "CREATE OR REPLACE VIEW `main`.`amperity`.`customer_360` AS "
-        "SELECT * FROM `bigquery`.`amperity_exports`.`customer_360`",
+        "CREATE OR REPLACE VIEW `main`.`amperity`.`customer_360` (`amperity_id`, `email`) AS "
+        "SELECT `amperity_id`, `email` FROM `bigquery`.`amperity_exports`.`customer_360`",
     ]
 
 
@@ -123,8 +123,9 @@ def test_the_view_carries_the_spec_description_as_its_comment(tmp_path: Path) ->
     )
     view = publish_statements(load_spec(tmp_path / "c.yaml"), SOURCE, "s", "k")[-1]
     assert view == (
-        "CREATE OR REPLACE VIEW `main`.`amperity`.`c` COMMENT 'Amperity\\'s profiles' AS "
-        "SELECT * FROM `bigquery`.`amperity_exports`.`customer_360`"
+        "CREATE OR REPLACE VIEW `main`.`amperity`.`c` (`amperity_id`) COMMENT "
+        "'Amperity\\'s profiles' AS SELECT `amperity_id` FROM "
+        "`bigquery`.`amperity_exports`.`customer_360`"
     )
     assert [text for kind, text in tokens(view) if kind == "STRING"] == ["Amperity's profiles"]
 

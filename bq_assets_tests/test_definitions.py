@@ -92,8 +92,9 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert not checks[("bigquery/customer_360", "table_matches_spec")].blocking
     # Three queried exports (one partitioned: its freshness check), one delivered: 12 checks per
     # queried export, 9 for the delivered one (matches_spec on each Databricks view,
-    # table_matches_spec on each BigQuery table).
-    assert len(checks) == 36 + 1 + 9
+    # table_matches_spec on each BigQuery table), and column_governance_matches_spec on each
+    # export's BigQuery table and Databricks view.
+    assert len(checks) == 36 + 1 + 9 + 4 + 4
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

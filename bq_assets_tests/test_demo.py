@@ -51,6 +51,8 @@ def test_the_demo_prints_a_line_per_step_and_its_summary_and_keeps_every_event(
         step for _, step in steps
     }
     assert re.search(r"^checks: \d+ passed, 0 failed$", output, re.M), output
+    # Each run's summary names what its BigQuery jobs cost (issue 25).
+    assert re.search(r"^cost: \d+ BigQuery job\(s\): [\d,]+ bytes processed", output, re.M), output
     assert "DEBUG" not in output and "No dagster instance configuration file" not in output
     lines_per_run_step = len(steps)
     with dg.DagsterInstance.from_config(str(home)) as instance:

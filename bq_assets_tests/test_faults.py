@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bq_assets.engine.bigquery_load import run_load
 from bq_assets.engine.manifest import Manifest, Shard
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
+from bq_assets.exports.columns import BUILT_IN_CLASSIFICATIONS
 from bq_assets.factory import build_definitions
 from bq_assets.failures import reported_as_failure
 from bq_assets.local import sample_data, stack
@@ -477,6 +478,9 @@ def production_wired_env(
         "BIGQUERY_EMULATOR_HOST": fault_stack.bigquery_endpoint,
         "GCP_CREDENTIALS_B64": key, "DATABRICKS_HOST": fake.url,
         "DATABRICKS_WAREHOUSE_ID": "fake-warehouse", "DATABRICKS_TOKEN": token,
+        # The shipped exports classify columns: production wants each class's policy tag (here
+        # deliberately none: the emulator keeps no policy tags).
+        "BQ_ASSETS_POLICY_TAGS": json.dumps(dict.fromkeys(BUILT_IN_CLASSIFICATIONS)),
     }  # fmt: skip
 
 

@@ -660,6 +660,26 @@ def test_materialize_all_from_the_group_page_runs_and_passes_every_check(ui: UI)
     ui.screenshot("asset-graph.png")
 
 
+def test_the_bigquery_asset_shows_its_governed_columns_and_plots_its_cost(ui: UI) -> None:
+    """After the run above: the BigQuery asset's column schema shows each column's description
+    and classification (issue 25), and its numeric cost metadata is plotted over time."""
+    page = ui.page
+    key = asset_key("bigquery", RUN_EXPORT)
+    ui.goto(f"/assets/{key}")
+    with ui.step(f"{key}'s columns show their descriptions and classifications"):
+        expect(page.get_by_text("The customer's preferred email address.").first).to_be_visible()
+        expect(page.get_by_text("pii_email").first).to_be_visible()
+        expect(
+            page.get_by_text("Amperity ID of the unified customer profile").first
+        ).to_be_visible()
+    ui.screenshot("governed-columns.png")
+    with ui.step(f"{key}'s metadata plots the BigQuery cost of each materialization"):
+        page.get_by_role("button", name=re.compile("Plots$")).first.click()
+        for name in ("bigquery_job_ms", "bigquery_bytes_processed", "bigquery_jobs"):
+            expect(page.get_by_text(name, exact=True).first).to_be_visible()
+    ui.screenshot("bigquery-cost-plot.png")
+
+
 def wait_for_run(ui: UI, run_id: str) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     status = "UNKNOWN"

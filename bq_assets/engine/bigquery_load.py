@@ -16,6 +16,11 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import bigquery, storage
 
+from bq_assets.engine.bigquery_columns import (
+    apply_column_governance,
+    governed_schema,
+    policy_tags_of,
+)
 from bq_assets.engine.bigquery_jobs import (
     TRANSIENT,
     count_rows,
@@ -201,6 +206,7 @@ def prepare_load(
     ensure_dataset(client, project, spec)
     table_id = f"{project}.{spec.bigquery.dataset}.{spec.bigquery_table}"
     config = load_job_config(spec, manifest)
+    config.schema = governed_schema(list(config.schema), spec, policy_tags_of(client))
     existing = existing_table(client, table_id)
     if existing is not None:
         drift = check_schema_drift(list(existing.schema), list(config.schema), spec, table_id)
@@ -315,6 +321,7 @@ def run_load(
 
     table = client.get_table(table_id, retry=TRANSIENT)
     table = apply_labels_and_description(client, table, spec)
+    table = apply_column_governance(client, table, spec)
     return LoadResult(
         table_id=table_id,
         job_id=job.job_id,

@@ -16,6 +16,7 @@ from typing import Literal
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
+from bq_assets.engine.bigquery_columns import apply_column_governance
 from bq_assets.engine.bigquery_jobs import (
     JOB_TIMEOUT_S,
     TRANSIENT,
@@ -110,10 +111,21 @@ def _window_bounds(window: Window, column_type: str) -> tuple[dt.date | dt.datet
 
 
 def partition_row_counts(
-    client: bigquery.Client, table_id: str, column: str, column_type: str, window: Window
+    client: bigquery.Client,
+    table_id: str,
+    column: str,
+    column_type: str,
+    window: Window,
+    pruned: bool = False,
 ) -> tuple[dict[str, int], int]:
     """Rows of ``table_id`` in each partition of ``window``, and rows outside the window
-    (or with a NULL partition column). One query; read-only."""
+    (or with a NULL partition column). One query; read-only.
+
+    ``pruned``: read only the window's partitions (a filter on the partition column with
+    constant bounds, which BigQuery prunes to:
+    https://cloud.google.com/bigquery/docs/querying-partitioned-tables#prune_partitions), for a
+    published table whose other partitions are not this run's business; the rows outside are
+    then not counted (0)."""
     parts = window.split()
     counts = [f"COUNTIF(`{column}` >= ? AND `{column}` < ?) AS p{i}" for i, _ in enumerate(parts)]
     params = [_bound(b, column_type) for part in parts for b in _window_bounds(part, column_type)]
@@ -123,6 +135,8 @@ def partition_row_counts(
         f"COUNTIF(`{column}` IS NULL OR `{column}` < ? OR `{column}` >= ?) AS outside "
         f"FROM `{table_id}`"
     )
+    if pruned:
+        sql += f" WHERE {window_predicate('bigquery', column, column_type, window)}"
     params += [_bound(start, column_type), _bound(end, column_type)]
     (row,) = query_rows(client, sql, bigquery.QueryJobConfig(query_parameters=params))
     return {part.keys[0]: int(row[f"p{i}"]) for i, part in enumerate(parts)}, int(row["outside"])
@@ -247,7 +261,8 @@ def run_partition_load(
             drop_quietly(client, staging, log)
     table = client.get_table(table_id, retry=TRANSIENT)
     table = apply_labels_and_description(client, table, spec)
-    published, _ = partition_row_counts(client, table_id, column, column_type, window)
+    table = apply_column_governance(client, table, spec)
+    published, _ = partition_row_counts(client, table_id, column, column_type, window, pruned=True)
     result = LoadResult(
         table_id=table_id,
         job_id=job.job_id,

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bq_assets.engine.databricks_governance import column_list, select_list, tag_statements
 from bq_assets.errors import BqAssetsError
 from bq_assets.exports.spec import ExportSpec
 
@@ -106,11 +107,15 @@ def foreign_catalog_options(spec: ExportSpec, source: BigQueryTable) -> dict[str
 
 
 def view_statement(spec: ExportSpec, source: BigQueryTable) -> str:
-    """The federation mode's view over the foreign table (its select list is also what the
-    Databricks asset's column lineage is read from)."""
+    """The federation mode's view over the foreign table: every column named with its comment,
+    the spec's description as the view's comment, a masked classification as Databricks'
+    dynamic view (``bq_assets.engine.databricks_governance``). Its column list and select list
+    come from the spec alone (what column lineage reads)."""
+    target = spec.databricks
     return (
-        f"CREATE OR REPLACE VIEW {table_name(spec).quoted}{_comment(spec)} AS SELECT * FROM "
-        f"`{spec.databricks.foreign_catalog}`.`{source.dataset}`.`{source.table}`"
+        f"CREATE OR REPLACE VIEW {table_name(spec).quoted}{column_list(spec)}{_comment(spec)} "
+        f"AS SELECT {select_list(spec)} FROM "
+        f"`{target.foreign_catalog}`.`{source.dataset}`.`{source.table}`"
     )
 
 
@@ -134,6 +139,8 @@ def publish_statements(
             f"USING CONNECTION `{target.connection}` {catalog_options}",
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
             view_statement(spec, source),
+            # Unity Catalog tags on the classified columns, after the view they belong to.
+            *tag_statements(spec, name.quoted),
         ]
     # The legacy connector wants the key base64-encoded: it lives in the secret
     # `<secret name>_base64` of the same scope (see the README).

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from bq_assets.exports.columns import DESCRIPTION_MAX, ColumnSpec
 from bq_assets.exports.fields import (
     COLUMN,
     StrictModel,
@@ -80,10 +81,16 @@ def _glob_to_regex(text: str) -> str:
 
 
 class DeliveryColumn(StrictModel):
-    """One delivered column: its name in the header and the BigQuery type it loads as."""
+    """One delivered column: its name in the header, the BigQuery type it loads as, and (as in
+    an export's ``columns:`` block) what it means and how it is classified."""
 
     name: str
     type: str
+    description: str = Field("", max_length=DESCRIPTION_MAX)
+    classification: str | None = None
+
+    _description = field_validator("description")(ColumnSpec.plain_description)
+    _classification = field_validator("classification")(ColumnSpec.class_name)
 
     @field_validator("name")
     @classmethod
@@ -98,6 +105,14 @@ class DeliveryColumn(StrictModel):
                 f"{value!r} is not a BigQuery type; allowed: {', '.join(DELIVERY_TYPES)}"
             )
         return value.upper()
+
+    @property
+    def column_spec(self) -> ColumnSpec | None:
+        """The column's description and classification, as a ``columns:`` entry (None when it
+        declares neither)."""
+        if not self.description and self.classification is None:
+            return None
+        return ColumnSpec(description=self.description, classification=self.classification)
 
 
 class DeliveryCompletion(StrictModel):

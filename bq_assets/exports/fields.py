@@ -16,6 +16,8 @@ DATABRICKS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 LOCATION = re.compile(r"^[A-Za-z0-9-]{2,40}$")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+#: Account group names reach SQL as string literals: letters, digits, space, `_ . @ -` only.
+ACCOUNT_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,254}$")
 OWNER = re.compile(r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

@@ -24,6 +24,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bq_assets.engine.key_checksum import refused_key_types
+from bq_assets.exports.columns import ColumnSpec, unknown_columns
 from bq_assets.exports.delivery import DeliveryOptions
 from bq_assets.exports.fields import (
     CADENCE_CRON,
@@ -78,6 +79,11 @@ class ExportSpec(StrictModel):
         "per the `csv` options) or `parquet` (typed, keeps NULL and empty strings apart "
         "everywhere; of the `csv` options only `shard_rows` then applies)",
     )
+    columns: dict[str, ColumnSpec] = Field(
+        default_factory=dict,
+        description="per result column: its description and classification (a delivered "
+        "export declares them in delivery.columns)",
+    )
     csv: CsvOptions = Field(default_factory=CsvOptions)
     objects: ObjectNames = Field(default_factory=ObjectNames)
     bigquery: BigQueryTarget = Field(default_factory=BigQueryTarget)
@@ -129,9 +135,31 @@ class ExportSpec(StrictModel):
     def _owners(cls, value: list[str]) -> list[str]:
         return [matching(OWNER, "owner (an email or team:<name>)", v) for v in value]
 
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+        for name in value:
+            matching(COLUMN, "column name", name)
+        return value
+
     @model_validator(mode="after")
     def _columns_exist(self) -> ExportSpec:
         columns = self.delivery.column_names if self.delivery else query_columns(self.sql)
+        if self.delivery and self.columns:
+            raise ValueError(
+                "columns: a delivered export describes and classifies its columns in "
+                "delivery.columns (description, classification), not in a columns block"
+            )
+        problem = unknown_columns(self.columns, columns, "query")
+        if problem:
+            raise ValueError(problem)
+        masked = set(self.databricks.masking)
+        classified = {c.classification for c in self.column_specs.values() if c.classification}
+        if masked - classified:
+            raise ValueError(
+                f"databricks.masking: {', '.join(sorted(masked - classified))} classifies no "
+                f"column of this export (classified: {', '.join(sorted(classified)) or 'none'})"
+            )
         for field, names in [
             ("primary_key", self.primary_key),
             ("required", self.required),
@@ -208,6 +236,24 @@ class ExportSpec(StrictModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def column_specs(self) -> dict[str, ColumnSpec]:
+        """Each described or classified column's spec (from ``delivery.columns`` when
+        delivered), in the order of the result's columns."""
+        if self.delivery is None:
+            return dict(self.columns)
+        found = {c.name: c.column_spec for c in self.delivery.columns}
+        return {name: spec for name, spec in found.items() if spec is not None}
+
+    @property
+    def columns_key(self) -> str:
+        """Where the spec declares its columns (for messages)."""
+        return "delivery.columns" if self.delivery else "columns"
+
+    def classification_of(self, column: str) -> str | None:
+        declared = self.column_specs.get(column)
+        return declared.classification if declared else None
 
     @property
     def partitioned(self) -> bool:

@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from bq_assets.exports.columns import CLASSIFICATION
 from bq_assets.exports.fields import (
+    ACCOUNT_GROUP,
     BIGQUERY_NAME,
     COLUMN,
     DATABRICKS_NAME,
@@ -128,6 +130,12 @@ class BigQueryTarget(StrictModel):
         "`<dataset>_staging`)",
     )
     write_disposition: Literal["WRITE_TRUNCATE", "WRITE_APPEND"] = "WRITE_TRUNCATE"
+    maximum_bytes_billed: int | None = Field(
+        None,
+        ge=1,
+        description="every query job of this export may bill at most this many bytes (BigQuery "
+        "refuses one that would bill more); default: BQ_ASSETS_MAXIMUM_BYTES_BILLED, else none",
+    )
     schema_update_options: list[Literal["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"]] = Field(
         default_factory=list,
         description="schema changes a load may make to an existing table; any other drift fails",
@@ -195,7 +203,21 @@ class DatabricksTarget(StrictModel):
         "`materializationDataset` or `bigNumericDefaultScale`, passed through as written",
     )
 
+    masking: dict[str, str] = Field(
+        default_factory=dict,
+        description="classification -> account group: the view shows such columns only to "
+        "members of the group (is_account_group_member); everyone else sees NULL",
+    )
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("masking")
+    @classmethod
+    def _masking(cls, value: dict[str, str]) -> dict[str, str]:
+        for classification, group in value.items():
+            matching(CLASSIFICATION, "classification", classification)
+            matching(ACCOUNT_GROUP, "Databricks account group name", group)
+        return value
 
     @field_validator("catalog", "schema_", "table", "connection", "foreign_catalog")
     @classmethod

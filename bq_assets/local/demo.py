@@ -23,6 +23,8 @@ from collections.abc import Callable
 import dagster as dg
 
 from bq_assets.dagster_internals import reconstructable_asset_job
+from bq_assets.engine.bigquery_metering import JobCosts
+from bq_assets.stages.cost import run_cost
 from bq_assets.translator import ExportTranslator, bigquery_key, databricks_key, gcs_key, query_key
 
 #: How many of a partitioned export's latest complete partitions the demo materializes.
@@ -45,8 +47,15 @@ def _metadata(result: dg.ExecuteJobResult, key: dg.AssetKey) -> dict:
     return {}
 
 
-def summarize(result: dg.ExecuteJobResult, exports: list[str], delivered: set[str]) -> str:
+def summarize(
+    result: dg.ExecuteJobResult,
+    exports: list[str],
+    delivered: set[str],
+    cost: JobCosts | None = None,
+) -> str:
     lines = [f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}"]
+    if cost is not None:
+        lines.append(f"cost: {cost.describe()}")
     checks = result.get_asset_check_evaluations()
     for export in exports:
         query = _metadata(result, query_key(export))
@@ -239,7 +248,9 @@ def run_demo(verbose: bool) -> bool:
                 ) as result:
                     done.set()
                     follower.join()
-                    print("\n" + summarize(result, exports, {s.name for s in specs if s.delivered}))
+                    delivered = {s.name for s in specs if s.delivered}
+                    cost = run_cost(instance, result.run_id)
+                    print("\n" + summarize(result, exports, delivered, cost))
             finally:
                 done.set()
             checks_ok = all(c.passed for c in result.get_asset_check_evaluations())

@@ -19,7 +19,13 @@ from pathlib import Path
 from bq_assets.errors import BqAssetsError
 
 CATALOG_SOURCE = Path(__file__).parent / "spark_catalog" / "LocalUnityCatalog.java"
+#: Unity Catalog's is_account_group_member for dynamic views (a session extension).
+GROUPS_SOURCE = Path(__file__).parent / "spark_catalog" / "AccountGroups.java"
+SOURCES = (CATALOG_SOURCE, GROUPS_SOURCE)
 CATALOG_CLASS = "bqassets.standin.LocalUnityCatalog"
+GROUPS_EXTENSION = "bqassets.standin.AccountGroups"
+#: The file of the local user's account groups (one per line), under the stack's spark folder.
+ACCOUNT_GROUPS_FILE = "account_groups"
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 #: Spark 4 runs on Java 17 or 21; Debian's OpenJDK 17 is the one this project is tested on.
 JAVA_VERSIONS = ("17", "21")
@@ -71,7 +77,7 @@ def catalog_jar(folder: Path) -> Path:
     """The catalog plugin compiled into ``folder/bq-assets-catalog.jar``; compiled again only
     when the source is newer than the jar. Idempotent."""
     jar = folder / "bq-assets-catalog.jar"
-    if jar.exists() and jar.stat().st_mtime >= CATALOG_SOURCE.stat().st_mtime:
+    if jar.exists() and all(jar.stat().st_mtime >= s.stat().st_mtime for s in SOURCES):
         return jar
     bin_dir = java_home() / "bin"
     classes = folder / "classes"
@@ -79,7 +85,7 @@ def catalog_jar(folder: Path) -> Path:
     classes.mkdir(parents=True)
     classpath = str(spark_home() / "jars" / "*")
     for command in (
-        [str(bin_dir / "javac"), "-d", str(classes), "-cp", classpath, str(CATALOG_SOURCE)],
+        [str(bin_dir / "javac"), "-d", str(classes), "-cp", classpath, *map(str, SOURCES)],
         [str(bin_dir / "jar"), "cf", str(jar) + ".partial", "-C", str(classes), "."],
     ):
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -90,6 +96,12 @@ def catalog_jar(folder: Path) -> Path:
             )
     os.replace(str(jar) + ".partial", jar)
     return jar
+
+
+def account_groups_file(root: Path) -> Path:
+    """Where the local user's account groups are listed, one per line (read at each use of
+    ``is_account_group_member``: writing it changes what a dynamic view shows at once)."""
+    return root / "spark" / ACCOUNT_GROUPS_FILE
 
 
 def server_command(port: int, root: Path) -> tuple[list[str], dict[str, str]]:
@@ -112,6 +124,10 @@ def server_command(port: int, root: Path) -> tuple[list[str], dict[str, str]]:
         # Databricks SQL warehouses run with ANSI mode on (Databricks' "ANSI_MODE" page), as
         # does Spark 4 by default; said explicitly so the stand-in cannot drift from it.
         "spark.sql.ansi.enabled": "true",
+        # is_account_group_member(group), as on a SQL warehouse: true for the groups listed in
+        # this file (the stand-in's one user; none unless a test or a user writes them).
+        "spark.sql.extensions": GROUPS_EXTENSION,
+        "spark.bq_assets.account_groups_file": str(account_groups_file(root)),
     }
     command = [
         str(spark_home() / "bin" / "spark-submit"),

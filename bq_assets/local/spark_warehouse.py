@@ -93,6 +93,9 @@ class SparkDatabricksResource(DatabricksSQLResource):
         if is_unity_catalog_only(statement):
             self._record().apply(statement)
             return StatementResult([], [])
+        tags = self._record().column_tags(statement)
+        if tags is not None:  # Unity Catalog's information schema: what SET TAGS recorded
+            return StatementResult(*tags)
         key, session = self._session()
         self._register_catalogs(key, session, statement)
         self._copy_foreign_tables(statement)

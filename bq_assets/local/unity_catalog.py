@@ -35,7 +35,14 @@ from bq_assets.resources.databricks import StatementError
 
 UNITY_CATALOG_ONLY = re.compile(
     r"\s*(CREATE\s+CONNECTION|ALTER\s+CONNECTION|DROP\s+CONNECTION|CREATE\s+FOREIGN\s+CATALOG"
-    r"|GRANT|REVOKE)\b",
+    r"|GRANT|REVOKE|ALTER\s+VIEW\s+\S+\s+ALTER\s+COLUMN\s+\S+\s+(UN)?SET\s+TAGS)\b",
+    re.IGNORECASE,
+)
+#: The read of column tags from Unity Catalog's information schema (``column_tags``).
+COLUMN_TAGS_QUERY = re.compile(
+    r"\s*SELECT\s+column_name,\s*tag_value\s+FROM\s+`?(?P<catalog>\w+)`?\.information_schema"
+    r"\.column_tags\s+WHERE\s+schema_name\s*=\s*'(?P<schema>\w+)'\s+AND\s+table_name\s*=\s*"
+    r"'(?P<table>\w+)'\s+AND\s+tag_name\s*=\s*'(?P<tag>\w+)'\s*$",
     re.IGNORECASE,
 )
 _NAME = (TokenType.VAR, TokenType.IDENTIFIER)
@@ -65,6 +72,22 @@ class UnityCatalogRecord:
             connection_name=found["connection_name"],
             options=dict(found["options"]),
         )
+
+    def column_tags(self, statement: str) -> tuple[list[str], list[list[str | None]]] | None:
+        """The answer to a read of ``<catalog>.information_schema.column_tags`` (see
+        ``COLUMN_TAGS_QUERY``) from the tags ``SET TAGS`` recorded; None for any other
+        statement."""
+        asked = COLUMN_TAGS_QUERY.match(statement)
+        if asked is None:
+            return None
+        view = ".".join(asked[part].lower() for part in ("catalog", "schema", "table"))
+        tags = self._read().get("column_tags", {}).get(view, {})
+        rows = [
+            [column, found[asked["tag"]]]
+            for column, found in sorted(tags.items())
+            if asked["tag"] in found
+        ]
+        return ["column_name", "tag_value"], rows
 
     def apply(self, statement: str) -> None:
         """Record what ``statement`` declares (see the module's docstring)."""
@@ -96,6 +119,8 @@ class UnityCatalogRecord:
                 record["catalogs"].setdefault(
                     name, {"connection_name": connection, "options": _options(tokens)}
                 )
+            elif words[:2] == ["ALTER", "VIEW"] and "TAGS" in words:
+                _apply_column_tags(record, tokens, words)
             else:
                 raise StatementError(f"The local stand-in does not know this DDL: {statement}")
 
@@ -115,6 +140,23 @@ class UnityCatalogRecord:
             partial = self.folder / "unity_catalog.json.partial"
             partial.write_text(json.dumps(record, indent=2, sort_keys=True))
             os.replace(partial, self.folder / "unity_catalog.json")
+
+
+def _apply_column_tags(record: dict, tokens: list[Token], words: list[str]) -> None:
+    """``ALTER VIEW <c>.<s>.<v> ALTER COLUMN <col> SET TAGS ('k' = 'v', …)`` (or ``UNSET TAGS
+    ('k', …)``): the view column's tags, others kept ("ALTER VIEW … COLUMN clause",
+    https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-ddl-alter-view-manage-column).
+    The view must exist: the stand-in keeps views as ``<catalog>/<schema>/<view>.view.json``."""
+    column_at = words.index("COLUMN")
+    view = ".".join(t.text.lower() for t in tokens[2 : column_at - 1] if t.token_type in _NAME)
+    column = tokens[column_at + 1].text.lower()
+    tags = record.setdefault("column_tags", {}).setdefault(view, {}).setdefault(column, {})
+    strings = [t.text for t in tokens if t.token_type == TokenType.STRING]
+    if "UNSET" in words:
+        for name in strings:
+            tags.pop(name, None)
+    else:
+        tags.update(zip(strings[0::2], strings[1::2], strict=True))
 
 
 def _name_after(tokens: list[Token], start: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar, Literal, Protocol
@@ -23,9 +24,16 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigquery, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bq_assets.errors import BqAssetsError
+from bq_assets.exports.columns import CLASSIFICATION
+
+#: A Data Catalog policy tag's resource name
+#: (https://cloud.google.com/data-catalog/docs/reference/rest/v1/projects.locations.taxonomies.policyTags).
+POLICY_TAG = re.compile(
+    r"^projects/[^/\s]+/locations/[^/\s]+/taxonomies/[^/\s]+/policyTags/[^/\s]+$"
+)
 
 CREDENTIALS_FIELD = Field(
     default=None,
@@ -138,6 +146,39 @@ class ExportBigQueryResource(BigQueryResource):
         "partition decorator (`table$YYYYMMDD`, WRITE_TRUNCATE) where the partitions are "
         "BigQuery's own, or always one DELETE + INSERT transaction (what the emulator supports).",
     )
+
+    maximum_bytes_billed: int | None = Field(
+        default=None,
+        ge=1,
+        description="Every query job an export runs may bill at most this many bytes; BigQuery "
+        "refuses one that would bill more (an export's bigquery.maximum_bytes_billed wins). "
+        "Unset: no limit.",
+    )
+    policy_tags: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="classification -> Data Catalog policy tag resource name "
+        "(projects/P/locations/L/taxonomies/T/policyTags/ID) applied to the BigQuery columns of "
+        "that class; null leaves them untagged deliberately. Keys beyond the built-in classes "
+        "declare the deployment's own classes.",
+    )
+    require_policy_tags: bool = Field(
+        default=True,
+        description="every classification a spec uses must be a key of policy_tags (production); "
+        "the local stack, whose emulator keeps no policy tags, does not require it",
+    )
+
+    @field_validator("policy_tags")
+    @classmethod
+    def _policy_tag_names(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        for classification, tag in value.items():
+            if not CLASSIFICATION.fullmatch(classification):
+                raise ValueError(f"{classification!r} is not a classification name")
+            if tag is not None and not POLICY_TAG.fullmatch(tag):
+                raise ValueError(
+                    f"{classification}: {tag!r} is not a policy tag resource name "
+                    "(projects/<project>/locations/<location>/taxonomies/<id>/policyTags/<id>)"
+                )
+        return value
 
     def emulator(self) -> Emulator | None:
         """The emulator to talk to instead of Google (none in production)."""

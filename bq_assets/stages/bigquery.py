@@ -14,6 +14,7 @@ from collections.abc import Callable
 import dagster as dg
 from google.cloud import bigquery as bigquery_client
 
+from bq_assets.engine.bigquery_columns import column_differences
 from bq_assets.engine.bigquery_jobs import count_rows, existing_table
 from bq_assets.engine.bigquery_load import (
     bucket_location,
@@ -32,6 +33,7 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import Window
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.schema import schema_diff, schema_from_json
+from bq_assets.stages.cost import bigquery_jobs, cost_metadata, with_cost
 from bq_assets.stages.handoff import (
     HandOff,
     Upstream,
@@ -45,6 +47,7 @@ from bq_assets.translator import bigquery_key, gcs_key, query_key
 BIGQUERY_ROWS_MATCH_MANIFEST = "rows_match_manifest"
 BIGQUERY_SCHEMA_MATCHES = "schema_matches_snapshot"
 BIGQUERY_TABLE_MATCHES_SPEC = "table_matches_spec"
+BIGQUERY_COLUMN_GOVERNANCE = "column_governance_matches_spec"
 SAMPLE = 5
 
 
@@ -76,7 +79,7 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         check_bucket_location(bucket, location, spec)
         rows_before_load = None
         partition_metadata: dict[str, object] = {}
-        with bigquery.get_client() as client:
+        with bigquery_jobs(context, bigquery, spec) as client:
             if window is None:
                 if spec.bigquery.write_disposition == "WRITE_APPEND":
                     rows_before_load = rows_before_append(client, bigquery.project_id(), spec)
@@ -90,6 +93,7 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
                 result = loaded.result
                 rows_by_partition = loaded.rows_by_partition
                 partition_metadata = partition_load_metadata(loaded)
+            costs = client.costs()
         context.log.info(f"{result.table_id}: {result.rows} rows (job {result.job_id})")
         handoff = HandOff(
             row_count=result.rows,
@@ -102,12 +106,13 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         return dg.MaterializeResult(
             metadata={
                 **handoff.metadata(),
-                "dagster/column_schema": column_schema(result.schema),
+                "dagster/column_schema": column_schema(result.schema, spec),
                 "job_id": result.job_id,
                 "location": result.location,
                 "bytes": result.bytes,
                 "console": dg.MetadataValue.url(console_url(result.table_id)),
                 **partition_metadata,
+                **cost_metadata(costs),
             }
         )
 
@@ -142,17 +147,19 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         table_id = materialization.table_name
         expected = upstream_materialization(context, gcs_key(spec.name)).row_count
         partitions = checked_partitions(context, spec)
-        with bigquery.get_client() as client:
+        with bigquery_jobs(context, bigquery, spec) as client:
             if partitions is not None:
-                return _partition_rows_match(context, client, table_id, expected, partitions)
-            if spec.bigquery.write_disposition == "WRITE_APPEND":
-                return _appended_rows_match(client, materialization, expected)
-            actual = count_rows(client, table_id)
-        return check_result(
-            actual == expected,
-            f"the table holds {actual} rows, the loaded manifest {expected}",
-            {"table_rows": actual, "manifest_rows": expected},
-        )
+                result = _partition_rows_match(context, client, table_id, expected, partitions)
+            elif spec.bigquery.write_disposition == "WRITE_APPEND":
+                result = _appended_rows_match(client, materialization, expected)
+            else:
+                actual = count_rows(client, table_id)
+                result = check_result(
+                    actual == expected,
+                    f"the table holds {actual} rows, the loaded manifest {expected}",
+                    {"table_rows": actual, "manifest_rows": expected},
+                )
+            return with_cost(result, client.costs())
 
     def _appended_rows_match(
         client: bigquery_client.Client, materialization: Upstream, expected: int
@@ -183,7 +190,7 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         column = spec.partitioning.column
         column_type = partition_column_type(client, table_id, column)
         window = Window(tuple(p.keys[0] for p in partitions), partitions[0].by, spec.timezone)
-        table, _ = partition_row_counts(client, table_id, column, column_type, window)
+        table, _ = partition_row_counts(client, table_id, column, column_type, window, pruned=True)
         query = upstream_materialization(context, query_key(spec.name))
         snapshot = dict(query.handoff.rows_by_partition or {})
         wrong = [k for k in table if table[k] != snapshot.get(k)]
@@ -221,7 +228,30 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         return check_result(
             not diff,
             "the table's schema differs from the snapshot's: " + "; ".join(diff),
-            {"differences": dg.MetadataValue.json(diff)},
+            {"columns_differing": len(diff), "differences": dg.MetadataValue.json(diff)},
+        )
+
+    def column_governance_matches(
+        context: dg.AssetCheckExecutionContext, bigquery: ExportBigQueryResource
+    ) -> dg.AssetCheckResult:
+        """Each column's description and policy tag, read back from the table, against the
+        spec's (and the deployment's policy tag of its classification)."""
+        table_id = upstream_materialization(context, key).table_name
+        with bigquery.get_client() as client:
+            fields = list(client.get_table(table_id).schema)
+        differences = column_differences(fields, spec, bigquery.policy_tags)
+        return check_result(
+            not differences,
+            f"{table_id}: {len(differences)} column propert(ies) differ from "
+            f"{spec.spec_file.name}: " + "; ".join(differences),
+            {
+                "columns_differing": len({line.split(":")[0] for line in differences}),
+                "described_columns": sum(bool(f.description) for f in fields),
+                "policy_tagged_columns": sum(
+                    bool(f.policy_tags and f.policy_tags.names) for f in fields
+                ),
+                "differences": dg.MetadataValue.json(differences),
+            },
         )
 
     def table_matches(
@@ -236,7 +266,10 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         return check_result(
             not differences,
             f"{table_id} differs from {spec.spec_file.name}: " + "; ".join(differences),
-            {"differences": dg.MetadataValue.json(differences)},
+            {
+                "properties_differing": len(differences),
+                "differences": dg.MetadataValue.json(differences),
+            },
         )
 
     return [
@@ -271,5 +304,17 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
                 "its spec declares, and no expiration (of the table or its partitions).",
             ),
             table_matches,
+        ),
+        Check(
+            dg.AssetCheckSpec(
+                BIGQUERY_COLUMN_GOVERNANCE,
+                asset=key,
+                # Blocking: a classified column without its policy tag would be published to
+                # Databricks readable by anyone the view lets in.
+                blocking=True,
+                description="Each column has the description its spec declares and the Data "
+                "Catalog policy tag of its classification (read back from the table).",
+            ),
+            column_governance_matches,
         ),
     ]

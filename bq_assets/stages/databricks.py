@@ -29,7 +29,14 @@ import dagster as dg
 from google.cloud import bigquery as bq
 
 from bq_assets.engine.bigquery_jobs import count_rows
+from bq_assets.engine.bigquery_metering import JobCosts
 from bq_assets.engine.bigquery_partitions import partition_column_type
+from bq_assets.engine.databricks_governance import (
+    governance_differences,
+    masking_group,
+    tags_query,
+    view_columns,
+)
 from bq_assets.engine.databricks_sql import (
     BigQueryTable,
     TableName,
@@ -45,6 +52,7 @@ from bq_assets.exports.spec import ExportSpec
 from bq_assets.partitioning import window_predicate
 from bq_assets.resources.databricks import DatabricksSQLResource
 from bq_assets.resources.google import ExportBigQueryResource
+from bq_assets.stages.cost import bigquery_jobs, with_cost
 from bq_assets.stages.handoff import HandOff, reading_input, upstream_materialization
 from bq_assets.stages.partitions import checked_partitions
 from bq_assets.stages.results import Check, check_result
@@ -114,6 +122,7 @@ DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
 DATABRICKS_MATCHES_SPEC = "matches_spec"
+DATABRICKS_COLUMN_GOVERNANCE = "column_governance_matches_spec"
 
 
 def _bigquery_count(client: bq.Client, table_id: str, where: str | None) -> int:
@@ -127,6 +136,14 @@ def _databricks_count(databricks: DatabricksSQLResource, name: TableName, where:
     if where is None:
         return databricks.row_count(name)
     return int(databricks.query(f"SELECT count(*) FROM {{table}} WHERE {where}", name)[0][0])
+
+
+def numbers_of(engine: str, rows_and_checksum: tuple) -> dict[str, int]:
+    """A key checksum's (rows, checksum…) as numeric metadata, so the check's page plots them."""
+    rows, *sums = rows_and_checksum
+    found = {f"{engine}_rows": int(rows or 0)}
+    found.update({f"{engine}_key_checksum_{i}": int(v or 0) for i, v in enumerate(sums)})
+    return found
 
 
 def databricks_checks(spec: ExportSpec) -> list[Check]:
@@ -165,27 +182,29 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         databricks: DatabricksSQLResource,
         bigquery_value: Callable[[bq.Client, str, str | None], T],
         databricks_value: Callable[[str | None], T],
-    ) -> tuple[dict[str, T], dict[str, T]]:
+    ) -> tuple[dict[str, T], dict[str, T], JobCosts]:
         """``(BigQuery's, Databricks')`` value of each scope the check compares (the whole
-        table, or each partition of the run), each engine given its own WHERE clause."""
+        table, or each partition of the run), each engine given its own WHERE clause, and what
+        the BigQuery jobs cost."""
         table_id = bigquery_table_id(context)
-        with bigquery.get_client() as client:
+        with bigquery_jobs(context, bigquery, spec) as client:
             filters = partition_filters(context, client, table_id, databricks.dialect)
             expected = {
                 scope: bigquery_value(client, table_id, where["bigquery"])
                 for scope, where in filters.items()
             }
+            costs = client.costs()
         actual = {
             scope: databricks_value(where[databricks.dialect]) for scope, where in filters.items()
         }
-        return expected, actual
+        return expected, actual, costs
 
     def rows_match(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
     ) -> dg.AssetCheckResult:
-        expected, actual = in_both_engines(
+        expected, actual, costs = in_both_engines(
             context,
             bigquery,
             databricks,
@@ -194,22 +213,33 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         )
         filters = list(expected)
         if filters == ["table"]:
-            return check_result(
-                actual["table"] == expected["table"],
-                f"Databricks shows {actual['table']} rows, BigQuery holds {expected['table']}",
-                {"databricks_rows": actual["table"], "bigquery_rows": expected["table"]},
+            return with_cost(
+                check_result(
+                    actual["table"] == expected["table"],
+                    f"Databricks shows {actual['table']} rows, BigQuery holds {expected['table']}",
+                    {
+                        "databricks_rows": actual["table"],
+                        "bigquery_rows": expected["table"],
+                        "row_difference": actual["table"] - expected["table"],
+                    },
+                ),
+                costs,
             )
         wrong = [scope for scope in filters if actual[scope] != expected[scope]]
-        return check_result(
-            not wrong,
-            "rows per partition differ (Databricks / BigQuery): "
-            + ", ".join(f"{s}: {actual[s]} / {expected[s]}" for s in wrong),
-            {
-                "databricks_rows": sum(actual.values()),
-                "bigquery_rows": sum(expected.values()),
-                "databricks_rows_by_partition": dg.MetadataValue.json(actual),
-                "bigquery_rows_by_partition": dg.MetadataValue.json(expected),
-            },
+        return with_cost(
+            check_result(
+                not wrong,
+                "rows per partition differ (Databricks / BigQuery): "
+                + ", ".join(f"{s}: {actual[s]} / {expected[s]}" for s in wrong),
+                {
+                    "databricks_rows": sum(actual.values()),
+                    "bigquery_rows": sum(expected.values()),
+                    "row_difference": sum(actual.values()) - sum(expected.values()),
+                    "databricks_rows_by_partition": dg.MetadataValue.json(actual),
+                    "bigquery_rows_by_partition": dg.MetadataValue.json(expected),
+                },
+            ),
+            costs,
         )
 
     def columns_match(
@@ -224,7 +254,12 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         return check_result(
             same_column_names(actual, expected),
             f"Databricks shows the columns {actual}, BigQuery has {expected}",
-            {"databricks_columns": actual, "bigquery_columns": expected},
+            {
+                "databricks_column_count": len(actual),
+                "bigquery_column_count": len(expected),
+                "databricks_columns": actual,
+                "bigquery_columns": expected,
+            },
         )
 
     def key_checksum_matches(
@@ -248,35 +283,44 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
             (row,) = databricks.query(sql, name)
             return tuple(int(v) if v is not None else None for v in row)
 
-        expected, actual = in_both_engines(
+        expected, actual, costs = in_both_engines(
             context, bigquery, databricks, bigquery_checksum, databricks_checksum
         )
         filters = list(expected)
         if filters == ["table"]:
-            return check_result(
-                actual["table"] == expected["table"],
-                f"the primary keys differ: (rows, checksum) is {actual['table']} in Databricks, "
-                f"{expected['table']} in BigQuery",
-                {
-                    "databricks_rows_and_checksum": str(actual["table"]),
-                    "bigquery_rows_and_checksum": str(expected["table"]),
-                },
+            return with_cost(
+                check_result(
+                    actual["table"] == expected["table"],
+                    f"the primary keys differ: (rows, checksum) is {actual['table']} in "
+                    f"Databricks, {expected['table']} in BigQuery",
+                    {
+                        "databricks_rows_and_checksum": str(actual["table"]),
+                        "bigquery_rows_and_checksum": str(expected["table"]),
+                        **numbers_of("databricks", actual["table"]),
+                        **numbers_of("bigquery", expected["table"]),
+                    },
+                ),
+                costs,
             )
         wrong = [scope for scope in filters if actual[scope] != expected[scope]]
-        return check_result(
-            not wrong,
-            "the primary keys differ in partition(s) "
-            + ", ".join(
-                f"{s}: {actual[s]} in Databricks, {expected[s]} in BigQuery" for s in wrong
+        return with_cost(
+            check_result(
+                not wrong,
+                "the primary keys differ in partition(s) "
+                + ", ".join(
+                    f"{s}: {actual[s]} in Databricks, {expected[s]} in BigQuery" for s in wrong
+                ),
+                {
+                    "databricks_rows_and_checksum": dg.MetadataValue.json(
+                        {s: list(v) for s, v in actual.items()}
+                    ),
+                    "bigquery_rows_and_checksum": dg.MetadataValue.json(
+                        {s: list(v) for s, v in expected.items()}
+                    ),
+                    "partitions_differing": len(wrong),
+                },
             ),
-            {
-                "databricks_rows_and_checksum": dg.MetadataValue.json(
-                    {s: list(v) for s, v in actual.items()}
-                ),
-                "bigquery_rows_and_checksum": dg.MetadataValue.json(
-                    {s: list(v) for s, v in expected.items()}
-                ),
-            },
+            costs,
         )
 
     def matches_spec(
@@ -295,7 +339,41 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
             {"differences": dg.MetadataValue.json(differences), "described": str(described)},
         )
 
+    def column_governance_matches(
+        context: dg.AssetCheckExecutionContext, databricks: DatabricksSQLResource
+    ) -> dg.AssetCheckResult:
+        """Column comments, classification tags and masking, read back from Databricks
+        (``DESCRIBE TABLE … AS JSON`` and Unity Catalog's ``information_schema.column_tags``)."""
+        ((described,),) = databricks.execute(describe_statement(name))
+        tags = databricks.execute(tags_query(name.catalog, name.schema, name.table))
+        differences = governance_differences(
+            spec, str(described), [(str(c), str(v)) for c, v in tags]
+        )
+        return check_result(
+            not differences,
+            f"{name}: {len(differences)} column propert(ies) differ from "
+            f"{spec.spec_file.name}: " + "; ".join(differences),
+            {
+                "columns_differing": len({line.split(":")[0] for line in differences}),
+                "tagged_columns": len(tags),
+                "masked_columns": sum(
+                    masking_group(spec, c) is not None for c in view_columns(spec)
+                ),
+                "differences": dg.MetadataValue.json(differences),
+            },
+        )
+
     return [
+        Check(
+            dg.AssetCheckSpec(
+                DATABRICKS_COLUMN_GOVERNANCE,
+                asset=key,
+                description="Each column of the view has the comment its spec declares, a "
+                "Unity Catalog tag `classification` when classified, and is masked outside the "
+                "group databricks.masking names (read back from Databricks).",
+            ),
+            column_governance_matches,
+        ),
         Check(
             dg.AssetCheckSpec(
                 DATABRICKS_ROWS_MATCH_BIGQUERY,

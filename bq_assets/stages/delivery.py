@@ -132,7 +132,7 @@ def _materialize(
         metadata={
             **handoff.metadata(),
             "dagster/uri": f"gs://{bucket.name}/{options.prefix}",
-            "dagster/column_schema": column_schema(fields),
+            "dagster/column_schema": column_schema(fields, spec),
             "format": "csv",
             "delivery": delivery.send,
             "delivered_files": dg.MetadataValue.json(
@@ -186,7 +186,11 @@ def delivery_checks(spec: ExportSpec) -> list[Check]:
             not wrong,
             f"{len(wrong)} file(s) {what}: "
             + "; ".join(f"{uri} has {found}" for uri, found in list(wrong.items())[:5]),
-            {"expected_header": expected, "wrong_files": dg.MetadataValue.json(wrong)},
+            {
+                "expected_header": expected,
+                "files_differing": len(wrong),
+                "wrong_files": dg.MetadataValue.json(wrong),
+            },
         )
 
     def rows_add_up(

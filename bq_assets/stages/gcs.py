@@ -112,7 +112,7 @@ def gcs_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]
                     **handoff.metadata(),
                     "dagster/uri": manifest.prefix,
                     "dagster/column_schema": column_schema(
-                        schema_from_json(manifest.bigquery_schema)
+                        schema_from_json(manifest.bigquery_schema), spec
                     ),
                     "format": manifest.format,
                     "shards": len(manifest.shards),
@@ -137,7 +137,11 @@ def gcs_checks(spec: ExportSpec) -> list[Check]:
             not problems,
             f"{len(problems)} of {len(manifest.shards)} object(s) differ from the manifest: "
             + "; ".join(problems[:SAMPLE]),
-            {"objects": len(manifest.shards), "problems": dg.MetadataValue.json(problems)},
+            {
+                "objects": len(manifest.shards),
+                "objects_differing": len(problems),
+                "problems": dg.MetadataValue.json(problems),
+            },
         )
 
     def rows_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:

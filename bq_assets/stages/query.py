@@ -26,6 +26,7 @@ from google.cloud import bigquery, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.engine.key_checksum import KeyTypeError, refused_key_types
+from bq_assets.engine.redaction import redacted_row
 from bq_assets.engine.scans import (
     KeyReport,
     null_counts,
@@ -168,7 +169,7 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
             return dg.MaterializeResult(
                 metadata={
                     **handoff.metadata(),
-                    "dagster/column_schema": column_schema(fields),
+                    "dagster/column_schema": column_schema(fields, spec),
                     "dagster/uri": uri,
                     "snapshot_crc32c": crc32c,
                     "bytes": size,
@@ -223,7 +224,7 @@ def query_checks(spec: ExportSpec) -> list[CheckGroup]:
         with tempfile.TemporaryDirectory(prefix=f"bq_assets_{context.run.run_id}_") as scratch:
             snapshot = fetch_snapshot(gcs.get_client(), upstream, Path(scratch), gcs.retry())
             if QUERY_PRIMARY_KEY_UNIQUE in selected:
-                yield _primary_key(primary_key_report(snapshot, spec.primary_key))
+                yield _primary_key(spec, primary_key_report(snapshot, spec.primary_key))
             if QUERY_REQUIRED_NOT_NULL in selected:
                 yield _required(null_counts(snapshot, spec.required))
 
@@ -239,8 +240,12 @@ def _has_rows(spec: ExportSpec, rows: int) -> dg.AssetCheckResult:
     )
 
 
-def _primary_key(report: KeyReport) -> dg.AssetCheckResult:
-    keys = [row[:-1] for row in report.duplicate_sample]
+def _primary_key(spec: ExportSpec, report: KeyReport) -> dg.AssetCheckResult:
+    """The key check's result; the sample of duplicated keys shows a classified key column's
+    values redacted (with how often each occurs)."""
+    classes = [spec.classification_of(column) for column in spec.primary_key]
+    sample = [redacted_row(row, classes) for row in report.duplicate_sample]
+    keys = [row[:-1] for row in sample]
     return check_result(
         report.passed,
         f"{report.duplicated_keys} duplicated key(s)"
@@ -249,7 +254,7 @@ def _primary_key(report: KeyReport) -> dg.AssetCheckResult:
         {
             "null_keys": report.null_keys,
             "duplicated_keys": report.duplicated_keys,
-            "duplicate_sample": dg.MetadataValue.json(report.duplicate_sample),
+            "duplicate_sample": dg.MetadataValue.json(sample),
         },
         QUERY_PRIMARY_KEY_UNIQUE,
     )
@@ -260,6 +265,6 @@ def _required(nulls: dict[str, int]) -> dg.AssetCheckResult:
         not any(nulls.values()),
         "NULLs in required columns: "
         + ", ".join(f"{column} ({n})" for column, n in nulls.items() if n),
-        {"null_counts": dg.MetadataValue.json(nulls)},
+        {"null_values": sum(nulls.values()), "null_counts": dg.MetadataValue.json(nulls)},
         QUERY_REQUIRED_NOT_NULL,
     )

@@ -16,6 +16,8 @@ from typing import Any
 import dagster as dg
 from google.cloud import bigquery
 
+from bq_assets.exports.spec import ExportSpec
+
 
 @dataclass(frozen=True)
 class Check:
@@ -47,6 +49,26 @@ def check_result(
     )
 
 
-def column_schema(fields: list[bigquery.SchemaField]) -> dg.TableSchema:
-    """The ``dagster/column_schema`` of a table with these BigQuery fields."""
-    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=f.field_type) for f in fields])
+#: The tag a column's classification shows under in the asset's column schema.
+CLASSIFICATION_TAG = "classification"
+
+
+def column_schema(
+    fields: list[bigquery.SchemaField], spec: ExportSpec | None = None
+) -> dg.TableSchema:
+    """The ``dagster/column_schema`` of a table with these BigQuery fields, each column with
+    the description and classification (a ``classification`` tag) its spec declares."""
+    declared = spec.column_specs if spec is not None else {}
+
+    def column(field: bigquery.SchemaField) -> dg.TableColumn:
+        found = declared.get(field.name)
+        return dg.TableColumn(
+            name=field.name,
+            type=field.field_type,
+            description=(found.description or None) if found else None,
+            tags={CLASSIFICATION_TAG: found.classification}
+            if found and found.classification
+            else None,
+        )
+
+    return dg.TableSchema(columns=[column(f) for f in fields])
