@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +13,12 @@ from pydantic import Field
 
 from bq_assets.sources import DEFAULT_SOURCE, EngineSettings, Source
 from bq_assets.sources.files import GcsAccess, GcsAccessLike
-from bq_assets.sources.snapshot import SNAPSHOT_OBJECT, SourceQueryError, write_snapshot
+from bq_assets.sources.snapshot import (
+    SNAPSHOT_OBJECT,
+    SourceQueryError,
+    describe_result,
+    write_snapshot,
+)
 
 __all__ = ["SNAPSHOT_OBJECT", "DuckDBSourceResource", "SourceDeclaration", "SourceQueryError"]
 
@@ -141,6 +146,20 @@ class DuckDBSourceResource(dg.ConfigurableResource):
             gcs,
             parameters,
             partition_column,
+        )
+
+    def describe(
+        self,
+        sql: str,
+        sql_file: Path,
+        source_name: str = DEFAULT_SOURCE,
+        gcs: GcsAccessLike = None,
+        parameter_names: Collection[str] = (),
+    ) -> list[tuple[str, str]]:
+        """The query's result columns and their DuckDB types, without running it (see
+        ``bq_assets.sources.snapshot.describe_result``). Read-only."""
+        return describe_result(
+            self.source(source_name), self.engine_settings(), sql, sql_file, gcs, parameter_names
         )
 
     def staging_export_prefix(self, export: str) -> str:

@@ -5,7 +5,7 @@ configuration, the query hop wires it to a run)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import duckdb
@@ -46,6 +46,31 @@ def check_partition_column(described: list[tuple[str, str]], column: str, sql_fi
             f"{', '.join(PARTITION_COLUMN_TYPES)} (cast it, e.g. CAST({column} AS DATE))"
         )
     return found
+
+
+def describe_result(
+    source: Source,
+    settings: EngineSettings,
+    sql: str,
+    sql_file: Path,
+    gcs: GcsAccessLike = None,
+    parameter_names: Collection[str] = (),
+) -> list[tuple[str, str]]:
+    """``(column, DuckDB type)`` of each column the query returns, read without running it
+    (``DESCRIBE``, each parameter bound to NULL): what a merge export's window is typed by,
+    before its values can be bound. Read-only."""
+    query = executable_query(sql)
+    try:
+        with connect(source, settings, query, gcs) as con:
+            return result_types(con, query, dict.fromkeys(parameter_names))
+    except SourceUnreachableError as exc:
+        raise SourceUnreachableError(f"{sql_file}: {exc}") from None
+    except duckdb.Error as exc:
+        message = blank_secret(str(exc).strip().splitlines()[0], source)
+        raise SourceQueryError(
+            f"{sql_file}: the source {source.name!r} ({source.address}) rejected the query: "
+            f"{message}"
+        ) from None
 
 
 def write_snapshot(
