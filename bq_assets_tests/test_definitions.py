@@ -85,8 +85,12 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("gcs/amperity_orders", "rows_add_up")].blocking
     # The latest-partition freshness check warns and never blocks.
     assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
-    # Three queried exports (one partitioned: its freshness check), one delivered.
-    assert len(checks) == 30 + 1 + 7
+    # Three queried exports (one partitioned: its freshness check; one merged: its two merge
+    # checks, blocking, and the freshness of its mark, a warning), one delivered.
+    assert checks[("bigquery/customer_360", "merge_matches_window")].blocking
+    assert checks[("bigquery/customer_360", "primary_key_unique_in_table")].blocking
+    assert not checks[("bigquery/customer_360", "latest_cursor_fresh")].blocking
+    assert len(checks) == 30 + 1 + 3 + 7
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

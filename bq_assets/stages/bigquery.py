@@ -146,7 +146,7 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
             return check_result(
                 staged == expected,
                 f"the MERGE read {staged} rows (its staging table), the loaded manifest {expected}",
-                {"staged_rows": staged, "manifest_rows": expected},
+                {"merge_source_rows": staged, "manifest_rows": expected},
             )
         with bigquery.get_client() as client:
             if partitions is not None:

@@ -188,7 +188,7 @@ def latest_cursor_result(
         severity=dg.AssetCheckSeverity.WARN,
         description=None if fresh else why,
         metadata={
-            "cursor_mark": (state.mark if state else None) or "",
+            "high_water_mark": (state.mark if state else None) or "",
             "mark_moved_at": (state.moved_at if state else None) or "",
             "expected_moved_after": since.isoformat(),
         },

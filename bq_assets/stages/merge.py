@@ -105,7 +105,7 @@ def _reaches_back(spec: ExportSpec, handed: HandOff) -> bool:
     """Does the handed window start at the beginning (``load.initial``, or no lower bound)?"""
     assert handed.cursor_kind is not None and handed.cursor_start is not None
     kind: CursorKind = handed.cursor_kind  # type: ignore[assignment]
-    start = parse_cursor(handed.cursor_start, kind, spec.timezone, "cursor_start")
+    start = parse_cursor(handed.cursor_start, kind, spec.timezone, "the window's start")
     return not initial_value(spec, kind) < start  # type: ignore[operator]
 
 
@@ -117,7 +117,7 @@ def _new_mark(
     state = stored_state(context.instance, spec)
     before = stored_mark(spec, state, kind, context.log)
     window_max = (
-        parse_cursor(handed.cursor_max, kind, spec.timezone, "cursor_max")
+        parse_cursor(handed.cursor_max, kind, spec.timezone, "the window's largest cursor")
         if handed.cursor_max is not None
         else None
     )
@@ -227,11 +227,11 @@ def merge_problems(merged: HandOff, window_rows: int) -> tuple[list[str], dict[s
         )
     return problems, {
         "window_rows": window_rows,
-        "window_deleted_rows": flagged,
-        "merge_inserted": done.inserted,
-        "merge_updated": done.updated,
-        "merge_deleted": done.deleted,
-        "merge_affected_rows": -1 if affected is None else affected,
+        "flagged_rows": flagged,
+        "inserted": done.inserted,
+        "updated": done.updated,
+        "deleted": done.deleted,
+        "affected_rows": -1 if affected is None else affected,
         "planned_total": planned.total,
         "table_rows_before": before,
         "table_rows_after": after,
