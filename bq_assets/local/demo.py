@@ -3,11 +3,18 @@ one line per step as it ends, then a summary.
 
 Runs all assets and all checks of the unpartitioned exports in one run (the job ``dagster dev``
 shows as ``__ASSET_JOB``), then each partitioned export's latest ``DEMO_PARTITIONS`` complete
-partitions in one run of their own (as a backfill of them would), through the job's own
-executor as a run launched from the UI does, against the instance in ``DAGSTER_HOME``, so the
-runs appear in the UI afterwards with their full event log (``--verbose`` prints it here too).
-Prints rows per hop, the objects, tables and every check's result. SIGTERM stops it like
-Ctrl-C: the executor terminates its step processes and the run ends as canceled.
+partitions in one run of their own (as a backfill of them would), then changes a few profiles
+of the sample and runs each merge export again: a second, incremental run that moves only
+those rows. All through the job's own executor as a run launched from the UI does, against the
+instance in ``DAGSTER_HOME``, so the runs appear in the UI afterwards with their full event log
+(``--verbose`` prints it here too). Prints rows per hop, the objects, tables, what each merge
+moved and every check's result. SIGTERM stops it like Ctrl-C: the executor terminates its step
+processes and the run ends as canceled.
+
+A new sample (the first demo of a day, or of another ``BQ_ASSETS_SAMPLE_ROWS``) has other
+profiles than the merge exports' tables hold from an earlier demo: their tables are then built
+again from the beginning (dropped, and the first run tagged ``bq_assets/cursor_start:
+initial``), as a user would rebuild a table whose source was replaced.
 """
 
 from __future__ import annotations
@@ -19,10 +26,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from bq_assets.dagster_internals import reconstructable_asset_job
+from bq_assets.incremental import describe_lookback
+from bq_assets.stages.cursor import CURSOR_START_TAG, FROM_INITIAL
 from bq_assets.translator import ExportTranslator, bigquery_key, databricks_key, gcs_key, query_key
 
 #: How many of a partitioned export's latest complete partitions the demo materializes.
@@ -66,6 +77,13 @@ def summarize(result: dg.ExecuteJobResult, exports: list[str], delivered: set[st
         lines += [
             f"                   {'':>8}       {obj['uri']}" for obj in gcs.get("objects", [])
         ]
+        if "merge_inserted" in bigquery:
+            lines.append(
+                f"  merged           {gcs.get('dagster/row_count', '-'):>8} rows  "
+                f"{bigquery['cursor_column']} in [{bigquery['cursor_start']}, "
+                f"{bigquery['cursor_end']}): {bigquery['merge_inserted']} inserted, "
+                f"{bigquery['merge_updated']} updated, {bigquery['merge_deleted']} deleted"
+            )
         lines += [
             f"  BigQuery table   {bigquery.get('dagster/row_count', '-'):>8} rows  "
             f"{bigquery.get('dagster/table_name', '')}",
@@ -95,14 +113,16 @@ def simulate_deliveries(specs: list) -> None:
         print(f"simulated delivery {sent.send}: {len(sent.files)} file(s), marker {sent.marker}")
 
 
-def demo_runs(specs: list) -> list[tuple[list[str], dict[str, str]]]:
-    """The demo's runs: (exports, run tags). The unpartitioned exports together; each
-    partitioned export alone, over its latest ``DEMO_PARTITIONS`` complete partitions."""
+def demo_runs(specs: list, rebuild: bool = False) -> list[tuple[list[str], dict[str, str]]]:
+    """The demo's runs: (exports, run tags). The unpartitioned exports together (the merge
+    exports' windows from the beginning when ``rebuild``); each partitioned export alone, over
+    its latest ``DEMO_PARTITIONS`` complete partitions."""
     translator = ExportTranslator()
     runs: list[tuple[list[str], dict[str, str]]] = []
     unpartitioned = [spec.name for spec in specs if not spec.partitioned]
     if unpartitioned:
-        runs.append((unpartitioned, {}))
+        rebuilt = rebuild and any(spec.merged for spec in specs)
+        runs.append((unpartitioned, {CURSOR_START_TAG: FROM_INITIAL} if rebuilt else {}))
     for spec in specs:
         definition = translator.get_partitions_def(spec, "query")
         if definition is None:
@@ -179,20 +199,55 @@ def close_abandoned_runs(instance: dg.DagsterInstance) -> None:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
 
 
+def new_sample() -> bool:
+    """Will the next query step make the sample again (a new day, another size)? Then it is
+    made now, before any run (``sample_data.ensure``)."""
+    from bq_assets.local import sample_data
+    from bq_assets.settings import local_resources
+
+    source = local_resources()["source"]
+    path, rows = Path(source.database), int(getattr(source, "sample_rows", 0))
+    if not rows or sample_data.is_current(path, rows):
+        return False
+    sample_data.ensure(path, rows)
+    return True
+
+
+def drop_merge_tables(specs: list) -> None:
+    """Drop the merge exports' BigQuery tables, to be built again from the beginning."""
+    from bq_assets.settings import local_resources
+
+    bigquery = local_resources()["bigquery"]
+    with bigquery.get_client() as client:
+        for spec in (spec for spec in specs if spec.merged):
+            table_id = f"{bigquery.project_id()}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+            client.delete_table(table_id, not_found_ok=True)
+            print(f"{spec.name}: a new sample: {table_id} is built again from the beginning")
+
+
+def change_sample() -> int:
+    """Change a few profiles of the sample (``sample_data.change_customers``)."""
+    from bq_assets.local import sample_data
+    from bq_assets.settings import local_resources
+
+    return sample_data.change_customers(Path(local_resources()["source"].database))
+
+
 def run_demo(verbose: bool) -> bool:
     from bq_assets.exports import exports_dir, load_specs
 
     specs = load_specs(exports_dir())
+    rebuild = new_sample()
+    if rebuild:
+        drop_merge_tables(specs)
     simulate_deliveries(specs)
-    translator = ExportTranslator()
     log_level = "INFO" if verbose else "CRITICAL"
     ok = True
     with dg.DagsterInstance.get() as instance:
         close_abandoned_runs(instance)
-        for exports, tags in demo_runs(specs):
+        for exports, tags in demo_runs(specs, rebuild):
             chosen = [spec for spec in specs if spec.name in exports]
-            tag = uuid.uuid4().hex
-            if tags:
+            if "dagster/asset_partition_range_start" in tags:
                 start, end = (
                     tags["dagster/asset_partition_range_start"],
                     tags["dagster/asset_partition_range_end"],
@@ -200,29 +255,53 @@ def run_demo(verbose: bool) -> bool:
                 print(f"\n{', '.join(exports)}: partitions {start}…{end}")
             else:
                 print(f"\n{', '.join(exports)}")
-            done = threading.Event()
-            follower = threading.Thread(
-                target=follow_steps, args=(instance, tag, done, print), daemon=True
-            )
-            follower.start()
+            ok = demo_run(instance, specs, chosen, tags, log_level) and ok
+        merged = [spec for spec in specs if spec.merged]
+        if merged:
             try:
-                with dg.execute_job(
-                    reconstructable_asset_job("bq_assets.definitions"),
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-                    tags={**tags, DEMO_RUN_TAG: tag},
-                    asset_selection=[key for spec in chosen for key in translator.asset_keys(spec)],
-                ) as result:
-                    done.set()
-                    follower.join()
-                    print("\n" + summarize(result, exports, {s.name for s in specs if s.delivered}))
-            finally:
-                done.set()
-            checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
-            ok = ok and result.success and checks_ok
+                changed = change_sample()
+            except duckdb.Error as exc:  # e.g. `make dev` holds the sample open
+                print(f"\ncould not change the sample for a second, incremental run: {exc}")
+                return False
+            for spec in merged:
+                lookback = describe_lookback(spec.load.lookback)
+                print(
+                    f"\n{spec.name}: {changed} profiles of the sample changed; a second, "
+                    f"incremental run moves only them, and the rows its {lookback} lookback "
+                    f"sends again ({spec.load.cursor} up to {lookback} before the mark)"
+                )
+                ok = demo_run(instance, specs, [spec], {}, log_level) and ok
     print("\nThe runs are in the local instance: `make dev` shows them, with every event.")
     return ok
+
+
+def demo_run(
+    instance: dg.DagsterInstance, specs: list, chosen: list, tags: dict[str, str], log_level: str
+) -> bool:
+    """One run of the ``chosen`` exports' assets and checks, a line per step as it ends, then
+    the summary; True when it succeeded and every check passed."""
+    translator = ExportTranslator()
+    exports = [spec.name for spec in chosen]
+    tag = uuid.uuid4().hex
+    done = threading.Event()
+    follower = threading.Thread(target=follow_steps, args=(instance, tag, done, print), daemon=True)
+    follower.start()
+    try:
+        with dg.execute_job(
+            reconstructable_asset_job("bq_assets.definitions"),
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            tags={**tags, DEMO_RUN_TAG: tag},
+            asset_selection=[key for spec in chosen for key in translator.asset_keys(spec)],
+        ) as result:
+            done.set()
+            follower.join()
+            print("\n" + summarize(result, exports, {s.name for s in specs if s.delivered}))
+    finally:
+        done.set()
+    checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
+    return result.success and checks_ok
 
 
 def main(argv: list[str] | None = None) -> int:
