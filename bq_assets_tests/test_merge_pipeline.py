@@ -381,3 +381,32 @@ def test_a_window_the_query_does_not_keep_or_cannot_settle_fails_the_query_step(
     message = step_errors(result)[f"query__{export.name}"]
     assert says in message and "nothing was exported" in message
     assert "Traceback" not in message
+
+
+def test_a_new_column_the_spec_allows_reaches_the_table_before_the_merge(
+    profiles, tmp_path: Path
+) -> None:
+    resources, database = profiles
+    spec = spec_in(tmp_path, "mp_widened")
+    with dg.instance_for_test() as instance:
+        assert materialize(spec, resources, instance).success
+        change(
+            database,
+            "ALTER TABLE profiles ADD COLUMN tier VARCHAR",
+            "UPDATE profiles SET tier = 'gold', updated_at = now() - INTERVAL 1 MINUTE "
+            "WHERE id = 'id-1'",
+        )
+        widened = spec_in(
+            tmp_path,
+            "mp_widened",
+            sql=SQL.replace("is_deleted\n", "is_deleted, tier\n"),
+            spec=SPEC.replace(
+                "{dataset: merge_tests}",
+                "{dataset: merge_tests, schema_update_options: [ALLOW_FIELD_ADDITION]}",
+            ),
+        )
+        result = materialize(widened, resources, instance)
+        assert result.success, step_errors(result)
+        assert failed_checks(result) == {}
+    rows = {row[0]: row[-1] for row in bigquery_rows(resources, widened)}
+    assert rows["id-1"] == "gold" and rows["id-0"] is None

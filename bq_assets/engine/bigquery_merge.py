@@ -186,25 +186,52 @@ def _create_table(
     client.create_table(table, retry=TRANSIENT)
 
 
+#: GoogleSQL's names for the legacy type names a table schema may report.
+_DDL_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
+
+
+def _ddl_type(field: bigquery.SchemaField) -> str:
+    name = _DDL_TYPES.get(field.field_type.upper(), field.field_type.upper())
+    if field.precision is not None:
+        return f"{name}({field.precision}{f', {field.scale}' if field.scale is not None else ''})"
+    return name
+
+
 def _widen(
     client: bigquery.Client, table: bigquery.Table, incoming: list[bigquery.SchemaField], log: Log
 ) -> None:
-    """Give the table the snapshot's new columns (NULLABLE, at the end) and relaxed modes, as
+    """Give the table the snapshot's new columns and relaxed modes, as
     ``bigquery.schema_update_options`` allowed (the drift check refused anything else): a MERGE
-    writes only columns the table has."""
+    writes only columns the table has. BigQuery's documented DDL, which the emulator runs too
+    (its ``tables.patch`` changes the schema it reports, not the table):
+    https://cloud.google.com/bigquery/docs/managing-table-schemas#add_columns. Idempotent.
+    (The same as the bqtruth branch's ``bigquery_tables.widen_schema``: use that once on main.)"""
+    table_id = f"{table.project}.{table.dataset_id}.{table.table_id}"
+    have = {f.name: f for f in table.schema}
     wanted = {f.name: f for f in incoming}
-    known = {f.name for f in table.schema}
-    schema = [
-        bigquery.SchemaField(f.name, f.field_type, "NULLABLE", f.description)
-        if f.mode == "REQUIRED" and wanted.get(f.name, f).mode != "REQUIRED"
-        else f
-        for f in table.schema
-    ] + [f for f in incoming if f.name not in known]
-    if [(f.name, f.mode) for f in schema] == [(f.name, f.mode) for f in table.schema]:
+    statements = [
+        f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS `{f.name}` {_ddl_type(f)}"
+        for f in incoming
+        if f.name not in have
+    ]
+    statements += [
+        f"ALTER TABLE `{table_id}` ALTER COLUMN `{name}` DROP NOT NULL"
+        for name, f in have.items()
+        if f.mode == "REQUIRED" and name in wanted and wanted[name].mode != "REQUIRED"
+    ]
+    for statement in statements:
+        log.info(f"{table_id}: {statement}")
+        client.query(statement, retry=TRANSIENT).result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+    if not statements:
         return
-    log.info(f"{table.full_table_id}: adding/relaxing columns before the merge")
-    table.schema = schema
-    client.update_table(table, ["schema"], retry=TRANSIENT)
+    reported = client.get_table(table_id, retry=TRANSIENT)
+    wider = [wanted.get(f.name, f) for f in table.schema]
+    wider += [f for f in incoming if f.name not in have]
+    if [f.name for f in reported.schema] != [f.name for f in wider]:
+        # The emulator's DDL changes the table but not the schema it reports; BigQuery's
+        # reports it at once, and never gets here.
+        reported.schema = wider
+        client.update_table(reported, ["schema"], retry=TRANSIENT)
 
 
 def run_merge_load(
