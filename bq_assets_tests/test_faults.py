@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bq_assets.engine.bigquery_load import run_load
 from bq_assets.engine.manifest import Manifest, Shard
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, ExportSpecError, load_specs
+from bq_assets.exports.sql import cursor_parameters
 from bq_assets.factory import build_definitions
 from bq_assets.failures import reported_as_failure
 from bq_assets.local import sample_data, stack
@@ -36,6 +37,7 @@ from bq_assets.schema import schema_to_json
 from bq_assets.settings import local_resources
 from bq_assets.translator import ExportTranslator, bigquery_key, gcs_key
 from bq_assets_tests.conftest import error_chain, run_exports, step_errors
+from bq_assets_tests.test_pipeline import EVERY_ROW
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack]
 
@@ -76,8 +78,11 @@ def export(folder: Path, name: str, sql: str, yaml_text: str = "") -> list:
 
 
 def source_keys(resources: dict, sql: str) -> list[str]:
+    """The keys the query returns (a merge export's: over every row, as its first run)."""
+    parameters = {name: EVERY_ROW[name] for name in cursor_parameters(sql)} or None
     with duckdb.connect(resources["source"].database, read_only=True) as con:
-        return [row[0] for row in con.execute(f"SELECT amperity_id FROM ({sql})").fetchall()]
+        rows = con.execute(f"SELECT amperity_id FROM ({sql})", parameters).fetchall()
+        return [row[0] for row in rows]
 
 
 def bigquery_keys(resources: dict, table_id: str) -> list[str]:
