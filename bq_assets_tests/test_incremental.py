@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
 from bq_assets.engine.bigquery_merge import merge_statement, plan_statement
 from bq_assets.engine.merge_window import AmbiguousRowsError, CursorBoundsError, settle_window
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs
+from bq_assets.factory import build_definitions
 from bq_assets.incremental import (
     INT64_MAX,
     CursorError,
@@ -23,9 +25,12 @@ from bq_assets.incremental import (
     parse_lookback,
     run_window,
 )
-from bq_assets.stages.cursor import latest_cursor_result
+from bq_assets.settings import local_resources
+from bq_assets.stages.cursor import LATEST_CURSOR_FRESH, latest_cursor_result, previous_tick
 from bq_assets.stages.handoff import HandOff
 from bq_assets.stages.merge import merge_problems
+from bq_assets.stages.query import _has_rows as has_rows
+from bq_assets.translator import bigquery_key
 from bq_assets_tests.test_export_spec import load_error, write_export
 
 UTC = dt.UTC
@@ -386,3 +391,26 @@ def test_the_mark_is_fresh_while_it_moves_within_a_cadence(tmp_path: Path) -> No
     assert "unchanged since 2026-03-08T06:30:00+00:00" in (result.description or "")
     never = latest_cursor_result(spec, None, NOW)
     assert not never.passed and "no row has been merged yet" in (never.description or "")
+
+
+def test_the_mark_s_sensor_checks_each_merge_export_once_per_tick() -> None:
+    specs = load_specs(SHIPPED_EXPORTS_DIR)
+    defs = build_definitions(
+        specs, local_resources(Path("/nonexistent-stack")), dg.DefaultScheduleStatus.STOPPED
+    )
+    sensor = next(s for s in defs.sensors if s.name == "latest_cursor_freshness")
+    check = dg.AssetCheckKey(bigquery_key("customer_360"), LATEST_CURSOR_FRESH)
+    with dg.build_sensor_context(repository_def=defs.get_repository_def()) as context:
+        (request,) = sensor.evaluate_tick(context).run_requests
+    assert request.asset_check_keys == [check]
+    (spec,) = [s for s in specs if s.merged]
+    tick = previous_tick(spec, dt.datetime.now(dt.UTC)).isoformat()
+    assert request.run_key == f"customer_360:{tick}"  # one run per tick
+
+
+def test_an_empty_window_passes_has_rows_only_after_the_first_load(tmp_path: Path) -> None:
+    write_export(tmp_path, "profiles", MERGE, SQL)
+    (spec,) = load_specs(tmp_path)
+    assert not has_rows(spec, 0, "initial").passed  # the first load found nothing at all
+    assert has_rows(spec, 0, "mark").passed and has_rows(spec, 0, "tags").passed
+    assert has_rows(spec.model_copy(update={"load": None}), 0, "mark").passed is False

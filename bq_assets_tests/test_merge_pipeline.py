@@ -111,6 +111,14 @@ def metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
+def query_mark(result: dg.ExecuteInProcessResult) -> str:
+    """The high-water mark a run's BigQuery materialization recorded."""
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "bigquery"
+    ]
+    return event.materialization.metadata["cursor_mark"].value
+
+
 def failed_checks(result: dg.ExecuteInProcessResult) -> dict[str, str]:
     return {
         c.check_name: c.description or ""
@@ -279,6 +287,19 @@ def test_run_tags_re_send_a_range_and_the_next_run_carries_on_from_the_mark(
         query = metadata(carried_on, query_key(spec.name))
         assert query["cursor_from"] == "mark"
         assert query["cursor_start"] == (MARK - dt.timedelta(hours=2)).isoformat()
+
+        # A window where nothing changed goes through every hop, merging nothing.
+        nothing = {
+            CURSOR_START_TAG: (BASE - dt.timedelta(days=2)).isoformat(),
+            CURSOR_END_TAG: (BASE - dt.timedelta(days=1)).isoformat(),
+        }
+        empty = materialize(spec, resources, instance, tags=nothing)
+        assert empty.success, step_errors(empty)
+        assert failed_checks(empty) == {}
+        merged = metadata(empty, bigquery_key(spec.name))
+        assert merged["staged_rows"] == merged["merge_affected_rows"] == 0
+        assert merged["cursor_mark"] == query_mark(carried_on)
+        assert_equal_to_the_source(resources, spec, database)
 
         bad = materialize(spec, resources, instance, tags={CURSOR_START_TAG: "last tuesday"})
         message = step_errors(bad)[f"query__{spec.name}"]
