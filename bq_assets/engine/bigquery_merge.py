@@ -79,7 +79,18 @@ class MergeLoad:
     rows_before: int
     planned: MergeCounts
     statement: StatementResult
-    plan_bytes_processed: int | None
+    plan_bytes_processed: int
+    plan_bytes_billed: int
+
+    @property
+    def bytes_processed(self) -> int:
+        """Bytes the merge's query jobs (the plan and the MERGE) processed."""
+        return self.plan_bytes_processed + (self.statement.bytes_processed or 0)
+
+    @property
+    def bytes_billed(self) -> int:
+        """Bytes BigQuery billed for them (on demand; 0 under a reservation)."""
+        return self.plan_bytes_billed + (self.statement.bytes_billed or 0)
 
     @property
     def reported(self) -> MergeCounts | None:
@@ -141,13 +152,12 @@ def plan_statement(table_id: str, staging_id: str, key: list[str], deleted: str 
 
 def _plan(
     client: bigquery.Client, table_id: str, staging_id: str, spec: ExportSpec
-) -> tuple[MergeCounts, int | None]:
+) -> tuple[MergeCounts, bigquery.QueryJob]:
     assert spec.load is not None
     sql = plan_statement(table_id, staging_id, spec.primary_key, spec.load.deleted)
     job = client.query(sql, location=spec.bigquery.location, retry=TRANSIENT)
     (row,) = list(job.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S))
-    counts = MergeCounts(int(row["inserted"]), int(row["updated"]), int(row["deleted"]))
-    return counts, job.total_bytes_processed
+    return MergeCounts(int(row["inserted"]), int(row["updated"]), int(row["deleted"])), job
 
 
 def _refuse_unless_staged_as_promised(
@@ -287,7 +297,7 @@ def run_merge_load(
         else:
             _widen(client, existing, list(config.schema), log)
         rows_before = count_rows(client, table_id)
-        planned, plan_bytes = _plan(client, table_id, staging_id, spec)
+        planned, plan = _plan(client, table_id, staging_id, spec)
         sql = merge_statement(
             table_id,
             staging_id,
@@ -322,4 +332,8 @@ def run_merge_load(
         bytes=int(table.num_bytes or 0),
         schema=list(table.schema),
     )
-    return MergeLoad(result, staged_rows, rows_before, planned, statement, plan_bytes)
+    return MergeLoad(
+        result, staged_rows, rows_before, planned, statement,
+        plan_bytes_processed=plan.total_bytes_processed or 0,
+        plan_bytes_billed=plan.total_bytes_billed or 0,
+    )  # fmt: skip

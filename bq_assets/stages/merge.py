@@ -88,9 +88,8 @@ def merged_materialization(
         "dagster/column_schema": column_schema(loaded.result.schema),
         "job_id": loaded.result.job_id,
         "merge_job_id": statement.job_id,
-        "merge_bytes_processed": (statement.bytes_processed or 0)
-        + (loaded.plan_bytes_processed or 0),
-        "merge_bytes_billed": statement.bytes_billed or 0,
+        "merge_bytes_processed": loaded.bytes_processed,
+        "merge_bytes_billed": loaded.bytes_billed,
         "merge_slot_ms": statement.slot_ms or 0,
         "location": loaded.result.location,
         "bytes": loaded.result.bytes,
