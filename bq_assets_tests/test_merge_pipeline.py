@@ -319,7 +319,7 @@ def test_a_table_dropped_under_its_mark_is_refused_until_everything_is_sent_agai
             client.delete_table(table_id)
         refused = materialize(spec, resources, instance)
         message = step_errors(refused)[f"bigquery__{spec.name}"]
-        assert f"{table_id} does not exist, but rows were merged into it before" in message
+        assert f"{table_id} does not exist, and this run's window does not reach back" in message
         assert "bq_assets/cursor_start: initial" in message
 
         rebuilt = materialize(spec, resources, instance, tags={CURSOR_START_TAG: "initial"})

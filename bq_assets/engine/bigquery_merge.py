@@ -49,7 +49,7 @@ from bq_assets.exports.spec import ExportSpec
 
 
 class TableMissingError(BqAssetsError):
-    """A merge export's table is gone while its high-water mark says rows were merged."""
+    """A merge export's table does not exist and the run's window would not fill it whole."""
 
 
 class StagedRowsError(BqAssetsError):
@@ -262,10 +262,10 @@ def run_merge_load(
     table_id, config, existing = prepare_load(client, project, spec, manifest, log)
     if existing is None and not from_start:
         raise TableMissingError(
-            f"{table_id} does not exist, but rows were merged into it before (the export's "
-            "high-water mark says so): this window alone would leave them out. Re-send "
-            "everything: materialize the export with the run tag bq_assets/cursor_start: "
-            "initial."
+            f"{table_id} does not exist, and this run's window does not reach back to the "
+            "beginning (it starts from the export's high-water mark, or from the run's tags): "
+            "merged alone, it would leave out every older row. Re-send everything: materialize "
+            "the export with the run tag bq_assets/cursor_start: initial."
         )
     config.time_partitioning = None  # the staging table is read once, by the MERGE
     config.clustering_fields = None
