@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export BQ_ASSETS_LOCAL_DIR ?= $(CURDIR)/.local
 export DAGSTER_HOME        ?= $(CURDIR)/.local/dagster_home
 
-.PHONY: install gnupg jdk demo dev up down status test live-test postgres mariadb deploy-test faults mutation e2e screenshots bench bench-e2e bench-partitions lint clean
+.PHONY: install gnupg jdk demo dev up down status test live-test postgres mariadb deploy-test faults mutation e2e screenshots bench bench-e2e bench-partitions bench-incremental lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -129,6 +129,9 @@ bench-e2e: install ## customer_360 through all four hops at 1M and 10M rows + a 
 
 bench-partitions: install ## a one-day refresh of unified_transactions vs a full refresh of the same orders
 	$(BIN)/python benchmarks/partitions.py $(BENCH_PARTITIONS_ARGS)
+
+bench-incremental: install ## customer_360 merged after 1% of 1M profiles changed vs a full refresh of the same table
+	$(BIN)/python benchmarks/incremental.py $(BENCH_INCREMENTAL_ARGS)
 
 clean: down
 	rm -rf .local

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.up(root)
         sample_data.generate(root / "source.duckdb", args.customers)
+        # The runs' source resource makes the sample again unless it has this size.
+        os.environ["BQ_ASSETS_SAMPLE_ROWS"] = str(args.customers)
         home = root / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").touch()

@@ -29,6 +29,7 @@ from bq_assets.resources.pgp import PGP_KEY_VARIABLE, PgpKeyResource
 from bq_assets.schedules import build_schedules, failure_sensors
 from bq_assets.sources.declarations import DEFAULT_SOURCE
 from bq_assets.stages.bigquery import bigquery_checks, bigquery_materialization
+from bq_assets.stages.cursor import cursor_checks, cursor_freshness_sensor
 from bq_assets.stages.databricks import (
     databricks_checks,
     databricks_materialization,
@@ -67,8 +68,9 @@ DELIVERED: dict[Hop, HopParts] = {
     **QUERIED,
     "gcs": HopParts(delivery_materialization, delivery_checks),
 }
-#: Checks that are not one hop's: the latest-partition freshness of a partitioned export.
-EXPORT_CHECKS = (freshness_checks,)
+#: Checks that are not one hop's: the latest-partition freshness of a partitioned export, the
+#: high-water mark's of a merge export.
+EXPORT_CHECKS = (freshness_checks, cursor_checks)
 
 # Every run (from the UI, a schedule, `make demo`) uses this executor. Each step keeps its own
 # process, so a crashed step does not take the run's other steps with it; the processes fork
@@ -189,6 +191,7 @@ def build_definitions(
                 if s.delivered
             ),
             *freshness_sensor(specs, _sensor_status(schedule_status)),
+            *cursor_freshness_sensor(specs, _sensor_status(schedule_status)),
         ],
         resources=resources,
         executor=EXECUTOR,

@@ -174,6 +174,12 @@ class ExportTranslator:
             return spec.description or f"Result of {spec.sql_file.name}."
         if hop == "gcs":
             return _gcs_description(spec)
+        if hop == "bigquery" and spec.load is not None:
+            return (
+                f"BigQuery table {spec.bigquery.dataset}.{spec.bigquery_table}, "
+                f"{spec.load.describe()}: each run's window of changed rows is merged by "
+                f"primary key ({', '.join(spec.primary_key)}) in one MERGE."
+            )
         if hop == "bigquery":
             return (
                 f"BigQuery table {spec.bigquery.dataset}.{spec.bigquery_table}, loaded from "

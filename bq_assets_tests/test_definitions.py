@@ -90,11 +90,15 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert not checks[("bigquery/unified_transactions", "latest_partition_fresh")].blocking
     # What the table's spec declares is checked but does not block the next hop.
     assert not checks[("bigquery/customer_360", "table_matches_spec")].blocking
-    # Three queried exports (one partitioned: its freshness check), one delivered: 12 checks per
-    # queried export, 9 for the delivered one (matches_spec on each Databricks view,
-    # table_matches_spec on each BigQuery table), and column_governance_matches_spec on each
-    # export's BigQuery table and Databricks view.
-    assert len(checks) == 36 + 1 + 9 + 4 + 4
+    # The merge export's two merge checks block; the freshness of its mark only warns.
+    assert checks[("bigquery/customer_360", "merge_matches_window")].blocking
+    assert checks[("bigquery/customer_360", "primary_key_unique_in_table")].blocking
+    assert not checks[("bigquery/customer_360", "latest_cursor_fresh")].blocking
+    # Three queried exports (one partitioned: its freshness check; one merged: its three), one
+    # delivered: 12 checks per queried export, 9 for the delivered one (matches_spec on each
+    # Databricks view, table_matches_spec on each BigQuery table), and
+    # column_governance_matches_spec on each export's BigQuery table and Databricks view.
+    assert len(checks) == 36 + 1 + 3 + 9 + 4 + 4
 
 
 def test_prod_reports_every_missing_variable_at_once(monkeypatch) -> None:

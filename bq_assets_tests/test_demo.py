@@ -53,6 +53,10 @@ def test_the_demo_prints_a_line_per_step_and_its_summary_and_keeps_every_event(
     assert re.search(r"^checks: \d+ passed, 0 failed$", output, re.M), output
     # Each run's summary names what its BigQuery jobs cost (issue 25).
     assert re.search(r"^cost: \d+ BigQuery job\(s\): [\d,]+ bytes processed", output, re.M), output
+    # customer_360 merges: a second, incremental run moves the profiles the demo changed (10
+    # updated, 2 added) and the rows its lookback sends again, nothing deleted.
+    assert "customer_360: 12 profiles of the sample changed; a second, incremental" in output
+    assert re.search(r"^  merged .* 2 inserted, (1[0-9]) updated, 0 deleted$", output, re.M)
     assert "DEBUG" not in output and "No dagster instance configuration file" not in output
     lines_per_run_step = len(steps)
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -4,6 +4,7 @@ retry, waited for with a deadline, failed with BigQuery's own errors and the rig
 import concurrent.futures
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -245,3 +246,123 @@ def count_rows(client: bigquery.Client, table_id: str) -> int:
     waited for at most ``QUERY_TIMEOUT_S``."""
     ((count,),) = query_rows(client, f"SELECT COUNT(*) FROM `{table_id}`")
     return int(count)
+
+
+@dataclass(frozen=True)
+class StatementResult:
+    """What BigQuery reports of a finished statement job (a DML statement or script): which job,
+    the rows it changed in total (``numDmlAffectedRows``) and per kind where BigQuery reports
+    them (``dmlStats``: inserted, updated, deleted; the emulator does not), and what it cost
+    (bytes processed and billed, slot-milliseconds; the emulator reports 0 or nothing).
+    https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobStatistics2"""
+
+    job_id: str
+    location: str
+    affected_rows: int | None
+    inserted_rows: int | None
+    updated_rows: int | None
+    deleted_rows: int | None
+    bytes_processed: int | None
+    bytes_billed: int | None
+    slot_ms: int | None
+
+    @classmethod
+    def of(cls, job: bigquery.QueryJob, location: str) -> "StatementResult":
+        stats = job.dml_stats
+        return cls(
+            job_id=job.job_id,
+            location=job.location or location,
+            affected_rows=job.num_dml_affected_rows,
+            inserted_rows=stats.inserted_row_count if stats else None,
+            updated_rows=stats.updated_row_count if stats else None,
+            deleted_rows=stats.deleted_row_count if stats else None,
+            bytes_processed=job.total_bytes_processed,
+            bytes_billed=job.total_bytes_billed,
+            slot_ms=job.slot_millis,
+        )
+
+
+def run_statement(
+    client: bigquery.Client,
+    sql: str,
+    base: str,
+    project: str,
+    location: str,
+    what: str,
+    log: Log,
+    config: bigquery.QueryJobConfig | None = None,
+) -> StatementResult:
+    """Run ``sql`` (a DML statement or a script) as the job ``<base>_<generation>`` and wait for
+    it, at most ``JOB_TIMEOUT_S``; ``what`` names it in logs and errors.
+
+    A generation that is still running (an earlier attempt of the step lost track of it) is
+    waited for, so two never run at once; a finished one, failed or not, gets a new generation:
+    ``sql`` must be idempotent (a MERGE of the same rows is). A failed job raises a
+    ``BqAssetsError`` with BigQuery's errors, retryable only for ``RETRYABLE_REASONS`` (BigQuery
+    applies a DML statement all or nothing); a status that cannot be read while the job runs is
+    a retryable error, never taken for a finished job."""
+    for generation in range(1, MAX_GENERATIONS + 1):
+        job_id = f"{base}_{generation}"
+        try:
+            job = client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
+        except gexc.NotFound:
+            log.info(f"starting job {job_id}: {what}")
+            job = _start_statement(client, sql, job_id, project, location, config)
+            break
+        if job.state != "DONE":
+            log.info(f"reattaching to job {job_id} (state {job.state}): {what}")
+            break
+    else:
+        raise BqAssetsError(f"{MAX_GENERATIONS} generations of job {base} ran for one run.")
+    _wait_for_statement(job, location, what)
+    return StatementResult.of(job, location)
+
+
+def _start_statement(
+    client: bigquery.Client,
+    sql: str,
+    job_id: str,
+    project: str,
+    location: str,
+    config: bigquery.QueryJobConfig | None,
+) -> bigquery.QueryJob:
+    """Insert the job; an insert retried after its answer was lost is answered 409 by BigQuery
+    when the first one created it: that job is ours (the id is), so it is the one returned."""
+    try:
+        return client.query(
+            sql, job_config=config, job_id=job_id, project=project, location=location,
+            retry=TRANSIENT, job_retry=None,
+        )  # fmt: skip
+    except gexc.Conflict:
+        return client.get_job(job_id, project=project, location=location, retry=TRANSIENT)
+
+
+def _wait_for_statement(job: bigquery.QueryJob, location: str, what: str) -> None:
+    try:
+        job.result(retry=TRANSIENT, timeout=JOB_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise BqAssetsError(
+            f"BigQuery job {job.job_id} (location {job.location or location}), {what}, did not "
+            f"finish within {JOB_TIMEOUT_S:g} s (JOB_TIMEOUT_S); the step's retry waits for it.",
+            retryable=True,
+        ) from None
+    except Exception as exc:
+        if job.state != "DONE":
+            raise BqAssetsError(
+                f"BigQuery job {job.job_id} (location {job.location or location}), {what}, was "
+                f"still {job.state or 'starting'} when its status could no longer be read "
+                f"({type(exc).__name__}); the step's retry waits for it.",
+                retryable=True,
+            ) from None
+    if job.error_result:
+        raise BqAssetsError(
+            f"BigQuery job {job.job_id} (location {job.location or location}), {what}, failed; "
+            f"BigQuery applies a statement all or nothing, so nothing of it was applied. "
+            f"Errors:\n{_describe_errors(job)}",
+            retryable=retryable(job),
+            metadata={
+                "job_id": job.job_id,
+                "location": job.location or location,
+                "errors": job.errors or [job.error_result],
+            },
+        )

@@ -35,7 +35,7 @@ def primary_key_report(snapshot: Path, key: list[str]) -> KeyReport:
     takes DuckDB's spill files. Read-only."""
     columns = _quoted(key)
     null_keys = " OR ".join(f"{_quoted([column])} IS NULL" for column in key)
-    with _connection_for(snapshot) as con:
+    with snapshot_connection(snapshot) as con:
         (nulls,) = con.execute(f"SELECT count(*) FROM snapshot WHERE {null_keys}").fetchone()
         con.execute(
             f"CREATE TEMP TABLE repeated AS SELECT {columns}, count(*) AS n FROM snapshot "
@@ -49,7 +49,7 @@ def primary_key_report(snapshot: Path, key: list[str]) -> KeyReport:
 def null_counts(snapshot: Path, columns: list[str]) -> dict[str, int]:
     """NULLs per column of the local Parquet ``snapshot``. Read-only."""
     counts = ", ".join(f"count(*) FILTER (WHERE {_quoted([c])} IS NULL)" for c in columns)
-    with _connection_for(snapshot) as con:
+    with snapshot_connection(snapshot) as con:
         row = con.execute(f"SELECT {counts} FROM snapshot").fetchone()
     return dict(zip(columns, (int(n) for n in row), strict=True))
 
@@ -65,12 +65,14 @@ def rows_by_partition_of(
         f"count(*) FILTER (WHERE {window_predicate('duckdb', column, column_type, part)})"
         for part in parts
     )
-    with _connection_for(snapshot) as con:
+    with snapshot_connection(snapshot) as con:
         row = con.execute(f"SELECT {counts} FROM snapshot").fetchone()
     return {part.keys[0]: int(n) for part, n in zip(parts, row, strict=True)}
 
 
-def _connection_for(snapshot: Path) -> duckdb.DuckDBPyConnection:
+def snapshot_connection(snapshot: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the local Parquet ``snapshot`` as the view ``snapshot``, within
+    the scans' memory limit (spilling next to the file)."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{SCAN_MEMORY_LIMIT}'")

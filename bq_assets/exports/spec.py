@@ -36,8 +36,11 @@ from bq_assets.exports.fields import (
     StrictModel,
     matching,
 )
+from bq_assets.exports.load import LoadOptions
 from bq_assets.exports.sql import (
     SqlError,
+    cursor_parameters,
+    merge_problems,
     partition_parameters,
     partition_problems,
     query_columns,
@@ -93,6 +96,11 @@ class ExportSpec(StrictModel):
     )
     partitioning: PartitionOptions | None = Field(
         None, description="export and load one time partition per run (see PartitionOptions)"
+    )
+    load: LoadOptions | None = Field(
+        None,
+        description="merge: each run sends only the rows whose cursor moved and upserts them by "
+        "primary key (see LoadOptions); absent: every run replaces the table",
     )
 
     @field_validator("name")
@@ -194,6 +202,49 @@ class ExportSpec(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _merge_key(cls, data: Any) -> Any:
+        """A merge matches rows on the primary key: say so when it is missing."""
+        if isinstance(data, dict) and data.get("load") is not None and not data.get("primary_key"):
+            raise ValueError(
+                "primary_key: required by load (mode: merge): the MERGE matches the table's rows "
+                "on it; give the column(s) that identify a row"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _merge(self) -> ExportSpec:
+        used = set() if self.delivery else cursor_parameters(self.sql)
+        if self.load is None:
+            if used:
+                raise ValueError(
+                    f"load: the query uses {', '.join('$' + p for p in sorted(used))} but the "
+                    "export does not merge; add a load block (mode: merge) or remove them"
+                )
+            return self
+        if self.delivery:
+            raise ValueError("load: a delivered export cannot merge (it has no query to window)")
+        problems = []
+        if self.partitioning is not None:
+            problems.append(
+                "load: a merge export cannot be partitioned (a partition replaces its rows, a "
+                "merge upserts by key); remove the partitioning block or the load block"
+            )
+        if self.bigquery.write_disposition != "WRITE_TRUNCATE":
+            problems.append(
+                "bigquery.write_disposition: a merge export applies its rows with MERGE; "
+                f"{self.bigquery.write_disposition} is not allowed (leave it out)"
+            )
+        if self.load.deleted in self.primary_key:
+            problems.append(f"load.deleted: {self.load.deleted} is part of the primary key")
+        if self.load.cursor in self.primary_key:
+            problems.append(f"load.cursor: {self.load.cursor} is part of the primary key")
+        problems += merge_problems(self.sql, self.load.cursor, self.load.deleted, used)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
     def _partitioned_object_names(cls, data: Any) -> Any:
         """A partitioned export's objects go under a prefix per partition by default."""
         if isinstance(data, dict) and data.get("partitioning") is not None:
@@ -258,6 +309,11 @@ class ExportSpec(StrictModel):
     @property
     def partitioned(self) -> bool:
         return self.partitioning is not None
+
+    @property
+    def merged(self) -> bool:
+        """True when each run merges a window of rows into the table (``load: {mode: merge}``)."""
+        return self.load is not None
 
     @property
     def bigquery_partition_field(self) -> str | None:

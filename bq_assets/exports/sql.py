@@ -1,6 +1,6 @@
 """The export's SQL, read with sqlglot: parsed once at load, its output columns named, its
-partition window parameters found, and the text the source runs. Refusals name the file,
-line and column."""
+partition and cursor window parameters found, and the text the source runs. Refusals name the
+file, line and column."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sqlglot.errors
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
+from bq_assets.incremental import CURSOR_KINDS, CURSOR_PARAMETERS
 from bq_assets.partitioning import PARAMETERS as PARTITION_PARAMETERS
 
 
@@ -66,11 +67,20 @@ def query_columns(sql: str) -> list[str]:
     return columns
 
 
-def partition_parameters(sql: str) -> set[str]:
-    """The ``$partition_*`` parameters the query uses (empty for an unpartitioned query)."""
+def _parameters(sql: str, prefix: str) -> set[str]:
     query = parse_query(sql)
     names = {p.name for p in query.find_all(exp.Placeholder, exp.Parameter) if p.name}
-    return {n for n in names if n.startswith("partition_")}
+    return {n for n in names if n.startswith(prefix)}
+
+
+def partition_parameters(sql: str) -> set[str]:
+    """The ``$partition_*`` parameters the query uses (empty for an unpartitioned query)."""
+    return _parameters(sql, "partition_")
+
+
+def cursor_parameters(sql: str) -> set[str]:
+    """The ``$cursor_*`` parameters the query uses (empty unless the export merges)."""
+    return _parameters(sql, "cursor_")
 
 
 def _static_type(select: exp.Expression) -> str | None:
@@ -167,6 +177,50 @@ def partition_problems(sql: str, column: str, used: set[str]) -> list[str]:
                 f"partitioning.column: {column} is {stated} in the query; it must be a DATE or "
                 "TIMESTAMP column"
             )
+    return problems
+
+
+#: Types a cursor column may be stated as in the SQL (a cast); sqlglot's DuckDB spellings.
+CURSOR_CAST_TYPES = (*CURSOR_KINDS, "TIMESTAMPTZ", "INT")
+
+
+def merge_problems(sql: str, cursor: str, deleted: str | None, used: set[str]) -> list[str]:
+    """What makes ``sql`` unusable for an export that merges by ``cursor`` (empty: usable).
+
+    The query must select its rows by the window's bound parameters (a start and an end) and
+    return ``cursor`` (and the ``deleted`` flag, if declared); where the SQL states a type (a
+    cast, a literal), the cursor must be a DATE, TIMESTAMP or integer and the flag a BOOLEAN.
+    A type the SQL does not state is checked when the query runs (``DESCRIBE``, before any row
+    is read)."""
+    allowed = ", ".join("$" + p for p in CURSOR_PARAMETERS)
+    problems = []
+    unknown = sorted(used - set(CURSOR_PARAMETERS))
+    if unknown:
+        problems.append(
+            f"load: the query uses unknown parameter(s) {', '.join('$' + u for u in unknown)}; "
+            f"allowed: {allowed}"
+        )
+    if set(CURSOR_PARAMETERS) - used:
+        problems.append(
+            f"load: the query must select the window's rows with both bound parameters, e.g. "
+            f"WHERE {cursor} >= $cursor_start AND {cursor} < $cursor_end"
+        )
+    selects = {s.alias_or_name: s for s in parse_query(sql).selects}
+    for field, column, allowed_types, what in [
+        ("load.cursor", cursor, CURSOR_CAST_TYPES, "a DATE, TIMESTAMP or integer column"),
+        ("load.deleted", deleted, ("BOOLEAN",), "a BOOLEAN column"),
+    ]:
+        if column is None:
+            continue
+        if column not in selects:
+            problems.append(
+                f"{field}: {column} not among the query's columns ({', '.join(selects)})"
+            )
+            continue
+        stated = _static_type(selects[column])
+        number_cursor = stated == "NUMBER" and field == "load.cursor"  # maybe an integer
+        if stated is not None and not number_cursor and stated not in allowed_types:
+            problems.append(f"{field}: {column} is {stated} in the query; it must be {what}")
     return problems
 
 

@@ -3,11 +3,18 @@ one line per step as it ends, then a summary.
 
 Runs all assets and all checks of the unpartitioned exports in one run (the job ``dagster dev``
 shows as ``__ASSET_JOB``), then each partitioned export's latest ``DEMO_PARTITIONS`` complete
-partitions in one run of their own (as a backfill of them would), through the job's own
-executor as a run launched from the UI does, against the instance in ``DAGSTER_HOME``, so the
-runs appear in the UI afterwards with their full event log (``--verbose`` prints it here too).
-Prints rows per hop, the objects, tables and every check's result. SIGTERM stops it like
-Ctrl-C: the executor terminates its step processes and the run ends as canceled.
+partitions in one run of their own (as a backfill of them would), then changes a few profiles
+of the sample and runs each merge export again: a second, incremental run that moves only
+those rows. All through the job's own executor as a run launched from the UI does, against the
+instance in ``DAGSTER_HOME``, so the runs appear in the UI afterwards with their full event log
+(``--verbose`` prints it here too). Prints rows per hop, the objects, tables, what each merge
+moved and every check's result. SIGTERM stops it like Ctrl-C: the executor terminates its step
+processes and the run ends as canceled.
+
+A new sample (the first demo of a day, or of another ``BQ_ASSETS_SAMPLE_ROWS``) has other
+profiles than the merge exports' tables hold from an earlier demo: their tables are then built
+again from the beginning (dropped, and the first run tagged ``bq_assets/cursor_start:
+initial``), as a user would rebuild a table whose source was replaced.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from bq_assets.dagster_internals import reconstructable_asset_job
 from bq_assets.engine.bigquery_metering import JobCosts
+from bq_assets.incremental import describe_lookback
 from bq_assets.stages.cost import run_cost
+from bq_assets.stages.cursor import CURSOR_START_TAG, FROM_INITIAL
 from bq_assets.translator import ExportTranslator, bigquery_key, databricks_key, gcs_key, query_key
 
 #: How many of a partitioned export's latest complete partitions the demo materializes.
@@ -75,6 +86,13 @@ def summarize(
         lines += [
             f"                   {'':>8}       {obj['uri']}" for obj in gcs.get("objects", [])
         ]
+        if "merge_inserted" in bigquery:
+            lines.append(
+                f"  merged           {gcs.get('dagster/row_count', '-'):>8} rows  "
+                f"{bigquery['cursor_column']} in [{bigquery['cursor_start']}, "
+                f"{bigquery['cursor_end']}): {bigquery['merge_inserted']} inserted, "
+                f"{bigquery['merge_updated']} updated, {bigquery['merge_deleted']} deleted"
+            )
         lines += [
             f"  BigQuery table   {bigquery.get('dagster/row_count', '-'):>8} rows  "
             f"{bigquery.get('dagster/table_name', '')}",
@@ -104,35 +122,40 @@ def simulate_deliveries(specs: list) -> None:
         print(f"simulated delivery {sent.send}: {len(sent.files)} file(s), marker {sent.marker}")
 
 
-def sample_in_place() -> bool:
-    """Before the runs: the generated sample, made now if need be, is the default source; or,
-    when a file the generator did not make sits where the sample belongs, one message saying
-    whose it is and how to declare it (the file is left as it is, and no run starts)."""
-    from pathlib import Path
-
+def prepare_sample() -> bool | None:
+    """Before the runs: make the generated sample (the default source) now if the next query
+    step would make it again (a new day, another size). True when it was made anew, so the merge
+    exports' tables are built again from the beginning; None when a file the generator did not
+    make sits where the sample belongs (one message saying whose it is and how to declare it;
+    the file is left as it is, and no run starts)."""
     from bq_assets.local import sample_data
     from bq_assets.local.resources import SampleSourceResource
     from bq_assets.settings import local_resources
 
     source = local_resources()["source"]
     if not isinstance(source, SampleSourceResource):
-        return True  # BQ_ASSETS_SOURCE_DATABASE: the user's own default source
+        return False  # BQ_ASSETS_SOURCE_DATABASE: the user's own default source
+    path = Path(source.database)
+    if sample_data.is_current(path, source.sample_rows):
+        return False
     try:
-        sample_data.ensure(Path(source.database), source.sample_rows)
+        sample_data.ensure(path, source.sample_rows)
     except sample_data.NotTheSampleError as exc:
         print(exc, file=sys.stderr)
-        return False
+        return None
     return True
 
 
-def demo_runs(specs: list) -> list[tuple[list[str], dict[str, str]]]:
-    """The demo's runs: (exports, run tags). The unpartitioned exports together; each
-    partitioned export alone, over its latest ``DEMO_PARTITIONS`` complete partitions."""
+def demo_runs(specs: list, rebuild: bool = False) -> list[tuple[list[str], dict[str, str]]]:
+    """The demo's runs: (exports, run tags). The unpartitioned exports together (the merge
+    exports' windows from the beginning when ``rebuild``); each partitioned export alone, over
+    its latest ``DEMO_PARTITIONS`` complete partitions."""
     translator = ExportTranslator()
     runs: list[tuple[list[str], dict[str, str]]] = []
     unpartitioned = [spec.name for spec in specs if not spec.partitioned]
     if unpartitioned:
-        runs.append((unpartitioned, {}))
+        rebuilt = rebuild and any(spec.merged for spec in specs)
+        runs.append((unpartitioned, {CURSOR_START_TAG: FROM_INITIAL} if rebuilt else {}))
     for spec in specs:
         definition = translator.get_partitions_def(spec, "query")
         if definition is None:
@@ -209,22 +232,43 @@ def close_abandoned_runs(instance: dg.DagsterInstance) -> None:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
 
 
+def drop_merge_tables(specs: list) -> None:
+    """Drop the merge exports' BigQuery tables, to be built again from the beginning."""
+    from bq_assets.settings import local_resources
+
+    bigquery = local_resources()["bigquery"]
+    with bigquery.get_client() as client:
+        for spec in (spec for spec in specs if spec.merged):
+            table_id = f"{bigquery.project_id()}.{spec.bigquery.dataset}.{spec.bigquery_table}"
+            client.delete_table(table_id, not_found_ok=True)
+            print(f"{spec.name}: a new sample: {table_id} is built again from the beginning")
+
+
+def change_sample() -> int:
+    """Change a few profiles of the sample (``sample_data.change_customers``)."""
+    from bq_assets.local import sample_data
+    from bq_assets.settings import local_resources
+
+    return sample_data.change_customers(Path(local_resources()["source"].database))
+
+
 def run_demo(verbose: bool) -> bool:
     from bq_assets.exports import exports_dir, load_specs
 
     specs = load_specs(exports_dir())
-    if not sample_in_place():
+    rebuild = prepare_sample()
+    if rebuild is None:
         return False
+    if rebuild:
+        drop_merge_tables(specs)
     simulate_deliveries(specs)
-    translator = ExportTranslator()
     log_level = "INFO" if verbose else "CRITICAL"
     ok = True
     with dg.DagsterInstance.get() as instance:
         close_abandoned_runs(instance)
-        for exports, tags in demo_runs(specs):
+        for exports, tags in demo_runs(specs, rebuild):
             chosen = [spec for spec in specs if spec.name in exports]
-            tag = uuid.uuid4().hex
-            if tags:
+            if "dagster/asset_partition_range_start" in tags:
                 start, end = (
                     tags["dagster/asset_partition_range_start"],
                     tags["dagster/asset_partition_range_end"],
@@ -232,31 +276,55 @@ def run_demo(verbose: bool) -> bool:
                 print(f"\n{', '.join(exports)}: partitions {start}…{end}")
             else:
                 print(f"\n{', '.join(exports)}")
-            done = threading.Event()
-            follower = threading.Thread(
-                target=follow_steps, args=(instance, tag, done, print), daemon=True
-            )
-            follower.start()
+            ok = demo_run(instance, specs, chosen, tags, log_level) and ok
+        merged = [spec for spec in specs if spec.merged]
+        if merged:
             try:
-                with dg.execute_job(
-                    reconstructable_asset_job("bq_assets.definitions"),
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-                    tags={**tags, DEMO_RUN_TAG: tag},
-                    asset_selection=[key for spec in chosen for key in translator.asset_keys(spec)],
-                ) as result:
-                    done.set()
-                    follower.join()
-                    delivered = {s.name for s in specs if s.delivered}
-                    cost = run_cost(instance, result.run_id)
-                    print("\n" + summarize(result, exports, delivered, cost))
-            finally:
-                done.set()
-            checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
-            ok = ok and result.success and checks_ok
+                changed = change_sample()
+            except duckdb.Error as exc:  # e.g. `make dev` holds the sample open
+                print(f"\ncould not change the sample for a second, incremental run: {exc}")
+                return False
+            for spec in merged:
+                lookback = describe_lookback(spec.load.lookback)
+                print(
+                    f"\n{spec.name}: {changed} profiles of the sample changed; a second, "
+                    f"incremental run moves only them, and the rows its {lookback} lookback "
+                    f"sends again ({spec.load.cursor} up to {lookback} before the mark)"
+                )
+                ok = demo_run(instance, specs, [spec], {}, log_level) and ok
     print("\nThe runs are in the local instance: `make dev` shows them, with every event.")
     return ok
+
+
+def demo_run(
+    instance: dg.DagsterInstance, specs: list, chosen: list, tags: dict[str, str], log_level: str
+) -> bool:
+    """One run of the ``chosen`` exports' assets and checks, a line per step as it ends, then
+    the summary; True when it succeeded and every check passed."""
+    translator = ExportTranslator()
+    exports = [spec.name for spec in chosen]
+    tag = uuid.uuid4().hex
+    done = threading.Event()
+    follower = threading.Thread(target=follow_steps, args=(instance, tag, done, print), daemon=True)
+    follower.start()
+    try:
+        with dg.execute_job(
+            reconstructable_asset_job("bq_assets.definitions"),
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            tags={**tags, DEMO_RUN_TAG: tag},
+            asset_selection=[key for spec in chosen for key in translator.asset_keys(spec)],
+        ) as result:
+            done.set()
+            follower.join()
+            delivered = {s.name for s in specs if s.delivered}
+            cost = run_cost(instance, result.run_id)
+            print("\n" + summarize(result, exports, delivered, cost))
+    finally:
+        done.set()
+    checks_ok = all(c.passed for c in result.get_asset_check_evaluations())
+    return result.success and checks_ok
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,6 +194,41 @@ def not_the_sample(path: Path) -> NotTheSampleError:
     )
 
 
+def is_current(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> bool:
+    """Is the sample at ``path`` today's, of ``rows`` customers (so ``ensure`` keeps it)?"""
+    return path.exists() and _is_current(path, rows)
+
+
+#: The customers ``change_customers`` updates, and the ids of those it adds.
+CHANGED_CUSTOMERS = 10
+ADDED_CUSTOMERS = ("demo-added-0001", "demo-added-0002")
+
+
+def change_customers(path: Path) -> int:
+    """Change the sample as a day of Amperity's work would: the first ``CHANGED_CUSTOMERS``
+    profiles (by id) get a new lifetime value, order count and ``updated_at`` (now), and the
+    profiles ``ADDED_CUSTOMERS`` appear (again, if an earlier change added them). The same
+    profiles every time, so what a merge export's table holds stays what the sample holds.
+    Returns the rows changed or added."""
+    with duckdb.connect(str(path)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(
+            "UPDATE customer_360 SET lifetime_value = lifetime_value + 1, "
+            "order_count = order_count + 1, updated_at = get_current_timestamp() "
+            "WHERE amperity_id IN (SELECT amperity_id FROM customer_360 "
+            f"WHERE amperity_id NOT LIKE 'demo-%' ORDER BY amperity_id LIMIT {CHANGED_CUSTOMERS})"
+        )
+        con.execute("DELETE FROM customer_360 WHERE amperity_id IN ?", [list(ADDED_CUSTOMERS)])
+        for number, amperity_id in enumerate(ADDED_CUSTOMERS, start=1):
+            con.execute(
+                "INSERT INTO customer_360 SELECT ?, 'Ana', 'Demo', ?, NULL, '1 Main St', "
+                "'Seattle', 'WA', '98101', NULL, 0.00, 0, true, get_current_timestamp()",
+                [amperity_id, f"demo{number}@example.com"],
+            )
+        con.execute("CHECKPOINT")
+    return CHANGED_CUSTOMERS + len(ADDED_CUSTOMERS)
+
+
 def ensure(path: Path, rows: int = DEFAULT_SAMPLE_ROWS) -> Path:
     """The sample database at ``path``: generated on first use, and again when it is from
     another day or of another size (``BQ_ASSETS_SAMPLE_ROWS``); otherwise left as it is. A

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +17,7 @@ from bq_assets.sources.snapshot import (
     SNAPSHOT_OBJECT,
     SourceQueryError,
     Unstorable,
+    describe_result,
     write_snapshot,
 )
 
@@ -149,6 +150,20 @@ class DuckDBSourceResource(dg.ConfigurableResource):
             parameters,
             partition_column,
             unstorable,
+        )
+
+    def describe(
+        self,
+        sql: str,
+        sql_file: Path,
+        source_name: str = DEFAULT_SOURCE,
+        gcs: GcsAccessLike = None,
+        parameter_names: Collection[str] = (),
+    ) -> list[tuple[str, str]]:
+        """The query's result columns and their DuckDB types, without running it (see
+        ``bq_assets.sources.snapshot.describe_result``). Read-only."""
+        return describe_result(
+            self.source(source_name), self.engine_settings(), sql, sql_file, gcs, parameter_names
         )
 
     def staging_export_prefix(self, export: str) -> str:

@@ -5,7 +5,7 @@ configuration, the query hop wires it to a run)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import duckdb
@@ -66,6 +66,31 @@ def refuse_unstorable(
     problems = unstorable(columns)
     if problems:
         raise UnstorableColumnError(f"{sql_file}: " + "; ".join(problems) + " Nothing was written.")
+
+
+def describe_result(
+    source: Source,
+    settings: EngineSettings,
+    sql: str,
+    sql_file: Path,
+    gcs: GcsAccessLike = None,
+    parameter_names: Collection[str] = (),
+) -> list[tuple[str, str]]:
+    """``(column, DuckDB type)`` of each column the query returns, read without running it
+    (``DESCRIBE``, each parameter bound to NULL): what a merge export's window is typed by,
+    before its values can be bound. Read-only."""
+    query = executable_query(sql)
+    try:
+        with connect(source, settings, query, gcs) as con:
+            return result_types(con, query, dict.fromkeys(parameter_names))
+    except SourceUnreachableError as exc:
+        raise SourceUnreachableError(f"{sql_file}: {exc}") from None
+    except duckdb.Error as exc:
+        message = blank_secret(str(exc).strip().splitlines()[0], source)
+        raise SourceQueryError(
+            f"{sql_file}: the source {source.name!r} ({source.address}) rejected the query: "
+            f"{message}"
+        ) from None
 
 
 def write_snapshot(

@@ -40,6 +40,7 @@ from bq_assets.stages.handoff import (
     handed_manifest,
     upstream_materialization,
 )
+from bq_assets.stages.merge import merge_checks, merged_materialization
 from bq_assets.stages.partitions import checked_partitions, run_window, same_window
 from bq_assets.stages.results import Check, check_result, column_schema
 from bq_assets.translator import bigquery_key, gcs_key, query_key
@@ -80,6 +81,14 @@ def bigquery_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeRe
         rows_before_load = None
         partition_metadata: dict[str, object] = {}
         with bigquery_jobs(context, bigquery, spec) as client:
+            if spec.merged:
+                loaded, metadata = merged_materialization(
+                    context, spec, client, bigquery.project_id(), manifest, upstream
+                )
+                console = dg.MetadataValue.url(console_url(loaded.result.table_id))
+                return dg.MaterializeResult(
+                    metadata={**metadata, "console": console, **cost_metadata(client.costs())}
+                )
             if window is None:
                 if spec.bigquery.write_disposition == "WRITE_APPEND":
                     rows_before_load = rows_before_append(client, bigquery.project_id(), spec)
@@ -147,6 +156,13 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         table_id = materialization.table_name
         expected = upstream_materialization(context, gcs_key(spec.name)).row_count
         partitions = checked_partitions(context, spec)
+        if spec.merged:  # the table holds more than the window: the MERGE's input is compared
+            staged = int(materialization.handoff.staged_rows or 0)
+            return check_result(
+                staged == expected,
+                f"the MERGE read {staged} rows (its staging table), the loaded manifest {expected}",
+                {"merge_source_rows": staged, "manifest_rows": expected},
+            )
         with bigquery_jobs(context, bigquery, spec) as client:
             if partitions is not None:
                 result = _partition_rows_match(context, client, table_id, expected, partitions)
@@ -273,14 +289,16 @@ def bigquery_checks(spec: ExportSpec) -> list[Check]:
         )
 
     return [
+        *(merge_checks(spec) if spec.merged else []),
         Check(
             dg.AssetCheckSpec(
                 BIGQUERY_ROWS_MATCH_MANIFEST,
                 asset=key,
                 blocking=True,
                 description="The rows this run loaded equal the rows in the loaded manifest: the "
-                "table's rows (WRITE_TRUNCATE), the load job's (WRITE_APPEND), or each loaded "
-                "partition's rows against the snapshot's (a partitioned export).",
+                "table's rows (WRITE_TRUNCATE), the load job's (WRITE_APPEND), each loaded "
+                "partition's rows against the snapshot's (a partitioned export), or the rows the "
+                "MERGE read (a merge export).",
             ),
             rows_match,
         ),

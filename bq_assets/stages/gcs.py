@@ -107,6 +107,7 @@ def gcs_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResult]
                 objects=[asdict(s) for s in manifest.shards],
                 input_run_id=upstream.run_id,
             ).of_window(window)
+            handoff = handoff.carrying_cursor(upstream.handoff)  # a merge export's window
             return dg.MaterializeResult(
                 metadata={
                     **handoff.metadata(),

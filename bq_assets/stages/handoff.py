@@ -29,6 +29,18 @@ from bq_assets.partitioning import Window
 STANDARD_KEYS = {"row_count": "dagster/row_count", "table_name": "dagster/table_name"}
 
 
+#: What the query step of a merge export records of its window, handed on to the load.
+CURSOR_WINDOW_FIELDS = (
+    "cursor_column",
+    "cursor_kind",
+    "cursor_start",
+    "cursor_end",
+    "cursor_from",
+    "cursor_max",
+    "window_deleted_rows",
+)
+
+
 @dataclass(frozen=True)
 class HandOff:
     """The metadata a step writes for the steps and checks after it; unset fields are not
@@ -56,6 +68,34 @@ class HandOff:
     objects: list[dict[str, Any]] | None = None
     #: the run whose output this step read.
     input_run_id: str | None = None
+    #: merge exports, query → gcs → bigquery: the run's window of the cursor column (its kind:
+    #: timestamp, datetime, date or integer; bounds as ISO 8601 or integers; where the window
+    #: came from: initial, mark or tags), the largest cursor value in it, and its rows flagged
+    #: deleted (``dagster/row_count``: its rows, one per key).
+    cursor_column: str | None = None
+    cursor_kind: str | None = None
+    cursor_start: str | None = None
+    cursor_end: str | None = None
+    cursor_from: str | None = None
+    cursor_max: str | None = None
+    window_deleted_rows: int | None = None
+    #: merge exports, bigquery: the high-water mark after this load (the largest cursor value
+    #: ever merged) and when it last moved (ISO 8601): where the next run's window starts.
+    cursor_mark: str | None = None
+    cursor_mark_moved_at: str | None = None
+    #: merge exports, bigquery → its checks: the rows the MERGE read (its staging table), what
+    #: the plan expected it to insert, update and delete (from the staging and target tables
+    #: before it ran), what it reports (BigQuery's dmlStats; the emulator reports none, then
+    #: the plan's numbers are shown and ``merge_counts_from`` says so), and its total.
+    staged_rows: int | None = None
+    planned_inserted: int | None = None
+    planned_updated: int | None = None
+    planned_deleted: int | None = None
+    merge_inserted: int | None = None
+    merge_updated: int | None = None
+    merge_deleted: int | None = None
+    merge_affected_rows: int | None = None
+    merge_counts_from: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """The set fields as materialization metadata (dicts and lists as JSON)."""
@@ -68,6 +108,11 @@ class HandOff:
                 value = dg.MetadataValue.json(value)
             found[STANDARD_KEYS.get(field.name, field.name)] = value
         return found
+
+    def carrying_cursor(self, upstream: HandOff) -> HandOff:
+        """This hand-off with the cursor window ``upstream`` handed on (a merge export's gcs
+        step passes the query's window to the load); unchanged when there is none."""
+        return replace(self, **{name: getattr(upstream, name) for name in CURSOR_WINDOW_FIELDS})
 
     def of_window(self, window: Window | None) -> HandOff:
         """This hand-off with a partitioned run's window (unchanged when unpartitioned)."""

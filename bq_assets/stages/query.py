@@ -9,10 +9,16 @@ snapshots of the newest ``staging_keep_runs`` runs of the export, decided by the
 in the Dagster instance (never by object times), and never deletes the snapshot of a run that
 has not finished.
 
-Its checks (one step, one copy of the snapshot): the query returned rows, the primary key is
-unique and never NULL, required columns are never NULL. All three block the GCS hop.
+A merge export's query reads its window of the cursor column (``stages.cursor``), and the
+snapshot keeps one row per key, the latest (``engine.merge_window``); the checks then judge
+that window.
+
+Its checks (one step, one copy of the snapshot): the query returned rows (a merge export's
+window may be empty once it has a mark: nothing changed), the primary key is unique and never
+NULL, required columns are never NULL. All three block the GCS hop.
 """
 
+import datetime as dt
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -20,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import bigquery, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from bq_assets.engine.key_checksum import KeyTypeError, refused_key_types
+from bq_assets.engine.merge_window import settle_window
 from bq_assets.engine.redaction import redacted_row
 from bq_assets.engine.scans import (
     KeyReport,
@@ -36,10 +44,13 @@ from bq_assets.engine.scans import (
 from bq_assets.engine.upload import upload
 from bq_assets.engine.writers import CONTENT_TYPES
 from bq_assets.exports.spec import ExportSpec
-from bq_assets.exports.sql import partition_parameters
+from bq_assets.exports.sql import cursor_parameters, partition_parameters
+from bq_assets.incremental import CursorWindow
 from bq_assets.resources.google import ExportBigQueryResource, ExportGCSResource
 from bq_assets.resources.source import SNAPSHOT_OBJECT, DuckDBSourceResource, gcs_access
 from bq_assets.schema import bigquery_schema
+from bq_assets.sources.snapshot import ROW_GROUP_ROWS
+from bq_assets.stages.cursor import window_for_run, window_handoff
 from bq_assets.stages.handoff import HandOff, fetch_snapshot, upstream_materialization
 from bq_assets.stages.partitions import run_window
 from bq_assets.stages.results import CheckGroup, check_result, column_schema
@@ -123,6 +134,9 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
             parameters = window.parameters(partition_parameters(spec.sql)) if window else None
             if window is not None:
                 context.log.info(f"{spec.name}: exporting {window.describe()}")
+            cursor = _cursor_window(context, spec, source, gcs)
+            if cursor is not None:
+                parameters = cursor.parameters(cursor_parameters(spec.sql))
             parquet = source.snapshot(
                 spec.sql,
                 spec.sql_file,
@@ -135,6 +149,18 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
                 # (the local emulator: BIGNUMERIC; production: nothing).
                 unstorable=bigquery.unstorable,
             )
+            settled = None
+            if cursor is not None:
+                assert spec.load is not None
+                settled = settle_window(
+                    local, spec.primary_key, cursor, spec.load.deleted, spec.sql_file,
+                    ROW_GROUP_ROWS,
+                )  # fmt: skip
+                parquet = pq.read_metadata(local)
+                context.log.info(
+                    f"{spec.name}: {settled.rows} row(s) in the window ({settled.deleted_rows} "
+                    f"flagged deleted; {settled.duplicates_dropped} older row(s) of a key dropped)"
+                )
             fields = bigquery_schema(parquet.schema.to_arrow_schema())
             refuse_uncomparable_keys(spec, fields)
             rows_by_partition = None
@@ -166,9 +192,16 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
                 snapshot_uri=uri,
                 rows_by_partition=rows_by_partition,
             ).of_window(window)
+            if cursor is not None and settled is not None:
+                handoff = handoff.carrying_cursor(window_handoff(cursor, settled))
             return dg.MaterializeResult(
                 metadata={
                     **handoff.metadata(),
+                    **(
+                        {"window_duplicates_dropped": settled.duplicates_dropped}
+                        if settled is not None
+                        else {}
+                    ),
                     "dagster/column_schema": column_schema(fields, spec),
                     "dagster/uri": uri,
                     "snapshot_crc32c": crc32c,
@@ -177,6 +210,26 @@ def query_materialization(spec: ExportSpec) -> Callable[..., dg.MaterializeResul
             )
 
     return _query
+
+
+def _cursor_window(
+    context: dg.AssetExecutionContext,
+    spec: ExportSpec,
+    source: DuckDBSourceResource,
+    gcs: ExportGCSResource,
+) -> CursorWindow | None:
+    """A merge export's window for this run (None for any other export): typed by the cursor
+    column's type in the query's result, read without running the query."""
+    if spec.load is None:
+        return None
+    assert spec.sql_file is not None
+    used = cursor_parameters(spec.sql)
+    described = source.describe(
+        spec.sql, spec.sql_file, spec.source, lambda: gcs_access(gcs), parameter_names=used
+    )
+    window = window_for_run(context, spec, described, dt.datetime.now(dt.UTC))
+    context.log.info(f"{spec.name}: exporting {window.describe()}")
+    return window
 
 
 @contextmanager
@@ -195,7 +248,8 @@ def query_checks(spec: ExportSpec) -> list[CheckGroup]:
     specs = [
         dg.AssetCheckSpec(
             QUERY_HAS_ROWS, asset=key, blocking=True,
-            description="The query returned at least one row (unless the spec allows empty).",
+            description="The query returned at least one row (unless the spec allows empty, or "
+            "a merge export's window after its first load found no change).",
         ),
         dg.AssetCheckSpec(
             QUERY_PRIMARY_KEY_UNIQUE, asset=key, blocking=True,
@@ -218,7 +272,7 @@ def query_checks(spec: ExportSpec) -> list[CheckGroup]:
         selected = {check.name for check in context.selected_asset_check_keys}
         upstream = upstream_materialization(context, key)
         if QUERY_HAS_ROWS in selected:
-            yield _has_rows(spec, upstream.row_count)
+            yield _has_rows(spec, upstream.row_count, upstream.handoff.cursor_from)
         if not selected & {QUERY_PRIMARY_KEY_UNIQUE, QUERY_REQUIRED_NOT_NULL}:
             return
         with tempfile.TemporaryDirectory(prefix=f"bq_assets_{context.run.run_id}_") as scratch:
@@ -231,11 +285,14 @@ def query_checks(spec: ExportSpec) -> list[CheckGroup]:
     return [CheckGroup(f"{key.to_python_identifier()}_checks", specs, _query_checks)]
 
 
-def _has_rows(spec: ExportSpec, rows: int) -> dg.AssetCheckResult:
+def _has_rows(spec: ExportSpec, rows: int, cursor_from: str | None) -> dg.AssetCheckResult:
+    """Rows, unless the spec allows none, or a merge export's window after its first load
+    (from the mark or the run's tags) found nothing that changed."""
+    unchanged = spec.merged and cursor_from not in (None, "initial")
     return check_result(
-        rows > 0 or spec.allow_empty,
+        rows > 0 or spec.allow_empty or unchanged,
         "the query returned no rows (set allow_empty: true if that can be right)",
-        {"rows": rows, "allow_empty": spec.allow_empty},
+        {"rows": rows, "allow_empty": spec.allow_empty, "incremental_window": unchanged},
         QUERY_HAS_ROWS,
     )
 
