@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from bq_assets.engine.bigquery_jobs import start_or_reattach, wait_for
+from bq_assets.engine.bigquery_jobs import (
+    TRANSIENT,
+    refused_connection,
+    start_or_reattach,
+    wait_for,
+)
 from bq_assets.errors import BqAssetsError
 
 log = logging.getLogger("test")
@@ -150,3 +158,31 @@ def test_a_job_insert_retried_after_its_answer_was_lost_is_reattached_not_failed
     assert job.job_id == f"{base}_1" and job.state == "DONE" and not job.error_result
     assert f"job {base}_1 already exists (its insert was retried); reattaching" in caplog.text
     assert rows == 2
+
+
+def test_a_refused_connection_fails_the_call_at_once_and_a_dropped_one_is_retried() -> None:
+    """The library's retry rule retries both for 300 s per call; a connection never made is
+    left to the step's retry policy instead, so an unreachable BigQuery fails a step in
+    seconds with one message (the fault suite's "BigQuery down" case), while a connection
+    dropped mid-request, a 503 and rateLimitExceeded are still retried by the call."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = bigquery.Client(
+        project="p",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": f"http://127.0.0.1:{port}"},
+    )
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ConnectionError) as refused:
+        client.get_dataset("p.d", retry=TRANSIENT)
+    assert time.monotonic() - started < 5
+    assert refused_connection(refused.value)
+
+    dropped = requests.exceptions.ConnectionError(ConnectionResetError(104, "reset by peer"))
+    rate_limited = gexc.Forbidden("quota", errors=[{"reason": "rateLimitExceeded"}])
+    assert TRANSIENT._predicate(dropped)
+    assert TRANSIENT._predicate(gexc.ServiceUnavailable("down for a moment"))
+    assert TRANSIENT._predicate(rate_limited)
+    assert not TRANSIENT._predicate(refused.value)
+    assert not TRANSIENT._predicate(gexc.BadRequest("invalid"))

@@ -3,12 +3,13 @@ retry, waited for with a deadline, failed with BigQuery's own errors and the rig
 
 import concurrent.futures
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import bigquery
+from urllib3.exceptions import NewConnectionError
 
 from bq_assets.engine.log import Log
 from bq_assets.errors import BqAssetsError
@@ -20,12 +21,41 @@ MAX_GENERATIONS = 20
 JOB_TIMEOUT_S = 3600.0
 # A read-only query (a row count) that has not answered by then fails the step (retryable).
 QUERY_TIMEOUT_S = 600.0
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, a urllib3 error's reason, args)."""
+    pending: list[object] = [exc]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+
+
+def refused_connection(exc: BaseException) -> bool:
+    """Was no connection made at all (refused, or the host not found)? Nothing was sent."""
+    return any(isinstance(e, ConnectionRefusedError | NewConnectionError) for e in _causes(exc))
+
+
+def _transient(exc: Exception) -> bool:
+    # No public accessor exposes the library's predicate; DEFAULT_RETRY carries it.
+    library_rule = bigquery.DEFAULT_RETRY._predicate
+    return library_rule(exc) and not refused_connection(exc)
+
+
 #: Only transient failures are retried, with exponential backoff for at most 300 s: the client
 #: library's own rule (google.cloud.bigquery.retry.DEFAULT_RETRY): the error reasons
 #: rateLimitExceeded (which BigQuery answers with HTTP 403), backendError, internalError and
-#: badGateway, HTTP 429/500/502/503 and dropped connections. A retried job insert is safe: job ids
-#: are ours, and an insert that had reached BigQuery answers 409 (``start_or_reattach``).
-TRANSIENT: Retry = bigquery.DEFAULT_RETRY.with_deadline(300.0)
+#: badGateway, HTTP 429/500/502/503 and dropped connections. One exception: a connection that
+#: was never made (refused, unknown host) is not retried for 300 s per call; it fails the call
+#: at once, as "BigQuery at <endpoint> is unreachable", and the step's own retry policy, with
+#: its backoff, tries again (``translator.NETWORK_RETRY``). A retried job insert is safe: job
+#: ids are ours, and an insert that had reached BigQuery answers 409 (``start_or_reattach``).
+TRANSIENT: Retry = bigquery.DEFAULT_RETRY.with_deadline(300.0).with_predicate(_transient)
 
 #: Job error reasons that a new attempt can fix: BigQuery's own failures and rate limits
 #: (https://cloud.google.com/bigquery/docs/error-messages: "retry" for these). Any other reason
