@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from bq_assets.local import sample_data, stack
+from bq_assets.local.spark_warehouse import close_sessions
+from bq_assets.settings import local_resources
 
 pytestmark = pytest.mark.stack
 
@@ -32,10 +35,19 @@ def test_read_state_without_a_stack_says_how_to_start_one(tmp_path: Path) -> Non
 def test_down_stops_exactly_the_processes_it_started(tmp_path: Path) -> None:
     state = stack.up(tmp_path)
     assert stack._alive(state.gcs_pid) and stack._alive(state.bigquery_pid)
+    assert stack._alive(state.spark_pid)
+    stand_in = local_resources(tmp_path)["databricks"]
+    assert stand_in.run("SELECT 1 AS one").rows == [["1"]]  # a Spark Connect session is open
     assert stack.down(tmp_path)
     assert not stack._alive(state.gcs_pid)
     assert not stack._alive(state.bigquery_pid)
+    assert not stack._alive(state.spark_pid)
     assert not stack.down(tmp_path)
+    # The session's server is gone: ending it gives up at once instead of retrying for minutes
+    # (the suite's teardown once hung here).
+    started = time.monotonic()
+    close_sessions()
+    assert time.monotonic() - started < 10
 
 
 def test_a_restart_drops_objects_a_killed_server_never_finished(tmp_path: Path) -> None:

@@ -219,8 +219,10 @@ def close_sessions() -> None:
         for key in [k for k in _SESSIONS if k[0] == os.getpid()]:
             session = _SESSIONS.pop(key)
             _REGISTERED.pop(key, None)
-            # The server may be gone already; then nothing is left to release.
+            # The server may be gone already (a stack stopped before this process ends); then
+            # nothing is left to release, and the client's default retries would wait minutes.
             with contextlib.suppress(Exception):
+                session.client.set_retry_policies([])
                 session.stop()
 
 
