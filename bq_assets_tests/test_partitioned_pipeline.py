@@ -157,7 +157,8 @@ def test_a_corrected_day_replaces_exactly_that_partition(orders, tmp_path: Path)
         refresh = materialize(spec, resources, instance, DAYS[1], DAYS[1])
         assert refresh.success, step_errors(refresh)
         checks = hop_checks(refresh.get_asset_check_evaluations())
-        assert len(checks) == 11 and all(c.passed for c in checks), [
+        # 11, table_matches_spec, column_governance_matches_spec on the table and the view
+        assert len(checks) == 14 and all(c.passed for c in checks), [
             (c.check_name, c.description) for c in checks if not c.passed
         ]
         # The BigQuery row check compared the one partition this run loaded, not the table.

@@ -212,11 +212,13 @@ def test_bigquery_holds_every_value_exactly(round_trip, resources) -> None:
 
 @pytest.mark.stack
 def as_federation_shows_it(value: object) -> object:
-    """A value as Lakehouse Federation shows it in Databricks: a DATETIME (naive) becomes a
-    TimestampType, its wall-clock time read as UTC ("Data type mappings",
+    """A value as Lakehouse Federation shows it in Databricks: a DATETIME (naive) or a TIME
+    becomes a TimestampType, its wall-clock time read as UTC ("Data type mappings",
     https://docs.databricks.com/aws/en/query-federation/bigquery#data-type-mappings)."""
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.time):  # a TIME is a TimestampType too: its time of day on 1970-01-01
+        return dt.datetime.combine(dt.date(1970, 1, 1), value, tzinfo=dt.UTC)
     return value
 
 

@@ -203,7 +203,13 @@ def test_every_exact_type_arrives_in_bigquery_and_databricks_unchanged(
     from bq_assets.exports import load_specs
     from bq_assets.translator import bigquery_key
     from bq_assets_tests.conftest import run_exports, step_errors
-    from bq_assets_tests.test_round_trip import bigquery_rows, databricks_rows, metadata, same
+    from bq_assets_tests.test_round_trip import (
+        as_federation_shows_it,
+        bigquery_rows,
+        databricks_rows,
+        metadata,
+        same,
+    )
 
     name = f"duckdb_types_{file_format}"
     (tmp_path / f"{name}.sql").write_text(select({"id": ("1", 1, "INT64"), **THROUGH_THE_STACK}))
@@ -222,4 +228,5 @@ def test_every_exact_type_arrives_in_bigquery_and_databricks_unchanged(
     assert {n: (v, loaded[n]) for n, v in expected.items() if not same(v, loaded[n])} == {}
     columns, (row,) = databricks_rows(resources, spec)
     copied = dict(zip(columns, row, strict=True))
-    assert {n: (v, copied[n]) for n, v in expected.items() if not same(v, copied[n])} == {}
+    shown = {n: as_federation_shows_it(v) for n, v in expected.items()}
+    assert {n: (v, copied[n]) for n, v in shown.items() if not same(v, copied[n])} == {}
