@@ -344,6 +344,7 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
     ) -> dg.AssetCheckResult:
         """Column comments, classification tags and masking, read back from Databricks
         (``DESCRIBE TABLE … AS JSON`` and Unity Catalog's ``information_schema.column_tags``)."""
+        upstream_materialization(context, key)  # the view this check reads was published
         ((described,),) = databricks.execute(describe_statement(name))
         tags = databricks.execute(tags_query(name.catalog, name.schema, name.table))
         differences = governance_differences(
