@@ -415,9 +415,9 @@ def test_matches_spec_fails_naming_a_dropped_comment_or_a_changed_column_type(
 ) -> None:
     """Issue 23: what the spec declares is what the Databricks object has (read back with
     ``DESCRIBE TABLE … AS JSON`` on Spark, the same text a SQL warehouse answers)."""
-    assert exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC).passed
+    assert exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC).passed
     exported.databricks_shows("SELECT * FROM {source}")  # the view without its COMMENT
-    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC)
     assert not check.passed
     assert check.metadata["differences"].value == [
         'comment: spec says "The checks\' orders: each check is seen failing on them.", '
@@ -426,7 +426,7 @@ def test_matches_spec_fails_naming_a_dropped_comment_or_a_changed_column_type(
     exported.databricks_shows(
         "SELECT `order`, email, CAST(amount AS STRING) AS amount FROM {source}"
     )
-    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC)
+    check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC)
     assert not check.passed
     assert any(
         d.startswith("column amount: BigQuery NUMERIC shows as decimal") and d.endswith("string")
@@ -440,6 +440,6 @@ def test_the_module_leaves_every_check_passing(exported: Materialized) -> None:
         (gcs_key(EXPORT), gcs_hop.GCS_ROWS_MATCH_SNAPSHOT),
         (bigquery_key(EXPORT), bigquery_hop.BIGQUERY_ROWS_MATCH_MANIFEST),
         (databricks_key(EXPORT), databricks_hop.DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY),
-        (databricks_key(EXPORT), databricks_hop.DATABRICKS_MATCHES_SPEC),
+        (databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC),
     ]:
         assert exported.check(key, name).passed, name

@@ -116,7 +116,7 @@ def test_federation_creates_connection_foreign_catalog_and_view(tmp_path: Path) 
 def test_the_view_carries_the_spec_description_as_its_comment(tmp_path: Path) -> None:
     """``CREATE VIEW … COMMENT view_comment AS query`` ("CREATE VIEW",
     https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-ddl-create-view); the
-    text runs on Spark in test_checks_catch.py, where ``matches_spec`` reads it back."""
+    text runs on Spark in test_checks_catch.py, where ``view_matches_spec`` reads it back."""
     (tmp_path / "c.sql").write_text("SELECT amperity_id FROM customer_360")
     (tmp_path / "c.yaml").write_text(
         'description: "Amperity\'s profiles"\nprimary_key: [amperity_id]\ncadence: daily\n'

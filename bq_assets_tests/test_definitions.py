@@ -95,7 +95,7 @@ def test_checks_guarding_the_next_hop_are_blocking(defs) -> None:
     assert checks[("bigquery/customer_360", "primary_key_unique_in_table")].blocking
     assert not checks[("bigquery/customer_360", "latest_cursor_fresh")].blocking
     # Three queried exports (one partitioned: its freshness check; one merged: its three), one
-    # delivered: 12 checks per queried export, 9 for the delivered one (matches_spec on each
+    # delivered: 12 checks per queried export, 9 for the delivered one (view_matches_spec on each
     # Databricks view, table_matches_spec on each BigQuery table), and
     # column_governance_matches_spec on each export's BigQuery table and Databricks view.
     assert len(checks) == 36 + 1 + 3 + 9 + 4 + 4

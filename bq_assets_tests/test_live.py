@@ -15,7 +15,7 @@ Each Databricks finding of issue 23 has a case here (``make live-test`` runs the
 generated DDL and the catalogs-API drift read (``test_the_generated_statements_run…``), the key
 checksum's canonical strings (``test_the_canonical_key_strings…``), results of many chunks
 (``test_a_result_of_many_chunks…``), host-only authentication (``test_only_databricks_host…``),
-and the spec check of the view's columns and comment (``matches_spec`` in the first).
+and the spec check of the view's columns and comment (``view_matches_spec`` in the first).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_the_generated_statements_run_on_a_real_sql_warehouse(tmp_path: Path) ->
     documented option names, `secret(...)` values, `ALTER CONNECTION … OPTIONS`), the catalogs
     API returns the foreign catalog's connection and options as the drift check reads them, and
     the view shows BigQuery's rows, columns, key checksum, and the spec's types and comment
-    (`matches_spec`, read with DESCRIBE … AS JSON). (`mode: external` is refused at load.)"""
+    (`view_matches_spec`, read with DESCRIBE … AS JSON). (`mode: external` is refused at load.)"""
     require(GCP_VARIABLES + DATABRICKS_VARIABLES)
     databricks = warehouse()
     with dg.instance_for_test() as instance:

@@ -99,7 +99,7 @@ def governance_differences(
     spec: ExportSpec, described_json: str, tags: Iterable[tuple[str, str]]
 ) -> list[str]:
     """One line per column whose comment, classification tag or masking differs from the spec
-    (the view's own comment is ``matches_spec``'s business). ``described_json``: ``DESCRIBE TABLE EXTENDED … AS JSON``; ``tags``:
+    (the view's own comment is ``view_matches_spec``'s business). ``described_json``: ``DESCRIBE TABLE EXTENDED … AS JSON``; ``tags``:
     (column, classification) pairs from ``tags_query``."""
     described = json.loads(described_json)
     comments = {

@@ -121,7 +121,7 @@ T = TypeVar("T")
 DATABRICKS_ROWS_MATCH_BIGQUERY = "rows_match_bigquery"
 DATABRICKS_COLUMNS_MATCH_BIGQUERY = "columns_match_bigquery"
 DATABRICKS_KEY_CHECKSUM_MATCHES_BIGQUERY = "key_checksum_matches_bigquery"
-DATABRICKS_MATCHES_SPEC = "matches_spec"
+DATABRICKS_VIEW_MATCHES_SPEC = "view_matches_spec"
 DATABRICKS_COLUMN_GOVERNANCE = "column_governance_matches_spec"
 
 
@@ -323,7 +323,7 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
             costs,
         )
 
-    def matches_spec(
+    def view_matches_spec(
         context: dg.AssetCheckExecutionContext,
         databricks: DatabricksSQLResource,
         bigquery: ExportBigQueryResource,
@@ -404,12 +404,12 @@ def databricks_checks(spec: ExportSpec) -> list[Check]:
         ),
         Check(
             dg.AssetCheckSpec(
-                DATABRICKS_MATCHES_SPEC,
+                DATABRICKS_VIEW_MATCHES_SPEC,
                 asset=key,
                 description="The Databricks object is what the spec declares: the BigQuery "
                 "table's columns, in order, with the types Lakehouse Federation gives them, and "
                 "the spec's description as its comment (read back with DESCRIBE TABLE … AS JSON).",
             ),
-            matches_spec,
+            view_matches_spec,
         ),
     ]
