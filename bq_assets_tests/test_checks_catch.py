@@ -415,7 +415,9 @@ def test_matches_spec_fails_naming_a_dropped_comment_or_a_changed_column_type(
 ) -> None:
     """Issue 23: what the spec declares is what the Databricks object has (read back with
     ``DESCRIBE TABLE … AS JSON`` on Spark, the same text a SQL warehouse answers)."""
-    assert exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC).passed
+    assert exported.check(
+        databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC
+    ).passed
     exported.databricks_shows("SELECT * FROM {source}")  # the view without its COMMENT
     check = exported.check(databricks_key(EXPORT), databricks_hop.DATABRICKS_VIEW_MATCHES_SPEC)
     assert not check.passed
