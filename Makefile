@@ -61,7 +61,7 @@ test: install postgres mariadb ## the test suite (starts its own local stack, Po
 
 live-test: install ## the opt-in live suite against real Google Cloud / Databricks: set the BQ_ASSETS_LIVE_* / DATABRICKS_* variables (docs/testing.md); skips what they do not enable
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/pytest -m live -rs bq_assets_tests/test_live.py bq_assets_tests/test_live_bigquery.py
+	$(BIN)/pytest -m live -rs bq_assets_tests/test_live.py bq_assets_tests/test_live_bigquery.py bq_assets_tests/test_live_governance.py
 
 postgres: ## Debian's postgresql package, for the deployment suite (`-m deploy`), when missing
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
