@@ -62,6 +62,17 @@ def _stand_in(bigquery: LocalBigQueryResource, tmp_path: Path) -> SparkDatabrick
     )
 
 
+def _copy_before_the_fault(
+    bigquery: LocalBigQueryResource, tmp_path: Path, table: str, catalog: str
+) -> None:
+    """The previous copy the failing one must leave in place, made with the default stall
+    timeout: it is not under test, and a busy machine can pause a stream past ``STALL_S``."""
+    unhurried = LocalBigQueryResource(local_stack_dir=bigquery.local_stack_dir)
+    _stand_in(unhurried, tmp_path).copy_from_bigquery(
+        stack.read_state(Path(bigquery.local_stack_dir)).project, DATASET, table, catalog, {}
+    )
+
+
 @contextmanager
 def _paused(pid: int) -> Iterator[None]:
     """The emulator process frozen (SIGSTOP): its sockets accept, nothing answers."""
@@ -141,7 +152,7 @@ def test_a_frozen_emulator_fails_the_copy_within_bounds_and_keeps_the_previous_t
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
     name = TableName("kept", DATASET, wide_table)
-    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "kept", {})
+    _copy_before_the_fault(bigquery, tmp_path, wide_table, "kept")
     started = time.monotonic()
     with _paused(local_stack.bigquery_pid), pytest.raises(StorageReadError) as error:
         databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "kept", {})
@@ -157,7 +168,7 @@ def test_a_read_stalling_after_the_session_opened_keeps_the_previous_table_and_n
 ) -> None:
     databricks = _stand_in(bigquery, tmp_path)
     name = TableName("midway", DATASET, wide_table)
-    databricks.copy_from_bigquery(local_stack.project, DATASET, wide_table, "midway", {})
+    _copy_before_the_fault(bigquery, tmp_path, wide_table, "midway")
 
     class FreezesOnceTheStreamsOpen(TableReader):
         def batches(self):
