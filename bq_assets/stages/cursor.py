@@ -36,6 +36,7 @@ from bq_assets.incremental import (
     run_window,
     smallest,
 )
+from bq_assets.stages.freshness import check_sensor
 from bq_assets.stages.handoff import HandOff
 from bq_assets.stages.results import Check
 from bq_assets.translator import bigquery_key
@@ -48,7 +49,6 @@ FROM_INITIAL = "initial"
 LATEST_CURSOR_FRESH = "latest_cursor_fresh"
 #: How long a schedule tick's run may take before its window counts as missing.
 RUN_ALLOWANCE = dt.timedelta(hours=2)
-SENSOR_INTERVAL_S = 15 * 60
 
 
 def stored_state(instance: dg.DagsterInstance, spec: ExportSpec) -> CursorState | None:
@@ -223,30 +223,14 @@ def cursor_freshness_sensor(
 ) -> list[dg.SensorDefinition]:
     """One sensor that runs each merge export's ``latest_cursor_fresh`` once per schedule tick
     (run key ``<export>:<tick>``), so a mark that stopped moving is reported without a run."""
-    merged = [spec for spec in specs if spec.load is not None]
-    if not merged:
-        return []
-    checks = [dg.AssetCheckKey(bigquery_key(spec.name), LATEST_CURSOR_FRESH) for spec in merged]
-
-    @dg.sensor(
-        name="latest_cursor_freshness",
-        asset_selection=dg.AssetSelection.checks(*checks),
-        minimum_interval_seconds=SENSOR_INTERVAL_S,
-        default_status=status,
-        description="Checks that each merge export's high-water mark keeps moving, once per "
-        "schedule tick.",
+    return check_sensor(
+        "latest_cursor_freshness",
+        "Checks that each merge export's high-water mark keeps moving, once per schedule tick.",
+        [spec for spec in specs if spec.load is not None],
+        LATEST_CURSOR_FRESH,
+        lambda spec, now: previous_tick(spec, now).isoformat(),
+        status,
     )
-    def _sensor(context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:
-        now = dt.datetime.now(dt.UTC)
-        return [
-            dg.RunRequest(
-                run_key=f"{spec.name}:{previous_tick(spec, now).isoformat()}",
-                asset_check_keys=[check],
-            )
-            for spec, check in zip(merged, checks, strict=True)
-        ]
-
-    return [_sensor]
 
 
 def window_handoff(window: CursorWindow, settled: SettledWindow) -> HandOff:

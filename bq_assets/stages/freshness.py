@@ -13,6 +13,7 @@ partition moves on, so a missed tick shows up without any run of the export.
 """
 
 import datetime as dt
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -77,35 +78,54 @@ def freshness_checks(spec: ExportSpec) -> list[Check]:
     ]
 
 
+def check_sensor(
+    name: str,
+    description: str,
+    specs: list[ExportSpec],
+    check_name: str,
+    run_key: Callable[[ExportSpec, dt.datetime], str | None],
+    status: dg.DefaultSensorStatus,
+) -> list[dg.SensorDefinition]:
+    """One sensor that runs the check ``check_name`` of each spec's BigQuery asset alone, under
+    the run key ``<export>:<run_key(spec, now)>`` (None: nothing due yet). Dagster starts a run
+    key once, so each check runs once per key, without a run of the export. None when no spec
+    has the check."""
+    if not specs:
+        return []
+    checks = [dg.AssetCheckKey(bigquery_key(spec.name), check_name) for spec in specs]
+
+    @dg.sensor(
+        name=name,
+        asset_selection=dg.AssetSelection.checks(*checks),
+        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        default_status=status,
+        description=description,
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:
+        now = dt.datetime.now(dt.UTC)
+        requests = []
+        for spec, check in zip(specs, checks, strict=True):
+            key = run_key(spec, now)
+            if key is not None:
+                requests.append(
+                    dg.RunRequest(run_key=f"{spec.name}:{key}", asset_check_keys=[check])
+                )
+        return requests
+
+    return [_sensor]
+
+
 def freshness_sensor(
     specs: list[ExportSpec], status: dg.DefaultSensorStatus
 ) -> list[dg.SensorDefinition]:
     """One sensor that runs each partitioned export's latest-partition check once per expected
     partition (run key ``<export>:<partition>``), so lateness is reported without a run."""
-    partitioned = [spec for spec in specs if spec.partitioning is not None]
-    if not partitioned:
-        return []
-    checks = [
-        dg.AssetCheckKey(bigquery_key(spec.name), LATEST_PARTITION_FRESH) for spec in partitioned
-    ]
-
-    @dg.sensor(
-        name="latest_partition_freshness",
-        asset_selection=dg.AssetSelection.checks(*checks),
-        minimum_interval_seconds=SENSOR_INTERVAL_S,
-        default_status=status,
-        description="Checks that each partitioned export's latest partition arrived, once per "
-        "partition, after its schedule's tick.",
+    return check_sensor(
+        "latest_partition_freshness",
+        "Checks that each partitioned export's latest partition arrived, once per partition, "
+        "after its schedule's tick.",
+        [spec for spec in specs if spec.partitioning is not None],
+        LATEST_PARTITION_FRESH,
+        expected_partition,
+        status,
     )
-    def _sensor(context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:
-        now = dt.datetime.now(dt.UTC)
-        requests = []
-        for spec, check in zip(partitioned, checks, strict=True):
-            expected = expected_partition(spec, now)
-            if expected is not None:
-                requests.append(
-                    dg.RunRequest(run_key=f"{spec.name}:{expected}", asset_check_keys=[check])
-                )
-        return requests
-
-    return [_sensor]
