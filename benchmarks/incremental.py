@@ -29,13 +29,10 @@ It ends with::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg  # noqa: E402
 import duckdb  # noqa: E402
 
+from benchmarks.materialize import materialize as run_group  # noqa: E402
 from bq_assets.exports import SHIPPED_EXPORTS_DIR  # noqa: E402
 from bq_assets.local import sample_data, stack  # noqa: E402
 
-DAGSTER = str(Path(sys.executable).parent / "dagster")
 MERGED = "customer_360"
 FULL = "customer_360_full"
 DATASET = "amperity_exports"
@@ -70,23 +67,7 @@ def declare_exports(folder: Path) -> None:
 
 
 def materialize(root: Path, home: Path, exports: Path, export: str, customers: int) -> float:
-    env = os.environ | {
-        "BQ_ASSETS_LOCAL_DIR": str(root),
-        "BQ_ASSETS_EXPORTS_DIR": str(exports),
-        "BQ_ASSETS_SAMPLE_ROWS": str(customers),
-        "DAGSTER_HOME": str(home),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions"]
-    command += ["--select", f"group:{export}"]
-    log = root / f"{export}-{time.time_ns()}.log"
-    started = time.monotonic()
-    with log.open("w") as out:
-        code = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wall = time.monotonic() - started
-    if code.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise SystemExit(f"{export} failed:\n{tail}")
+    wall = run_group(root, home, exports, export, env={"BQ_ASSETS_SAMPLE_ROWS": str(customers)})
     print(f"bench-incremental: {export}: {wall:.1f} s", flush=True)
     return wall
 

@@ -24,20 +24,18 @@ import datetime as dt
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.materialize import materialize as run_group  # noqa: E402
 from bq_assets.exports import SHIPPED_EXPORTS_DIR, load_specs  # noqa: E402
 from bq_assets.local import sample_data, stack  # noqa: E402
 from bq_assets.stages.partitions import partitions_definition  # noqa: E402
 
-DAGSTER = str(Path(sys.executable).parent / "dagster")
 PARTITIONED = "unified_transactions"
 FULL = "unified_transactions_full"
 
@@ -56,22 +54,7 @@ def declare_exports(folder: Path) -> None:
 
 
 def materialize(root: Path, home: Path, exports: Path, group: str, partition: str | None) -> float:
-    env = os.environ | {
-        "BQ_ASSETS_LOCAL_DIR": str(root),
-        "BQ_ASSETS_EXPORTS_DIR": str(exports),
-        "DAGSTER_HOME": str(home),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [DAGSTER, "asset", "materialize", "-m", "bq_assets.definitions"]
-    command += ["--select", f"group:{group}"] + (["--partition", partition] if partition else [])
-    log = root / f"{group}-{partition or 'all'}.log"
-    started = time.monotonic()
-    with log.open("w") as out:
-        code = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wall = time.monotonic() - started
-    if code.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise SystemExit(f"{group} {partition or ''} failed:\n{tail}")
+    wall = run_group(root, home, exports, group, partition)
     print(f"bench-partitions: {group} {partition or '(all)'}: {wall:.1f} s", flush=True)
     return wall
 
